@@ -1,0 +1,27 @@
+# The two commands a new user needs: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install serve test lint bench
+
+$(BIN)/gradlift: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/gradlift
+
+serve: install
+	$(BIN)/gradlift serve
+
+test: install
+	scripts/ensure_services.sh
+	$(BIN)/ruff check app workers models bench tests migrations
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m bench.quality --pair toy --out bench/results/toy.json
