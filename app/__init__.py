@@ -1,0 +1,1 @@
+"""The gradlift HTTP service: settings, database, storage, API routes and the command line."""

@@ -1,0 +1,99 @@
+"""Dependencies as `Annotated` aliases: settings, session, the caller's organization, stores, and
+loaders that fetch a row by id for the caller's organization or answer 404."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Header
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from app.config import Settings, get_settings
+from app.db import jobs, queries
+from app.db.session import new_session
+from app.db.tables import Checkpoint, Delta, Job, Organization
+from app.errors import ApiError, Code, not_found
+from app.pairs import PairCatalog
+from app.storage import BlobStore
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    with new_session(settings.database_url) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `gradlift keys create --org NAME`.")
+
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def current_org(session: SessionDep, credentials: Credentials) -> Organization:
+    if credentials is None:
+        raise ApiError(Code.missing_api_key, "You didn't provide an API key. Send `Authorization: Bearer "
+                       "<key>`; make a key with `gradlift keys create --org NAME`.")
+    org = queries.org_for_key(session, credentials.credentials)
+    if org is None:
+        raise ApiError(Code.invalid_api_key, "Incorrect API key provided.")
+    return org
+
+
+CurrentOrg = Annotated[Organization, Depends(current_org)]
+
+
+@lru_cache(maxsize=4)
+def _store(blobs_dir: Path, tmp_dir: Path) -> BlobStore:
+    return BlobStore(blobs_dir, tmp_dir)
+
+
+def get_store(settings: SettingsDep) -> BlobStore:
+    return _store(settings.blobs_dir, settings.tmp_dir)
+
+
+StoreDep = Annotated[BlobStore, Depends(get_store)]
+
+
+def get_pairs(settings: SettingsDep) -> PairCatalog:
+    assert settings.pairs_dir is not None  # filled in by Settings
+    return PairCatalog(settings.pairs_dir)
+
+
+PairsDep = Annotated[PairCatalog, Depends(get_pairs)]
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", max_length=255, description="Retries with the same key get the first response.")]
+
+
+def load_checkpoint(checkpoint_id: str, session: SessionDep,
+                    org: CurrentOrg) -> Checkpoint:
+    row = queries.get_checkpoint(session, org.id, checkpoint_id)
+    if row is None:
+        raise not_found("checkpoint", checkpoint_id)
+    return row
+
+
+def load_job(upgrade_id: str, session: SessionDep, org: CurrentOrg) -> Job:
+    row = jobs.get_job(session, org.id, upgrade_id)
+    if row is None:
+        raise not_found("upgrade", upgrade_id)
+    return row
+
+
+def load_delta(delta_id: str, session: SessionDep, org: CurrentOrg) -> Delta:
+    row = queries.get_delta(session, org.id, delta_id)
+    if row is None:
+        raise not_found("delta", delta_id)
+    return row
+
+
+CheckpointDep = Annotated[Checkpoint, Depends(load_checkpoint)]
+JobDep = Annotated[Job, Depends(load_job)]
+DeltaDep = Annotated[Delta, Depends(load_delta)]

@@ -1,0 +1,156 @@
+"""Uploaded TinyLM adapters: streamed in, checked from the header before any tensor is read."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.api import idempotency
+from app.api.deps import (
+    CheckpointDep,
+    CurrentOrg,
+    IdempotencyKey,
+    PairsDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+)
+from app.db import queries
+from app.db.tables import Checkpoint, Organization
+from app.errors import ApiError, Code
+from app.pairs import PairCatalog
+from app.schemas.checkpoints import CheckpointDeleted, CheckpointPublic, CheckpointsPublic
+from app.schemas.common import ERROR_RESPONSES, ErrorResponse
+from app.uploads import StreamedForm, read_form
+
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=ERROR_RESPONSES)
+
+SCOPE = "POST /v1/checkpoints"
+MAX_CONFIG_BYTES = 64 * 1024
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_SEND_SAFETENSORS = "Send the adapter as safetensors (adapter_model.safetensors); pickles are never loaded."
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "pair"], "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "The TinyLM LoRA adapter, adapter_model.safetensors (PEFT tensor names)."},
+        "config": {"type": "string", "format": "binary", "description": "Optional adapter_config.json."},
+        "pair": {"type": "string", "description": "The model pair the adapter was trained for, e.g. `toy`."},
+    }}}}}}
+
+
+@router.post("", openapi_extra=_UPLOAD_BODY,
+             responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}})
+async def create_checkpoint(request: Request, session: SessionDep, org: CurrentOrg, settings: SettingsDep,
+                            store: StoreDep, pairs: PairsDep, key: IdempotencyKey = None) -> CheckpointPublic:
+    """Upload a TinyLM LoRA adapter (multipart, streamed, size-limited, validated)."""
+    form = await read_form(request, store, file_limits={"file": settings.max_upload_bytes,
+                                                        "config": MAX_CONFIG_BYTES}, field_names={"pair"})
+    try:
+        return await run_in_threadpool(_store_checkpoint, session, org, form, pairs, key)
+    finally:
+        form.abort()
+
+
+def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, pairs: PairCatalog,
+                      key: str | None) -> CheckpointPublic:
+    from models.errors import AdapterError
+    from models.update import validate_adapter_file
+
+    upload = form.files.get("file")
+    if upload is None:
+        raise ApiError(Code.invalid_request, "Missing the form field `file` (adapter_model.safetensors).",
+                       param="file")
+    if "pair" not in form.fields or not form.fields["pair"]:
+        raise ApiError(Code.invalid_request, "Missing the form field `pair`.", param="pair")
+    print_ = idempotency.fingerprint(form.fields["pair"], upload.blob.sha256)
+    if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
+        return CheckpointPublic.model_validate(stored)
+    pair = pairs.get(form.fields["pair"])
+    _check_format(upload.filename, upload.blob.head, upload.blob.size)
+    config = _read_config(form, pair.spec.lora.r)
+    try:
+        validate_adapter_file(upload.blob.path, pairs.tiny_adapter_shapes(pair))
+    except AdapterError as exc:
+        raise _invalid(f"Invalid adapter for pair {pair.id!r}: {exc}.", "file") from None
+    sha256, size = upload.blob.sha256, upload.blob.size
+    upload.blob.commit()  # the blob exists before any row points at it
+    row = Checkpoint(org_id=org.id, pair=pair.id, sha256=sha256, bytes=size, adapter_config=config,
+                     filename=upload.filename or "adapter_model.safetensors")
+    session.add(row)
+    session.flush()
+    public = CheckpointPublic.model_validate(row)
+    idempotency.remember(session, org.id, SCOPE, key, print_, public)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent retry with the same key won
+        session.rollback()
+        stored = idempotency.replay(session, org.id, SCOPE, key, print_)
+        if stored is None:
+            raise
+        return CheckpointPublic.model_validate(stored)
+    return public
+
+
+def _invalid(message: str, param: str) -> ApiError:
+    return ApiError(Code.invalid_adapter, message, param=param)
+
+
+def _check_format(filename: str, head: bytes, size: int) -> None:
+    """Refuse empty files and pickles before the safetensors checks, with a message that says what to send."""
+    if size == 0:
+        raise _invalid("The uploaded file is empty.", "file")
+    looks_safetensors = len(head) >= 9 and head[8:9] == b"{"
+    if filename.lower().endswith(_PICKLE_SUFFIXES) or (
+            not looks_safetensors and (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80")):
+        raise ApiError(Code.unsupported_file_type, f"{filename or 'The file'} looks like a PyTorch pickle. "
+                       + _SEND_SAFETENSORS, param="file")
+
+
+def _read_config(form: StreamedForm, rank: int) -> dict[str, Any] | None:
+    upload = form.files.get("config")
+    if upload is None:
+        return None
+    try:
+        config = json.loads(upload.blob.path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _invalid(f"adapter_config.json is not valid JSON: {exc}.", "config") from None
+    if not isinstance(config, dict):
+        raise _invalid("adapter_config.json is not a JSON object.", "config")
+    if config.get("r", rank) != rank:
+        raise _invalid(f"adapter_config.json has r={config['r']}; the pair's LoRA rank is {rank}.", "config")
+    return config
+
+
+@router.get("")
+def list_checkpoints(session: SessionDep, org: CurrentOrg,
+                     limit: int = Query(default=100, ge=1, le=1000)) -> CheckpointsPublic:
+    """List the organization's checkpoints, newest first."""
+    rows = queries.list_checkpoints(session, org.id, limit)
+    return CheckpointsPublic(data=[CheckpointPublic.model_validate(r) for r in rows], count=len(rows))
+
+
+@router.get("/{checkpoint_id}")
+def get_checkpoint(checkpoint: CheckpointDep) -> CheckpointPublic:
+    """One checkpoint."""
+    return CheckpointPublic.model_validate(checkpoint)
+
+
+@router.delete("/{checkpoint_id}", responses={409: {"model": ErrorResponse}})
+def delete_checkpoint(checkpoint: CheckpointDep, session: SessionDep, store: StoreDep) -> CheckpointDeleted:
+    """Delete a checkpoint not used by a queued or running upgrade (its blob too, once unreferenced)."""
+    if queries.checkpoint_in_use(session, checkpoint):
+        raise ApiError(Code.conflict, f"Checkpoint {checkpoint.id!r} is used by a queued or running upgrade.")
+    sha256 = checkpoint.sha256
+    session.delete(checkpoint)
+    session.flush()
+    referenced = queries.blob_referenced(session, sha256)
+    session.commit()
+    if not referenced:
+        store.delete(sha256)
+    return CheckpointDeleted(id=checkpoint.id)

@@ -1,0 +1,121 @@
+"""Upgrade jobs: made from checkpoints, run by a worker, followed through progress and events."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Query
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import queue
+from app.api import idempotency
+from app.api.deps import CurrentOrg, IdempotencyKey, JobDep, PairsDep, SessionDep
+from app.db import jobs, queries
+from app.db.tables import Job
+from app.errors import ApiError, Code, not_found
+from app.schemas.common import ERROR_RESPONSES, ErrorResponse
+from app.schemas.upgrades import (
+    UpgradeCreate,
+    UpgradeError,
+    UpgradeEvent,
+    UpgradeEvents,
+    UpgradePublic,
+    UpgradesPublic,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/upgrades", tags=["upgrades"], responses=ERROR_RESPONSES)
+
+SCOPE = "POST /v1/upgrades"
+
+
+def to_public(session: Session, job: Job, *, with_events: bool = True) -> UpgradePublic:
+    delta = jobs.delta_for_job(session, job.id)
+    error = UpgradeError(code=job.error_code or "error", message=job.error_message or "") \
+        if job.error_message else None
+    events = [UpgradeEvent.model_validate(e) for e in jobs.events(session, job.id)] if with_events else []
+    return UpgradePublic(id=job.id, pair=job.pair, task=job.task, gt_id=job.gt_id, status=job.status,
+                         checkpoint_ids=[item["id"] for item in job.inputs], progress=job.progress,
+                         stage=job.stage, error=error, delta_id=delta.id if delta else None,
+                         attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
+                         finished_at=job.finished_at, events=events)
+
+
+@router.post("", responses={503: {"model": ErrorResponse}})
+def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pairs: PairsDep,
+                   key: IdempotencyKey = None) -> UpgradePublic:
+    """Queue an upgrade of one or more checkpoints (averaged) to the pair's LLM."""
+    print_ = idempotency.fingerprint(body.model_dump_json())
+    if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
+        return UpgradePublic.model_validate(stored)
+    pair = pairs.get(body.pair)
+    gt_id = pairs.choose_gt(pair, body.task)
+    if len(set(body.checkpoint_ids)) != len(body.checkpoint_ids):
+        raise ApiError(Code.invalid_request, "A checkpoint is listed twice.", param="checkpoint_ids")
+    inputs = []
+    for index, checkpoint_id in enumerate(body.checkpoint_ids):
+        checkpoint = queries.get_checkpoint(session, org.id, checkpoint_id)
+        param = f"checkpoint_ids.{index}"
+        if checkpoint is None:
+            raise not_found("checkpoint", checkpoint_id, param=param, code=Code.checkpoint_not_found)
+        if checkpoint.pair != pair.id:
+            raise ApiError(Code.invalid_request, f"Checkpoint {checkpoint_id!r} was made for pair "
+                           f"{checkpoint.pair!r}, not {pair.id!r}.", param=param)
+        inputs.append({"id": checkpoint.id, "sha256": checkpoint.sha256})
+    job = jobs.create_job(session, org.id, pair.id, body.task, gt_id, inputs)
+    public = to_public(session, job)
+    idempotency.remember(session, org.id, SCOPE, key, print_, public)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent retry with the same key won
+        session.rollback()
+        if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
+            raise
+        return UpgradePublic.model_validate(stored)
+    _enqueue(session, job)
+    return public
+
+
+def _enqueue(session: Session, job: Job) -> None:
+    """Send the job id after the commit; a job the queue never got is failed, not left queued forever."""
+    try:
+        queue.send(queue.UPGRADE_TASK, job_id=job.id)
+    except Exception as exc:
+        log.exception("could not queue %s", job.id)
+        jobs.fail(session, job.id, None, Code.queue_unavailable.value, f"task queue unreachable: {exc}")
+        session.commit()
+        message = "The task queue is unreachable; the upgrade did not start."
+        raise ApiError(Code.queue_unavailable, message) from None
+
+
+@router.get("")
+def list_upgrades(session: SessionDep, org: CurrentOrg,
+                  limit: int = Query(default=100, ge=1, le=1000)) -> UpgradesPublic:
+    """List the organization's upgrades, newest first (without their events)."""
+    rows = jobs.list_jobs(session, org.id, limit)
+    return UpgradesPublic(data=[to_public(session, j, with_events=False) for j in rows], count=len(rows))
+
+
+@router.get("/{upgrade_id}")
+def get_upgrade(job: JobDep, session: SessionDep) -> UpgradePublic:
+    """One upgrade: status, progress, stage, error, delta id and events."""
+    return to_public(session, job)
+
+
+@router.get("/{upgrade_id}/events")
+def list_upgrade_events(job: JobDep, session: SessionDep,
+                        after: int = Query(default=0, ge=0, description="Only events with a larger id.")
+                        ) -> UpgradeEvents:
+    """An upgrade's events in order; poll with `after` set to the last id seen."""
+    rows = jobs.events(session, job.id, after)
+    return UpgradeEvents(data=[UpgradeEvent.model_validate(e) for e in rows], count=len(rows))
+
+
+@router.post("/{upgrade_id}/cancel", responses={409: {"model": ErrorResponse}})
+def cancel_upgrade(job: JobDep, session: SessionDep) -> UpgradePublic:
+    """Cancel a queued upgrade now, or a running one at its worker's next step."""
+    if not jobs.request_cancel(session, job):
+        raise ApiError(Code.conflict, f"Upgrade {job.id!r} already {job.status}; nothing to cancel.")
+    session.commit()
+    return to_public(session, job)

@@ -1,0 +1,138 @@
+"""The `gradlift` command line.
+
+    gradlift serve [--host H] [--port P]   migrate, then the API and one worker (embedded defaults)
+    gradlift api [--host H] [--port P]     the API alone (scaled out: run `gradlift migrate` first)
+    gradlift worker [celery options]       one upgrade worker
+    gradlift migrate                       bring the database to the newest schema
+    gradlift keys create --org NAME        a new API key (its organization made if missing)
+    gradlift pair build NAME               build a model pair (and the toy pair's GT)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+
+log = logging.getLogger("gradlift")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradlift", description="Lift TinyLM LoRA updates to an LLM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "migrate, then run the API and one worker"), ("api", "run the API alone")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--host", default="127.0.0.1")
+        sub.add_argument("--port", type=int, default=8000)
+    commands.add_parser("worker", help="run one upgrade worker (extra options go to celery worker)")
+    commands.add_parser("migrate", help="apply database migrations")
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
+    keys.add_parser("create", help="make a key; prints it alone on the last line").add_argument(
+        "--org", required=True, help="organization name (made if missing)")
+    pair = commands.add_parser("pair", help="model pairs").add_subparsers(dest="action", required=True)
+    build = pair.add_parser("build", help="build a pair into GRADLIFT_PAIRS_DIR")
+    build.add_argument("name", help="the pair's id, e.g. toy")
+    build.add_argument("--profile", default=None, help="the toy pair's GT training profile (e.g. test)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, extra = _parser().parse_known_args(argv)
+    if extra and args.command != "worker":
+        _parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    from app.config import get_settings
+
+    logging.basicConfig(level=get_settings().log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "worker":
+        os.execv(sys.executable, [sys.executable, "-m", "workers", *extra])
+    handlers = {"serve": lambda: serve(args.host, args.port), "api": lambda: run_api(args.host, args.port),
+                "migrate": migrate, "keys": lambda: create_key(args.org),
+                "pair": lambda: build_pair(args.name, args.profile)}
+    handlers[args.command]()
+
+
+def migrate() -> None:
+    from app.db.migrate import upgrade_head
+
+    upgrade_head()
+    print("database is at the newest schema")
+
+
+def create_key(org_name: str) -> None:
+    from app.db import queries
+    from app.db.migrate import upgrade_head
+    from app.db.session import session_scope
+
+    upgrade_head()
+    with session_scope() as session:
+        org, key = queries.create_key(session, org_name)
+    print(f"organization {org.name} ({org.id})")
+    print("new API key (shown once; send it as `Authorization: Bearer <key>`):")
+    print(key)
+
+
+def build_pair(name: str, profile: str | None) -> None:
+    from app.config import get_settings
+
+    root = get_settings().pairs_dir
+    if name == "toy":
+        from models.toy import ensure_toy_ready
+
+        pair = ensure_toy_ready(root) if profile is None else ensure_toy_ready(root, profile=profile)
+    else:
+        from models.pairs import ensure_pair
+
+        pair = ensure_pair(root, name)
+    print(f"pair {pair.id} ready at {pair.root}; GTs: {', '.join(pair.gt_ids()) or 'none'}")
+
+
+def run_api(host: str, port: int) -> None:
+    import uvicorn
+
+    from app.config import get_settings
+
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port,
+                log_level=get_settings().log_level.lower())
+
+
+def serve(host: str, port: int) -> None:
+    """Everything on one machine: migrations, the default pair, one worker process, the API."""
+    from app.config import get_settings
+    from app.db.migrate import upgrade_head
+
+    settings = get_settings()
+    upgrade_head()
+    _ensure_default_pair(settings.default_pair)
+    worker = subprocess.Popen([sys.executable, "-m", "workers"])
+    print(f"gradlift: API on http://{host}:{port} (docs at /docs), data in {settings.data_dir}", flush=True)
+    print("make an API key with:  gradlift keys create --org NAME", flush=True)
+    try:
+        run_api(host, port)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def _ensure_default_pair(name: str) -> None:
+    from app.config import get_settings
+    from app.pairs import PairCatalog
+
+    catalog = PairCatalog(get_settings().pairs_dir)
+    if name in catalog.ids() and catalog.get(name).gt_ids():
+        return
+    if name != "toy":
+        print(f"pair {name!r} is not built; run `gradlift pair build {name}`", flush=True)
+        return
+    print("building the toy pair and its GT (first start only, about a minute)", flush=True)
+    build_pair(name, None)
+
+
+if __name__ == "__main__":
+    main()

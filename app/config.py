@@ -1,0 +1,81 @@
+"""The one settings object, read from `GRADLIFT_*` environment variables.
+
+GRADLIFT_DATA_DIR            where everything lives by default (./data)
+GRADLIFT_DATABASE_URL        sqlite:///<data>/gradlift.db, or postgresql+psycopg://user@host/db
+GRADLIFT_BROKER_URL          sqla+sqlite:///<data>/broker.db (no server), or redis://host:6379/0
+GRADLIFT_PAIRS_DIR           built model pairs (<data>/pairs)
+GRADLIFT_DEFAULT_PAIR        the pair `serve` makes ready (toy)
+GRADLIFT_MAX_UPLOAD_BYTES    largest adapter upload, enforced while streaming (256 MiB)
+GRADLIFT_UPGRADE_QUEUE       the Celery queue upgrade tasks go to (upgrades; one per device kind)
+GRADLIFT_JOB_TIME_LIMIT_S    hard time limit of one upgrade (3600)
+GRADLIFT_JOB_LEASE_S         a running job whose worker sent no heartbeat for this long is requeued (60)
+GRADLIFT_VISIBILITY_TIMEOUT_S Redis redelivers an unacknowledged task after this long (2 x time limit)
+GRADLIFT_LOG_LEVEL           INFO
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DATABASE_SCHEMES = ("sqlite", "postgresql")
+_BROKER_SCHEMES = ("sqla+sqlite", "sqla+postgresql", "redis", "rediss")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRADLIFT_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    broker_url: str = ""
+    pairs_dir: Path | None = None
+    default_pair: str = "toy"
+    max_upload_bytes: int = Field(default=256 * 2**20, gt=0)
+    upgrade_queue: str = "upgrades"
+    job_time_limit_s: int = Field(default=3600, gt=0)
+    job_lease_s: float = Field(default=60.0, gt=0)
+    visibility_timeout_s: int = 0
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> Settings:
+        # Absolute paths, so the API, the workers and migrations agree whatever their working folder.
+        self.data_dir = self.data_dir.expanduser().resolve()
+        self.pairs_dir = (self.pairs_dir or self.data_dir / "pairs").expanduser().resolve()
+        self.database_url = self.database_url or f"sqlite:///{self.data_dir / 'gradlift.db'}"
+        self.broker_url = self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+        self.visibility_timeout_s = self.visibility_timeout_s or 2 * self.job_time_limit_s
+        if self.database_url.split(":", 1)[0].split("+", 1)[0] not in _DATABASE_SCHEMES:
+            raise ValueError(f"GRADLIFT_DATABASE_URL must be sqlite or postgresql, not {self.database_url!r}")
+        if self.broker_url.split(":", 1)[0] not in _BROKER_SCHEMES:
+            raise ValueError(f"GRADLIFT_BROKER_URL must start with one of {_BROKER_SCHEMES}")
+        if self.visibility_timeout_s <= self.job_time_limit_s:
+            raise ValueError("GRADLIFT_VISIBILITY_TIMEOUT_S must exceed GRADLIFT_JOB_TIME_LIMIT_S, "
+                             "or Redis redelivers jobs that are still running")
+        return self
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Uploads in flight and jobs' working folders: on the blobs' file system, so renames are atomic."""
+        return self.data_dir / "tmp"
+
+    @property
+    def archives_dir(self) -> Path:
+        return self.data_dir / "archives"
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.broker_url.startswith(("redis", "rediss"))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings; invalid values fail here, at start."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Database tables, engine and sessions, and the queries the API and workers run."""

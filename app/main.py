@@ -1,0 +1,22 @@
+"""The FastAPI application (`uvicorn app.main:create_app --factory`)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from app.api.routes import checkpoints, deltas, health, pairs, upgrades
+from app.config import get_settings
+from app.errors import install_error_handler
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = FastAPI(title="gradlift", version="0.1.0",
+                  description="Lift a TinyLM LoRA update to an LLM adapter with a Gradient Transformer.")
+    install_error_handler(app)
+    for module in (health, pairs, checkpoints, upgrades, deltas):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,60 @@
+"""The API's view of the model pairs in `models/`, imported lazily so the web process starts without torch."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from app.errors import ApiError, Code
+
+if TYPE_CHECKING:
+    from models.pairs import Pair
+
+ALL_TASKS = "all"  # models.pairs.ALL_TASKS: the GT trained on every task of its pair
+
+
+class PairCatalog:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def ids(self) -> list[str]:
+        from models.pairs import PairStore
+
+        return PairStore(self.root).ids()
+
+    def get(self, pair_id: str, *, param: str | None = "pair") -> Pair:
+        from models.errors import NotFoundError
+        from models.pairs import PairStore
+
+        try:
+            return PairStore(self.root).get(pair_id)
+        except NotFoundError as exc:
+            raise ApiError(Code.pair_not_found, f"No pair {pair_id!r}: {exc}.", param=param) from None
+
+    @staticmethod
+    def choose_gt(pair: Pair, task: str | None) -> str:
+        """The GT for a task: its own if trained, else the pair's all-task GT."""
+        gts = pair.gt_ids()
+        if task is not None and task in gts:
+            return task
+        if ALL_TASKS in gts:
+            return ALL_TASKS
+        if task is None:
+            raise ApiError(Code.no_gradient_transformer, f"Pair {pair.id!r} has no Gradient Transformer for "
+                           f"all tasks; name one of its tasks: {gts}.", param="task")
+        raise ApiError(Code.no_gradient_transformer, f"Pair {pair.id!r} has no Gradient Transformer for task "
+                       f"{task!r}; trained: {gts or 'none'}.", param="task")
+
+    @staticmethod
+    def tiny_adapter_shapes(pair: Pair) -> dict[str, tuple[int, ...]]:
+        path = pair.tiny_init_path
+        return _shapes(str(path), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _shapes(path: str, _mtime_ns: int) -> dict[str, tuple[int, ...]]:
+    # Read from the header only: the init file is trusted, and the shapes are all that is needed.
+    from models.update import read_header
+
+    return {name: tuple(info["shape"]) for name, info in read_header(Path(path)).items()}

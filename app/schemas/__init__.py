@@ -1,0 +1,1 @@
+"""Request and response bodies: `ThingCreate` in, `ThingPublic` / `ThingsPublic` (data + count) out."""

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from app.schemas.common import UnixTime
+
+
+class DeltaFileName(StrEnum):
+    adapter_config = "adapter_config.json"
+    adapter_model = "adapter_model.safetensors"
+    update = "update.safetensors"
+
+
+class DeltaFile(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
+
+
+class DeltaSource(BaseModel):
+    id: str
+    sha256: str
+
+
+class DeltaPublic(BaseModel):
+    """A generated LLM adapter: a PEFT folder, immutable under its id."""
+
+    id: str
+    object: Literal["delta"] = "delta"
+    pair: str
+    task: str | None
+    gt_id: str
+    gt_version: str
+    upgrade_id: str
+    sources: list[DeltaSource]
+    files: list[DeltaFile]
+    bytes: int
+    verification: dict[str, Any]
+    created_at: UnixTime
+
+
+class DeltasPublic(BaseModel):
+    data: list[DeltaPublic]
+    count: int

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.common import UnixTime
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class UpgradeCreate(BaseModel):
+    pair: str = Field(min_length=1, max_length=100, description="The model pair, e.g. `toy`.")
+    task: str | None = Field(default=None, max_length=100,
+                             description="The task whose Gradient Transformer to use; omit it when the pair "
+                             "has one GT for all its tasks.")
+    checkpoint_ids: list[str] = Field(min_length=1, max_length=64,
+                                      description="Uploaded TinyLM adapters; several are averaged first.")
+
+
+class UpgradeEvent(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: UnixTime
+    stage: str
+    progress: float
+    message: str
+
+
+class UpgradeEvents(BaseModel):
+    data: list[UpgradeEvent]
+    count: int
+
+
+class UpgradeError(BaseModel):
+    code: str
+    message: str
+
+
+class UpgradeInput(BaseModel):
+    id: str
+    sha256: str
+
+
+class UpgradePublic(BaseModel):
+    id: str
+    object: Literal["upgrade"] = "upgrade"
+    pair: str
+    task: str | None
+    gt_id: str
+    checkpoint_ids: list[str]
+    status: Status
+    progress: float
+    stage: str
+    error: UpgradeError | None
+    delta_id: str | None
+    attempts: int
+    created_at: UnixTime
+    started_at: UnixTime | None
+    finished_at: UnixTime | None
+    events: list[UpgradeEvent]
+
+
+class UpgradesPublic(BaseModel):
+    data: list[UpgradePublic]
+    count: int

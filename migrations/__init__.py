@@ -1,0 +1,1 @@
+"""Alembic migrations of the service's database (a package, so installs carry them)."""
