@@ -77,3 +77,12 @@ def dispose_engines() -> None:
     with _lock:
         for engine in _engines.values():
             engine.dispose(close=False)
+
+
+def dispose_all() -> None:
+    """Close and forget every engine (tests drop their databases afterwards)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _makers.clear()

@@ -1,0 +1,68 @@
+"""Creating, reading and cancelling upgrades through the API (no worker runs here: jobs stay queued)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save
+
+from tests.app.api.conftest import Api
+from tests.app.api.test_auth_and_errors import assert_error
+from tests.app.api.test_checkpoints import adapter, upload
+
+
+@pytest.fixture
+def checkpoint_id(toy_api: Api, toy_pairs_dir: Path) -> str:
+    init = load_file(str(toy_pairs_dir / "toy" / "tiny_lora_init.safetensors"))
+    return upload(toy_api, save(adapter(init))).json()["id"]
+
+
+def create(api: Api, body: dict, org: str = "acme", key: str | None = None):  # noqa: ANN201
+    headers = api.auth(org) | ({"Idempotency-Key": key} if key else {})
+    return api.client.post("/v1/upgrades", headers=headers, json=body)
+
+
+def test_create_read_cancel(toy_api: Api, checkpoint_id: str) -> None:
+    response = create(toy_api, {"pair": "toy", "checkpoint_ids": [checkpoint_id]})
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert (job["status"], job["progress"], job["gt_id"], job["delta_id"]) == ("queued", 0.0, "all", None)
+    assert job["checkpoint_ids"] == [checkpoint_id] and job["events"][0]["stage"] == "queued"
+    got = toy_api.client.get(f"/v1/upgrades/{job['id']}", headers=toy_api.auth()).json()
+    assert got == job
+    events = toy_api.client.get(f"/v1/upgrades/{job['id']}/events", headers=toy_api.auth()).json()
+    assert events["count"] == 1
+    assert toy_api.client.get("/v1/upgrades", headers=toy_api.auth()).json()["count"] == 1
+    # In use by a queued job: the checkpoint cannot be deleted yet.
+    assert_error(toy_api.client.delete(f"/v1/checkpoints/{checkpoint_id}", headers=toy_api.auth()), 409,
+                 "conflict")
+    cancelled = toy_api.client.post(f"/v1/upgrades/{job['id']}/cancel", headers=toy_api.auth()).json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+    assert_error(toy_api.client.post(f"/v1/upgrades/{job['id']}/cancel", headers=toy_api.auth()), 409, "conflict")
+
+
+def test_task_without_its_own_gt_uses_the_pairs_all_task_gt(toy_api: Api, checkpoint_id: str) -> None:
+    job = create(toy_api, {"pair": "toy", "task": "caesar-3", "checkpoint_ids": [checkpoint_id]}).json()
+    assert job["task"] == "caesar-3" and job["gt_id"] in ("caesar-3", "all")
+
+
+def test_bad_upgrade_requests(toy_api: Api, checkpoint_id: str) -> None:
+    error = assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": [checkpoint_id, "ckpt_nope"]}), 404,
+                         "checkpoint_not_found")
+    assert error["param"] == "checkpoint_ids.1" and "ckpt_nope" in error["message"]
+    assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": [checkpoint_id]}, org="globex"), 404,
+                 "checkpoint_not_found")
+    assert_error(create(toy_api, {"pair": "nope", "checkpoint_ids": [checkpoint_id]}), 404, "pair_not_found")
+    assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": [checkpoint_id] * 2}), 400, "invalid_request")
+    assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": []}), 422, "invalid_request")
+    assert toy_api.client.get("/v1/upgrades", headers=toy_api.auth()).json()["count"] == 0
+
+
+def test_idempotency_key(toy_api: Api, checkpoint_id: str) -> None:
+    body = {"pair": "toy", "checkpoint_ids": [checkpoint_id]}
+    first = create(toy_api, body, key="retry-1").json()
+    assert create(toy_api, body, key="retry-1").json()["id"] == first["id"]
+    assert_error(create(toy_api, body | {"task": "caesar-3"}, key="retry-1"), 409, "idempotency_key_reused")
+    assert create(toy_api, body, key="retry-1", org="acme").json()["id"] == first["id"]
+    assert toy_api.client.get("/v1/upgrades", headers=toy_api.auth()).json()["count"] == 1

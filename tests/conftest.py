@@ -1,0 +1,86 @@
+"""Fixtures shared by the service's tests: settings pointed at a temporary data folder, the toy pair
+(built once per session), and fresh PostgreSQL databases / Redis db numbers for the scaled-out runs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings, get_settings
+
+PG_ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379"
+
+
+@pytest.fixture(scope="session")
+def toy_pairs_dir(request: pytest.FixtureRequest) -> Path:
+    """A pairs folder holding the toy pair and a quickly trained GT "all".
+
+    Built once into pytest's cache, under a name that changes with the ML core's source, so a clean
+    checkout (CI) builds it and a developer's second run reuses it until models/ changes.
+    """
+    import models
+    from models.toy import ensure_toy_ready
+
+    sources = sorted(Path(models.__file__).parent.rglob("*.py"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+    root = request.config.cache.mkdir(f"toy-pairs-{digest}")
+    for old in root.parent.glob("toy-pairs-*"):
+        if old != root:
+            shutil.rmtree(old, ignore_errors=True)
+    ensure_toy_ready(root, profile="test")
+    return root
+
+
+@pytest.fixture
+def service_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """GRADLIFT_* variables for a fresh data folder (embedded defaults), in this process's settings."""
+    monkeypatch.setenv("GRADLIFT_DATA_DIR", str(tmp_path / "data"))
+    for name in ("DATABASE_URL", "BROKER_URL", "PAIRS_DIR", "MAX_UPLOAD_BYTES", "JOB_LEASE_S"):
+        monkeypatch.delenv(f"GRADLIFT_{name}", raising=False)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def use_settings(monkeypatch: pytest.MonkeyPatch, **values: str) -> Settings:
+    """Set GRADLIFT_<NAME> variables and return the settings they make."""
+    for name, value in values.items():
+        monkeypatch.setenv(f"GRADLIFT_{name.upper()}", value)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    import psycopg
+
+    name = f"gradlift_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://root@127.0.0.1:5432/{name}"
+    from app.db import session as db_session
+
+    db_session.dispose_all()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[tuple[str, str]]:
+    """(broker URL, queue name): Redis db 15 and a queue no other test run shares; its keys go afterwards."""
+    import redis
+
+    url, queue = f"{REDIS_URL}/15", f"test-{os.getpid()}-{secrets.token_hex(4)}"
+    yield url, queue
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(match=f"*{queue}*"):
+        client.delete(key)
+    client.close()
