@@ -29,7 +29,8 @@ def test_no_key_and_wrong_key(api: Api) -> None:
     for path in PROTECTED:
         error = assert_error(api.client.get(path), 401, "missing_api_key")
         assert "Authorization: Bearer" in error["message"] and error["type"] == "authentication_error"
-        assert_error(api.client.get(path, headers={"Authorization": "Bearer glk_wrong"}), 401, "invalid_api_key")
+        wrong = api.client.get(path, headers={"Authorization": "Bearer glk_wrong"})
+        assert_error(wrong, 401, "invalid_api_key")
     assert api.client.get("/v1/checkpoints").headers["www-authenticate"] == "Bearer"
 
 
@@ -70,7 +71,8 @@ def test_framework_errors_use_the_same_body(api: Api) -> None:
     error = assert_error(api.client.post("/v1/upgrades", headers=api.auth(), json={"pair": "toy"}), 422,
                          "invalid_request")
     assert error["param"] == "checkpoint_ids"
-    error = assert_error(api.client.get("/v1/checkpoints?limit=0", headers=api.auth()), 422, "invalid_request")
+    response = api.client.get("/v1/checkpoints?limit=0", headers=api.auth())
+    error = assert_error(response, 422, "invalid_request")
     assert error["param"] == "limit"
 
 
@@ -83,13 +85,15 @@ def test_unknown_pair(api: Api) -> None:
 def test_openapi_describes_every_route(api: Api) -> None:
     doc = api.client.get("/openapi.json").json()
     paths = doc["paths"]
-    for path in ["/v1/checkpoints", "/v1/checkpoints/{checkpoint_id}", "/v1/upgrades", "/v1/upgrades/{upgrade_id}",
-                 "/v1/upgrades/{upgrade_id}/events", "/v1/upgrades/{upgrade_id}/cancel", "/v1/deltas",
-                 "/v1/deltas/{delta_id}", "/v1/deltas/{delta_id}/files/{name}", "/v1/deltas/{delta_id}/archive",
-                 "/v1/pairs", "/v1/pairs/{pair_id}", "/v1/pairs/{pair_id}/tiny-lora-init", "/healthz", "/readyz"]:
+    for path in ["/v1/checkpoints", "/v1/checkpoints/{checkpoint_id}", "/v1/upgrades",
+                 "/v1/upgrades/{upgrade_id}", "/v1/upgrades/{upgrade_id}/events",
+                 "/v1/upgrades/{upgrade_id}/cancel", "/v1/deltas", "/v1/deltas/{delta_id}",
+                 "/v1/deltas/{delta_id}/files/{name}", "/v1/deltas/{delta_id}/archive", "/v1/pairs",
+                 "/v1/pairs/{pair_id}", "/v1/pairs/{pair_id}/tiny-lora-init", "/healthz", "/readyz"]:
         assert path in paths, path
     upload = paths["/v1/checkpoints"]["post"]
-    assert set(upload["requestBody"]["content"]["multipart/form-data"]["schema"]["required"]) == {"file", "pair"}
+    schema = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(schema["required"]) == {"file", "pair"}
     assert {"401", "413", "415", "422"} <= set(upload["responses"])
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
     assert doc["components"]["schemas"]["ErrorResponse"]

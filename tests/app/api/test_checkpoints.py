@@ -41,7 +41,8 @@ def header_of(tensors: dict[str, torch.Tensor], dtype: str = "F32") -> tuple[dic
     header, data, offset = {}, b"", 0
     for name, tensor in tensors.items():
         blob = tensor.numpy().tobytes() if dtype == "F32" else tensor.to(torch.float64).numpy().tobytes()
-        header[name] = {"dtype": dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + len(blob)]}
+        span = [offset, offset + len(blob)]
+        header[name] = {"dtype": dtype, "shape": list(tensor.shape), "data_offsets": span}
         data, offset = data + blob, offset + len(blob)
     return header, data
 
@@ -106,18 +107,17 @@ def _bad_uploads(init: dict) -> list[tuple[str, bytes, dict, int, str, str]]:
     return [
         ("wrong pair", save(good), {"pair": "nope"}, 404, "pair_not_found", "nope"),
         ("wrong shapes", save(wrong_shape), {}, 422, "invalid_adapter", "shape"),
-        ("missing tensor", save({k: v for k, v in good.items() if k != names[0]}), {}, 422, "invalid_adapter",
-         "missing tensor"),
+        ("missing tensor", save({k: good[k] for k in names[1:]}), {}, 422, "invalid_adapter", "missing"),
         ("extra tensor", save(extra), {}, 422, "invalid_adapter", "unexpected tensor"),
         ("wrong dtype", raw(f64_header, f64_data), {}, 422, "invalid_adapter", "dtype"),
         ("truncated", save(good)[:-100], {}, 422, "invalid_adapter", "truncated"),
-        ("header longer than file", raw(header, data, length=10**6), {}, 422, "invalid_adapter", "longer than"),
+        ("header longer than file", raw(header, data, length=10**6), {}, 422, "invalid_adapter", "longer"),
         ("overlapping offsets", raw(overlap_header, data), {}, 422, "invalid_adapter", "overlap"),
         ("NaN", save(nan), {}, 422, "invalid_adapter", "NaN"),
         ("absurd values", save(huge), {}, 422, "invalid_adapter", "magnitude"),
         ("pickle", pickle.dumps(good), {}, 415, "unsupported_file_type", "safetensors"),
         ("torch.save zip", zipped.getvalue(), {}, 415, "unsupported_file_type", "safetensors"),
-        (".bin name", save(good), {"filename": "adapter_model.bin"}, 415, "unsupported_file_type", "safetensors"),
+        (".bin name", save(good), {"filename": "a.bin"}, 415, "unsupported_file_type", "safetensors"),
         ("empty", b"", {}, 422, "invalid_adapter", "empty"),
         ("not json header", raw({}, b"")[:8] + b"{not json", {}, 422, "invalid_adapter", "header"),
         ("bad config", save(good), {"config": b"{nope"}, 422, "invalid_adapter", "adapter_config.json"),

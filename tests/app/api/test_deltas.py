@@ -31,8 +31,9 @@ def make_delta(api: Api) -> str:
         files[name] = {"sha256": sha, "bytes": size}
     with session_scope() as s:
         org_id = s.scalar(select(Organization.id).where(Organization.name == "acme"))
-        s.add(Job(id="upg_d", org_id=org_id, pair="toy", task=None, gt_id="all", inputs=[], status="succeeded",
-                  progress=1.0, stage="succeeded", cancel_requested=False, attempts=1, created_at=utcnow()))
+        s.add(Job(id="upg_d", org_id=org_id, pair="toy", task=None, gt_id="all", inputs=[],
+                  status="succeeded", progress=1.0, stage="succeeded", cancel_requested=False, attempts=1,
+                  created_at=utcnow()))
         s.flush()
         s.add(Delta(id="dlt_d", org_id=org_id, job_id="upg_d", pair="toy", task=None, gt_id="all",
                     gt_version="gt-1", sources=[{"id": "ckpt_x", "sha256": "0" * 64}], files=files,
@@ -55,7 +56,8 @@ def test_metadata_files_etag_range_archive(api: Api) -> None:
     part = api.client.get(url, headers=api.auth() | {"Range": "bytes=100-199"})
     assert part.status_code == 206 and part.content == data[100:200]
     assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
-    assert api.client.get(url, headers=api.auth() | {"If-None-Match": full.headers["etag"]}).status_code == 304
+    cached = api.client.get(url, headers=api.auth() | {"If-None-Match": full.headers["etag"]})
+    assert cached.status_code == 304
     assert api.client.get(f"/v1/deltas/{delta_id}/files/other.bin", headers=api.auth()).status_code == 422
     archive = api.client.get(f"/v1/deltas/{delta_id}/archive", headers=api.auth())
     assert archive.status_code == 200 and archive.headers["etag"]

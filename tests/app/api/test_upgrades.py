@@ -39,7 +39,8 @@ def test_create_read_cancel(toy_api: Api, checkpoint_id: str) -> None:
                  "conflict")
     cancelled = toy_api.client.post(f"/v1/upgrades/{job['id']}/cancel", headers=toy_api.auth()).json()
     assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
-    assert_error(toy_api.client.post(f"/v1/upgrades/{job['id']}/cancel", headers=toy_api.auth()), 409, "conflict")
+    again = toy_api.client.post(f"/v1/upgrades/{job['id']}/cancel", headers=toy_api.auth())
+    assert_error(again, 409, "conflict")
 
 
 def test_task_without_its_own_gt_uses_the_pairs_all_task_gt(toy_api: Api, checkpoint_id: str) -> None:
@@ -48,13 +49,14 @@ def test_task_without_its_own_gt_uses_the_pairs_all_task_gt(toy_api: Api, checkp
 
 
 def test_bad_upgrade_requests(toy_api: Api, checkpoint_id: str) -> None:
-    error = assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": [checkpoint_id, "ckpt_nope"]}), 404,
-                         "checkpoint_not_found")
+    unknown = create(toy_api, {"pair": "toy", "checkpoint_ids": [checkpoint_id, "ckpt_nope"]})
+    error = assert_error(unknown, 404, "checkpoint_not_found")
     assert error["param"] == "checkpoint_ids.1" and "ckpt_nope" in error["message"]
     assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": [checkpoint_id]}, org="globex"), 404,
                  "checkpoint_not_found")
     assert_error(create(toy_api, {"pair": "nope", "checkpoint_ids": [checkpoint_id]}), 404, "pair_not_found")
-    assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": [checkpoint_id] * 2}), 400, "invalid_request")
+    twice = create(toy_api, {"pair": "toy", "checkpoint_ids": [checkpoint_id] * 2})
+    assert_error(twice, 400, "invalid_request")
     assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": []}), 422, "invalid_request")
     assert toy_api.client.get("/v1/upgrades", headers=toy_api.auth()).json()["count"] == 0
 

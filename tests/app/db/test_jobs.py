@@ -30,13 +30,14 @@ def status(job_id: str) -> Job:
 
 
 def make_delta(claim: jobs.Claim) -> Delta:
-    return Delta(org_id=claim.org_id, job_id=claim.job_id, pair="toy", task=None, gt_id="all", gt_version="v",
-                 sources=claim.inputs, files={}, verification={}, created_at=utcnow())
+    return Delta(org_id=claim.org_id, job_id=claim.job_id, pair="toy", task=None, gt_id="all",
+                 gt_version="v", sources=claim.inputs, files={}, verification={}, created_at=utcnow())
 
 
 def age_heartbeat(job_id: str, seconds: float) -> None:
     with session_scope() as s:
-        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
+        earlier = utcnow() - timedelta(seconds=seconds)
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=earlier))
 
 
 def test_one_live_claim_at_a_time(job_id: str) -> None:
