@@ -1,0 +1,23 @@
+"""A real worker whose upgrades stall once started, so a test can SIGKILL it in the middle of a job.
+
+Run as `python -m tests.e2e.stalling_worker`. Only the ML call is replaced; the claim, heartbeats, the
+database and the broker are the real ones.
+"""
+
+import time
+
+import models.upgrade
+from workers.__main__ import main
+
+STAGE = "stalled for a crash test"
+
+
+def _stall(pair, gt_id, adapter_paths, out_dir, on_progress=None):  # noqa: ANN001, ANN202 - run_upgrade's shape
+    on_progress(0.0, STAGE)
+    time.sleep(600)
+
+
+models.upgrade.run_upgrade = _stall
+
+if __name__ == "__main__":
+    main([])
