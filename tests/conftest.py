@@ -38,6 +38,16 @@ def toy_pairs_dir(request: pytest.FixtureRequest) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def toy_adapter(toy_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TinyLM LoRA adapter folder fine-tuned on a toy task, as an organization would make it."""
+    from models.finetune import finetune_adapter
+    from models.pairs import PairStore
+
+    pair = PairStore(toy_pairs_dir).get("toy")
+    return finetune_adapter(pair, pair.spec.tasks[0], tmp_path_factory.mktemp("adapter"), steps=60)
+
+
 @pytest.fixture
 def service_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """GRADLIFT_* variables for a fresh data folder (embedded defaults), in this process's settings."""

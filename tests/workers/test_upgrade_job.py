@@ -1,0 +1,85 @@
+"""The upgrade job's plain function, called directly (no Celery): real database, store and ML core."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from app.config import Settings
+from app.db import jobs, queries
+from app.db.migrate import upgrade_head
+from app.db.session import session_scope
+from app.db.tables import Delta, Job
+from app.storage import BlobStore
+from tests.conftest import use_settings
+from workers.upgrade import run_job, sweep
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def settings(service_env: Settings, toy_pairs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    settings = use_settings(monkeypatch, pairs_dir=str(toy_pairs_dir), job_lease_s="30")
+    upgrade_head()
+    return settings
+
+
+def new_job(settings: Settings, adapter: Path) -> str:
+    store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    sha, _ = store.put_file(adapter / "adapter_model.safetensors")
+    with session_scope() as s:
+        org, _ = queries.create_key(s, "acme")
+        return jobs.create_job(s, org.id, "toy", None, "all", [{"id": "ckpt_x", "sha256": sha}]).id
+
+
+def job(job_id: str) -> Job:
+    with session_scope() as s:
+        return s.get(Job, job_id)
+
+
+def delta_count() -> int:
+    with session_scope() as s:
+        return s.scalar(select(func.count()).select_from(Delta))
+
+
+def test_runs_once_however_often_it_is_delivered(settings: Settings, toy_adapter: Path) -> None:
+    job_id = new_job(settings, toy_adapter)
+    run_job(job_id, "w1")
+    done = job(job_id)
+    assert (done.status, done.progress, done.attempts) == ("succeeded", 1.0, 1), done.error_message
+    run_job(job_id, "w2")  # a duplicate delivery
+    assert delta_count() == 1 and job(job_id).attempts == 1
+    with session_scope() as s:
+        delta = jobs.delta_for_job(s, job_id)
+        stages = [e.stage for e in jobs.events(s, job_id)]
+    store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    assert set(delta.files) == {"adapter_config.json", "adapter_model.safetensors", "update.safetensors"}
+    assert all(store.exists(f["sha256"]) for f in delta.files.values())
+    assert stages[:2] == ["queued", "starting"] and stages[-1] == "succeeded"
+    assert list(settings.tmp_dir.iterdir()) == []  # the job's scratch folder is gone
+
+
+def test_a_missing_input_fails_with_a_message(settings: Settings, toy_adapter: Path) -> None:
+    job_id = new_job(settings, toy_adapter)
+    shutil.rmtree(settings.blobs_dir)
+    run_job(job_id, "w1")
+    failed = job(job_id)
+    assert failed.status == "failed" and "missing" in failed.error_message and delta_count() == 0
+
+
+def test_cancelled_before_start_is_not_run(settings: Settings, toy_adapter: Path) -> None:
+    job_id = new_job(settings, toy_adapter)
+    with session_scope() as s:
+        jobs.request_cancel(s, s.get(Job, job_id))
+    run_job(job_id, "w1")
+    assert job(job_id).status == "cancelled" and delta_count() == 0
+
+
+def test_sweep_leaves_live_jobs_alone(settings: Settings, toy_adapter: Path) -> None:
+    job_id = new_job(settings, toy_adapter)
+    with session_scope() as s:
+        jobs.claim(s, job_id, "w1", settings.job_lease_s)
+    assert sweep() == [] and job(job_id).status == "running"
