@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from app.db.tables import TERMINAL, Delta, Job, JobEvent, JobStatus, utcnow
 
+MAX_ATTEMPTS = 3
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -168,8 +170,18 @@ def stale_job_ids(session: Session, lease_s: float) -> list[str]:
 
 
 def requeue(session: Session, job_id: str, lease_s: float) -> bool:
-    """Put a stale running job back to queued (the caller sends it again before committing)."""
+    """Put a stale running job back to queued (the caller sends it again before committing); a job
+    that has lost its worker MAX_ATTEMPTS times (say, it kills the process every time) fails instead."""
     stale = utcnow() - timedelta(seconds=lease_s)
+    attempts = session.scalar(select(Job.attempts).where(Job.id == job_id))
+    if attempts is not None and attempts >= MAX_ATTEMPTS:
+        where = [Job.id == job_id, Job.status == JobStatus.running.value, Job.heartbeat_at < stale]
+        message = f"its worker was lost {attempts} times; gave up"
+        values = {"status": JobStatus.failed.value, "stage": "failed", "finished_at": utcnow(),
+                  "error_code": "worker_lost", "error_message": message}
+        if _update(session, *where, **values):
+            add_event(session, job_id, "failed", 0.0, message)
+        return False
     if not _update(session, Job.id == job_id, Job.status == JobStatus.running.value, Job.heartbeat_at < stale,
                    status=JobStatus.queued.value, stage="queued", worker=None):
         return False

@@ -13,8 +13,10 @@ STAGE = "stalled for a crash test"
 
 
 def _stall(pair, gt_id, adapter_paths, out_dir, on_progress=None):  # noqa: ANN001, ANN202 - run_upgrade's shape
-    on_progress(0.0, STAGE)
-    time.sleep(600)
+    # Reports progress as a long GT run would, so a cancel is noticed; never finishes.
+    for _ in range(3000):
+        on_progress(0.0, STAGE)
+        time.sleep(0.2)
 
 
 models.upgrade.run_upgrade = _stall

@@ -100,8 +100,10 @@ def test_upgrade_end_to_end(backend_env: dict[str, str], toy_pairs_dir: Path, to
     assert_changes_the_llm(toy_pairs_dir, adapter_dir)
 
 
-def test_restarts_lose_nothing_and_a_killed_workers_job_finishes_once(
-        toy_pairs_dir: Path, toy_adapter: Path, tmp_path: Path) -> None:
+def test_restarts_cancel_and_a_killed_workers_job(toy_pairs_dir: Path, toy_adapter: Path,
+                                                  tmp_path: Path) -> None:
+    """The API killed with jobs queued loses nothing; a running job can be cancelled; a job whose worker
+    is SIGKILLed mid-run is finished by the next worker, with exactly one delta."""
     env = {"GRADLIFT_DATA_DIR": str(tmp_path / "data"), "GRADLIFT_PAIRS_DIR": str(toy_pairs_dir),
            "GRADLIFT_JOB_LEASE_S": "3"}
     with Services(env, tmp_path / "logs") as services:
@@ -110,21 +112,29 @@ def test_restarts_lose_nothing_and_a_killed_workers_job_finishes_once(
         client = services.client(services.make_key("acme"))
         checkpoint = upload(client, toy_adapter)
         body = {"pair": "toy", "checkpoint_ids": [checkpoint["id"]]}
-        job_id = client.post("/v1/upgrades", json=body).json()["id"]
+        to_cancel, to_kill = (client.post("/v1/upgrades", json=body).json()["id"] for _ in range(2))
 
-        services.stop("api", signal.SIGKILL)  # the API dies with a job queued and an upload stored
+        services.stop("api", signal.SIGKILL)  # the API dies with two jobs queued and an upload stored
         services.api()
         assert client.get(f"/v1/checkpoints/{checkpoint['id']}").json()["sha256"] == checkpoint["sha256"]
-        assert client.get(f"/v1/upgrades/{job_id}").json()["status"] == "queued"
+        statuses = [client.get(f"/v1/upgrades/{j}").json()["status"] for j in (to_cancel, to_kill)]
+        assert statuses == ["queued", "queued"]
 
         services.worker("stalling", "tests.e2e.stalling_worker")
-        started = lambda: client.get(f"/v1/upgrades/{job_id}").json()["stage"] == STAGE  # noqa: E731
-        wait_for(started, 120, "the stalling worker to start the job")
+        wait_stage(client, to_cancel, STAGE)
+        assert client.post(f"/v1/upgrades/{to_cancel}/cancel").status_code == 200
+        wait_stage(client, to_cancel, "cancelled")
+        wait_stage(client, to_kill, STAGE)
         services.stop("stalling", signal.SIGKILL)  # the worker dies mid-job
 
         services.worker()
-        job = wait_finished(client, job_id, services)
+        job = wait_finished(client, to_kill, services)
         assert job["status"] == "succeeded" and job["attempts"] == 2, job
         assert any("worker lost" in e["message"] for e in job["events"])
         deltas = client.get("/v1/deltas").json()
-        assert deltas["count"] == 1 and deltas["data"][0]["upgrade_id"] == job_id
+        assert deltas["count"] == 1 and deltas["data"][0]["upgrade_id"] == to_kill
+
+
+def wait_stage(client: httpx.Client, job_id: str, stage: str, timeout_s: float = 120) -> None:
+    wait_for(lambda: client.get(f"/v1/upgrades/{job_id}").json()["stage"] == stage, timeout_s,
+             f"upgrade {job_id} to reach stage {stage!r}")

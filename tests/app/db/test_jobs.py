@@ -94,3 +94,14 @@ def test_cancel_queued_then_running(job_id: str, service_env: Settings) -> None:
         assert jobs.claim(s, queued.id, "w1", LEASE) is None
         stages = [e.stage for e in jobs.events(s, job_id)]
     assert stages[0] == "queued" and stages[-1] == "cancelled"
+
+
+def test_a_job_that_keeps_losing_its_worker_fails(job_id: str) -> None:
+    for attempt in range(1, jobs.MAX_ATTEMPTS + 1):
+        with session_scope() as s:
+            assert jobs.claim(s, job_id, f"w{attempt}", LEASE) is not None
+        age_heartbeat(job_id, LEASE + 1)
+        with session_scope() as s:
+            assert jobs.requeue(s, job_id, LEASE) == (attempt < jobs.MAX_ATTEMPTS)
+    failed = status(job_id)
+    assert (failed.status, failed.error_code) == ("failed", "worker_lost")
