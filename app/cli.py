@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -109,6 +110,9 @@ def serve(host: str, port: int) -> None:
     worker = subprocess.Popen([sys.executable, "-m", "workers"])
     print(f"gradlift: API on http://{host}:{port} (docs at /docs), data in {settings.data_dir}", flush=True)
     print("make an API key with:  gradlift keys create --org NAME", flush=True)
+    # uvicorn re-raises the signal it stopped for once it is done; as SystemExit it runs `finally`,
+    # which stops the worker (gracefully: it finishes the job in hand) instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         run_api(host, port)
     finally:

@@ -64,17 +64,20 @@ class Services:
         self.procs[name] = proc
         return proc
 
-    def stop(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 30) -> None:
+    def stop(self, name: str, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 45) -> None:
+        """SIGTERM to the leader only (as a process manager would), or SIGKILL to the whole group."""
         proc = self.procs.pop(name)
         if proc.poll() is None:
-            os.killpg(proc.pid, sig)
+            if sig == signal.SIGKILL:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
                 proc.wait(timeout=timeout_s)
-        if sig == signal.SIGKILL:
-            _kill_group(proc.pid)  # children of a killed group leader
+        _kill_group(proc.pid)  # whatever the leader left behind (Celery pool children)
 
     def run(self, argv: list[str], timeout_s: float = 120) -> str:
         done = subprocess.run(argv, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
