@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.db.session import session_scope
 from app.db.tables import Checkpoint, Delta, Job, utcnow
 from tests.app.api.conftest import Api
+from tests.conftest import use_settings
 
 PROTECTED = ["/v1/checkpoints", "/v1/upgrades", "/v1/deltas", "/v1/pairs"]
 
@@ -97,3 +100,10 @@ def test_openapi_describes_every_route(api: Api) -> None:
     assert {"401", "413", "415", "422"} <= set(upload["responses"])
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
     assert doc["components"]["schemas"]["ErrorResponse"]
+
+
+def test_readyz_names_what_is_down(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_settings(monkeypatch, broker_url="redis://127.0.0.1:1/0")
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["broker"].startswith("error") and ready.json()["checks"]["database"] == "ok"
