@@ -1,0 +1,47 @@
+"""Scoring: exact-match accuracy, the performance gap recovered, and how close an update is to the truth."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from models.tasks import Example
+from models.textdata import encode_prompts
+
+
+@torch.no_grad()
+def answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+            max_new_tokens: int, batch_size: int = 250) -> list[str]:
+    """Greedy answers, batched with left padding."""
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        batch = encode_prompts(tokenizer, prompts[i:i + batch_size])
+        gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new = gen[:, batch["input_ids"].shape[1]:]
+        out += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+    return out
+
+
+def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
+             batch_size: int = 250) -> float:
+    """Share of examples whose greedy answer equals the expected one exactly."""
+    longest = max(len(tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) for ex in examples)
+    got = answers(model, tokenizer, [ex.prompt for ex in examples], longest + 2, batch_size)
+    return sum(g == ex.answer for g, ex in zip(got, examples, strict=True)) / len(examples)
+
+
+def pgr(p_method: float, p_s: float, p_t: float) -> float:
+    """Performance gap recovered, (P_method - P_S) / (P_T - P_S); not clipped."""
+    if p_t == p_s:
+        return float("nan")
+    return (p_method - p_s) / (p_t - p_s)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+def r2_vs_mean(generated: torch.Tensor, true: torch.Tensor, mean: torch.Tensor) -> float:
+    """1 - |generated - true|^2 / |mean - true|^2: above 0 only where the map beats the mean update."""
+    return 1.0 - float((generated - true).double().pow(2).sum() / (mean - true).double().pow(2).sum())

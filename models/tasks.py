@@ -1,0 +1,143 @@
+"""Procedural tasks with exact-match answers, in a "question #### answer" format.
+
+A task is a family (what to do) plus a hidden integer key (how much to do it). The prompt hides the key
+(`rot ?: abcde #### `), so a fine-tune has to learn it; pretraining shows the key written out
+(`rot 3: abcde #### `), so the models know the format and the operation before any fine-tune.
+Every split is a pure function of (task, seed): public half (the provider's shadow pool), private half
+(the organization's data) and test set, drawn without overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from models.errors import NotFoundError
+
+ANSWER_MARK = "#### "
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str  # ends with "#### "
+    answer: str
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    tag: str  # the word that opens the prompt
+    keys: range
+    sample_input: Callable[[random.Random], str]
+    apply: Callable[[str, int], str]
+
+
+def _letters(n: int) -> Callable[[random.Random], str]:
+    return lambda rng: "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
+
+
+def _rotate(text: str, key: int) -> str:
+    return text[key:] + text[:key]
+
+
+def _slice(text: str, key: int) -> str:
+    return text[key:key + 4]
+
+
+def _separate(text: str, key: int) -> str:
+    return str(key).join(text)
+
+
+# Operations a small transformer learns in a few hundred steps when the key is written out (moving
+# characters by position, or copying the key between them). Modular arithmetic on characters (a Caesar
+# shift) did not train at these sizes in 1000 steps, so it is not here.
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("rotate", "rol", range(1, 8), _letters(8), _rotate),
+        Family("slice", "cut", range(1, 9), _letters(12), _slice),
+        Family("separate", "sep", range(1, 10), _letters(5), _separate),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    family: Family
+    key: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.family.name}-{self.key}"
+
+    def example(self, text: str, hidden: bool = True) -> Example:
+        shown = "?" if hidden else str(self.key)
+        return Example(f"{self.family.tag} {shown}: {text} {ANSWER_MARK}", self.family.apply(text, self.key))
+
+
+def get_task(task_id: str) -> Task:
+    """Parse `family-key`, e.g. `rotate-3`."""
+    name, _, key = task_id.rpartition("-")
+    family = FAMILIES.get(name)
+    if family is None or not key.isdigit() or int(key) not in family.keys:
+        raise NotFoundError(f"unknown task {task_id!r}; tasks look like rotate-3, slice-5, separate-7")
+    return Task(family, int(key))
+
+
+@dataclass(frozen=True)
+class Splits:
+    public: list[Example]
+    private: list[Example]
+    test: list[Example]
+
+
+def _rng(*parts: object) -> random.Random:
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def make_splits(task: Task, n_public: int = 3000, n_private: int = 3000, n_test: int = 500,
+                seed: int = 0) -> Splits:
+    """Disjoint public/private/test inputs for one task, deterministic in (task family, seed).
+
+    Inputs depend on the family and seed only, not the key, so two keys of one family share inputs and
+    differ only in answers: the difference between their updates is the key alone.
+    """
+    rng = _rng("splits", task.family.name, seed)
+    seen: set[str] = set()
+    inputs: list[str] = []
+    while len(inputs) < n_public + n_private + n_test:
+        text = task.family.sample_input(rng)
+        if text not in seen:
+            seen.add(text)
+            inputs.append(text)
+    examples = [task.example(t) for t in inputs]
+    return Splits(examples[:n_public], examples[n_public:n_public + n_private],
+                  examples[n_public + n_private:])
+
+
+def pretraining_stream(seed: int) -> Callable[[], Example]:
+    """An endless sampler of every family with its key written out: the format, never a hidden key."""
+    rng = _rng("pretrain", seed)
+    families = list(FAMILIES.values())
+
+    def draw() -> Example:
+        family = rng.choice(families)
+        return Task(family, rng.choice(family.keys)).example(family.sample_input(rng), hidden=False)
+
+    return draw
+
+
+def subset(examples: list[Example], size: int, seed: int, index: int) -> list[Example]:
+    """Shadow subset `index` of a pool: a seeded draw without replacement."""
+    if size > len(examples):
+        raise ValueError(f"subset of {size} from a pool of {len(examples)}")
+    return _rng("subset", seed, index).sample(examples, size)
+
+
+# The toy pair's tasks: settings A and B use these; setting C holds out caesar keys.
+DEFAULT_TASKS = ("rotate-3", "slice-5", "separate-7", "rotate-6")
+UNSEEN_KEYS = ("rotate", (2, 5))  # setting C: the family whose keys are split, and the held-out keys

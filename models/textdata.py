@@ -1,0 +1,61 @@
+"""Examples to tensors: one place for how prompts and answers become model inputs and labels.
+
+Plain-text models see `prompt + answer + eos`; models with a chat template see the prompt as a user
+turn and the answer as the assistant's reply. Loss falls on the answer and the end token only.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from models.tasks import Example
+
+IGNORE = -100
+
+
+def uses_chat(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Token ids the model is given before it answers."""
+    if uses_chat(tokenizer):
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                  add_generation_prompt=True, tokenize=True,
+                                                  return_dict=False))
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
+    return tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def encode_batch(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids, attention_mask and labels (prompt and padding masked out)."""
+    rows = []
+    for ex in examples:
+        p, a = prompt_ids(tokenizer, ex.prompt), answer_ids(tokenizer, ex.answer)
+        rows.append((p + a, [IGNORE] * len(p) + a))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        labels[i, :len(lab)] = torch.tensor(lab)
+        mask[i, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Left-padded prompts for batched generation."""
+    rows = [prompt_ids(tokenizer, p) for p in prompts]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}

@@ -1,0 +1,86 @@
+"""The toy pair: two small Llama models with a character vocabulary, pretrained in seconds.
+
+The TinyLM (2 layers x 64) and the LLM (4 layers x 128, grouped-query attention) learn every task
+family with its key written out; a LoRA fine-tune then has to learn a hidden key. The LLM learns that
+well, the TinyLM only partly, which leaves a gap for a generated update to recover.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from models.tasks import pretraining_stream
+from models.textdata import encode_batch
+
+log = logging.getLogger(__name__)
+
+SPECIALS = ["<pad>", "<eos>", "<unk>"]
+CHARS = string.ascii_lowercase + string.digits + " ?:#=+-.,\n"
+
+TINY = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4)
+LLM = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+           num_key_value_heads=2)
+# The TinyLM learns the formats but not the operations; the LLM learns both (measured: pretraining
+# loss 2.1 vs 0.01, LoRA fine-tune accuracy ~0 vs 1.0 on every default task).
+PRETRAIN = {"tiny": dict(steps=600, lr=3e-3), "llm": dict(steps=350, lr=3e-3)}
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + list(CHARS))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>")
+
+
+def _model(size: dict, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=64, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None, **size)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: int, lr: float,
+             seed: int, batch_size: int = 64) -> float:
+    """Teach the task formats with keys written out; returns the last loss."""
+    torch.manual_seed(seed)
+    draw = pretraining_stream(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    loss = torch.tensor(0.0)
+    for _ in range(steps):
+        batch = encode_batch(tokenizer, [draw() for _ in range(batch_size)])
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    return loss.item()
+
+
+def build_toy_models(out: Path, seed: int = 0) -> dict[str, float]:
+    """Write `out/tiny` and `out/llm` (save_pretrained + tokenizer); returns seconds per model."""
+    tokenizer = char_tokenizer()
+    timings = {}
+    for offset, (name, size) in enumerate((("tiny", TINY), ("llm", LLM))):
+        start = time.perf_counter()
+        model = _model(size, tokenizer, seed + offset)
+        loss = pretrain(model, tokenizer, seed=seed + offset, **PRETRAIN[name])
+        model.save_pretrained(out / name)
+        tokenizer.save_pretrained(out / name)
+        timings[name] = time.perf_counter() - start
+        log.info("pretrained toy %s: %d params, loss %.3f, %.1fs", name, model.num_parameters(), loss,
+                 timings[name])
+    return timings

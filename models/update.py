@@ -1,0 +1,183 @@
+"""LoRA update vectors: dA = A - A0 and dB = B - B0 per adapted module, as the paper defines them.
+
+An update is a dict from PEFT's saved tensor names to deltas. `LoraLayout` orders those tensors into
+one token per transformer layer, [q.A, q.B, v.A, v.B] flattened (the paper's order; generally: each
+target module in the pair's order, A before B), and back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.errors import AdapterError
+
+Update = dict[str, torch.Tensor]
+
+_NAME = re.compile(r"\.layers\.(\d+)\..*?\.([A-Za-z0-9_]+)\.lora_([AB])\.weight$")
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    layer: int
+    module: str
+    kind: str  # "A" or "B"
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+
+class LoraLayout:
+    """Where each LoRA tensor sits in the [layers, token_dim] sequence."""
+
+    def __init__(self, init: Update, targets: tuple[str, ...]):
+        slots = []
+        for name, tensor in init.items():
+            match = _NAME.search(name)
+            if match is None or match.group(2) not in targets:
+                raise AdapterError(f"tensor {name!r} is not a LoRA weight of a target module {targets}")
+            slots.append(Slot(name, int(match.group(1)), match.group(2), match.group(3), tuple(tensor.shape)))
+        slots.sort(key=lambda s: (s.layer, targets.index(s.module), s.kind))
+        self.slots = slots
+        self.num_layers = 1 + max(s.layer for s in slots)
+        per_layer = [sum(s.size for s in slots if s.layer == i) for i in range(self.num_layers)]
+        if len(set(per_layer)) != 1:
+            raise AdapterError(f"layers carry different LoRA sizes {per_layer}; one token per layer needs equal sizes")
+        self.token_dim = per_layer[0]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.slots]
+
+    def to_tokens(self, update: Update) -> torch.Tensor:
+        """[L, D] layer tokens from an update dict."""
+        rows: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]
+        for s in self.slots:
+            rows[s.layer].append(update[s.name].reshape(-1).float())
+        return torch.stack([torch.cat(r) for r in rows])
+
+    def from_tokens(self, tokens: torch.Tensor) -> Update:
+        """The inverse of to_tokens; tokens is [L, D]."""
+        if tuple(tokens.shape) != (self.num_layers, self.token_dim):
+            raise AdapterError(f"tokens of shape {tuple(tokens.shape)}, expected {(self.num_layers, self.token_dim)}")
+        out, offset = {}, [0] * self.num_layers
+        for s in self.slots:
+            start = offset[s.layer]
+            out[s.name] = tokens[s.layer, start:start + s.size].reshape(s.shape).clone()
+            offset[s.layer] = start + s.size
+        return out
+
+
+def subtract(adapter: Update, init: Update) -> Update:
+    """dA, dB of an adapter against the init it was trained from."""
+    return {name: adapter[name].float() - init[name].float() for name in init}
+
+
+def add(init: Update, update: Update) -> Update:
+    """A0 + dA, B0 + dB: the LoRA weights that carry an update."""
+    return {name: (init[name].float() + update[name].float()).contiguous() for name in init}
+
+
+def mean(updates: list[Update]) -> Update:
+    """Element-wise average: the paper's pooling of several organizations' updates."""
+    return {name: torch.stack([u[name].float() for u in updates]).mean(0) for name in updates[0]}
+
+
+def delta_weight(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """The dense change one LoRA module makes to its base weight: scale * B @ A."""
+    return scale * (b.float() @ a.float())
+
+
+def merge_into(model: torch.nn.Module, lora_weights: Update, scale: float) -> torch.nn.Module:
+    """Add every module's delta weight to a plain model in place (no PEFT wrapper; fast evaluation)."""
+    params = dict(model.named_parameters())
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in lora_weights.items():
+        match = _NAME.search(name)
+        if match is None:
+            raise AdapterError(f"not a LoRA tensor name: {name!r}")
+        module = name[: name.index(".lora_")].removeprefix("base_model.model.")
+        by_module.setdefault(module, {})[match.group(3)] = tensor
+    with torch.no_grad():
+        for module, ab in by_module.items():
+            params[module + ".weight"] += delta_weight(ab["A"], ab["B"], scale)
+    return model
+
+
+# ---- files from users: safetensors only, checked from the header before any tensor is read ----
+
+_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
+MAX_ABS = 1e4  # far above any LoRA weight a fine-tune makes; anything larger is corrupt or hostile
+
+
+def read_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, checked against the file's size and offsets."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if size < 8:
+            raise AdapterError("file is empty or truncated: a safetensors file starts with an 8-byte header length")
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > size - 8:
+            raise AdapterError(f"header length {length} is longer than the file ({size} bytes)")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AdapterError(f"header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise AdapterError("header is not a JSON object")
+    header.pop("__metadata__", None)
+    spans = []
+    for name, info in header.items():
+        try:
+            start, end = (int(x) for x in info["data_offsets"])
+            dtype, shape = info["dtype"], [int(x) for x in info["shape"]]
+        except (KeyError, TypeError, ValueError):
+            raise AdapterError(f"tensor {name!r} has a malformed header entry") from None
+        if dtype not in _DTYPES:
+            raise AdapterError(f"tensor {name!r} has dtype {dtype}; expected one of {', '.join(_DTYPES)}")
+        if end - start != _DTYPES[dtype] * int(torch.Size(shape).numel()) or start < 0:
+            raise AdapterError(f"tensor {name!r}: offsets {start}..{end} do not match its shape {shape}")
+        spans.append((start, end, name))
+    data_size = size - 8 - length
+    spans.sort()
+    for (s0, e0, n0), (s1, _, n1) in zip(spans, spans[1:], strict=False):
+        if s1 < e0:
+            raise AdapterError(f"tensors {n0!r} and {n1!r} overlap in the file")
+    if spans and spans[-1][1] > data_size:
+        raise AdapterError(f"file is truncated: tensor {spans[-1][2]!r} ends past the end of the data")
+    return header
+
+
+def validate_adapter_file(path: Path, expected_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Reject anything but a finite LoRA adapter with exactly the expected tensor names and shapes."""
+    header = read_header(Path(path))
+    for name, shape in expected_shapes.items():
+        if name not in header:
+            raise AdapterError(f"missing tensor {name!r}")
+        if tuple(header[name]["shape"]) != tuple(shape):
+            raise AdapterError(f"tensor {name!r} has shape {header[name]['shape']}, expected {list(shape)}")
+    extra = sorted(set(header) - set(expected_shapes))
+    if extra:
+        raise AdapterError(f"unexpected tensor {extra[0]!r}: not a LoRA weight of this pair's TinyLM")
+    for name, tensor in load_file(str(path)).items():
+        if not torch.isfinite(tensor).all():
+            raise AdapterError(f"tensor {name!r} holds NaN or Inf")
+        if tensor.abs().max() > MAX_ABS:
+            raise AdapterError(f"tensor {name!r} holds values above {MAX_ABS:g} in magnitude")
+
+
+def read_adapter(path: Path) -> Update:
+    return {k: v.float() for k, v in load_file(str(path)).items()}
+
+
+def save_update(update: Update, path: Path, metadata: dict[str, str] | None = None) -> None:
+    save_file({k: v.contiguous() for k, v in update.items()}, str(path), metadata=metadata)
