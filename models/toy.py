@@ -16,6 +16,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from models.pairs import Pair
 from models.tasks import pretraining_stream
 from models.textdata import encode_batch
 
@@ -84,3 +85,30 @@ def build_toy_models(out: Path, seed: int = 0) -> dict[str, float]:
         log.info("pretrained toy %s: %d params, loss %.3f, %.1fs", name, model.num_parameters(), loss,
                  timings[name])
     return timings
+
+
+def ensure_toy_ready(root: Path, profile: str = "test") -> Pair:
+    """The toy pair with a Gradient Transformer for all its tasks; a small, fast one for `test`."""
+    from models.finetune import FinetuneConfig
+    from models.gt_checkpoint import data_hash, save_gt
+    from models.gt_train import GTTrainConfig, train_gt
+    from models.pairs import ALL_TASKS, ensure_pair, locked
+    from models.shadow import ShadowPlan, build_shadow, load_shadow
+
+    pair = ensure_pair(Path(root), "toy")
+    if ALL_TASKS in pair.gt_ids():
+        return pair
+    if profile != "test":
+        raise ValueError(f"unknown profile {profile!r}; the full GTs come from `python -m bench.quality`")
+    with locked(Path(root) / ".toy-gt.lock"):
+        if ALL_TASKS not in pair.gt_ids():
+            plans = [ShadowPlan(task, subsets=2, subset_size=200, keep_last=4,
+                                finetune=FinetuneConfig(steps=30)) for task in pair.spec.tasks]
+            build_shadow(pair, plans, progress=False)
+            data = load_shadow(pair, plans)
+            model, info = train_gt(data, GTTrainConfig(steps=150, eval_every=50, d_model=64, d_ff=128),
+                                   progress=False)
+            save_gt(model, pair.gt_dir(ALL_TASKS), {"pair": pair.id, "task": ALL_TASKS,
+                                                    "tasks": list(pair.spec.tasks), "profile": profile,
+                                                    "data_sha256": data_hash(data.src, data.tgt), **info})
+    return pair

@@ -1,0 +1,111 @@
+"""One upgrade, end to end: TinyLM adapters in, a verified PEFT adapter for the LLM out.
+
+    adapters -> update vectors (minus the TinyLM's A0) -> average (several organizations)
+             -> layer tokens [L_S, D_S] -> Gradient Transformer -> [L_T, D_T] -> LLM dA, dB
+             -> PEFT folder (A0 + dA, B0 + dB) -> checks -> result
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.errors import NotFoundError, VerificationError
+from models.finetune import write_adapter_folder
+from models.gt_checkpoint import load_gt
+from models.pairs import ALL_TASKS, Pair
+from models.tasks import get_task
+from models.textdata import encode_prompts
+from models.update import LoraLayout, Update, add, mean, read_adapter, save_update, subtract
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+FILES = ("adapter_config.json", "adapter_model.safetensors", "update.safetensors")
+
+
+@dataclass
+class UpgradeResult:
+    files: dict[str, Path]
+    verification: dict
+    gt_version: str
+    update: Update
+
+
+def resolve_gt(pair: Pair, task: str | None) -> str:
+    """The GT to use: the task's own, else the pair's GT for all tasks."""
+    ids = pair.gt_ids()
+    if task is not None and task in ids:
+        return task
+    if ALL_TASKS in ids and (task is None or task in pair.spec.tasks):
+        return ALL_TASKS
+    wanted = task or "a task-free upgrade"
+    raise NotFoundError(f"pair {pair.id!r} has no Gradient Transformer for {wanted}; it has: {', '.join(ids) or 'none'}")
+
+
+def generate_update(pair: Pair, gt_id: str, tiny_updates: list[Update]) -> tuple[Update, str]:
+    """The LLM update the GT generates for the average of the TinyLM updates, and the GT's version."""
+    model, meta = load_gt(pair.gt_dir(gt_id))
+    src = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).to_tokens(mean(tiny_updates))
+    tgt = model.generate(src[None])[0]  # [L_T, D_T]
+    return LoraLayout(pair.init("llm"), pair.spec.lora.targets).from_tokens(tgt), meta["weights_sha256"][:12]
+
+
+def probe_prompt(pair: Pair) -> str:
+    return get_task(pair.spec.tasks[0]).example("abcdefghijkl"[:5]).prompt if pair.spec.tasks else "Hello"
+
+
+@torch.no_grad()
+def verify(pair: Pair, folder: Path, update: Update) -> dict:
+    """Load the folder with PEFT onto the LLM and check it really changes the model; raise otherwise."""
+    from peft import PeftModel
+
+    init = pair.init("llm")
+    layout = LoraLayout(init, pair.spec.lora.targets)
+    per_layer = layout.to_tokens(update).norm(dim=1)
+    zero = [i for i, n in enumerate(per_layer.tolist()) if n == 0 or n != n]
+    if zero:
+        raise VerificationError(f"the generated update is zero or NaN in LLM layers {zero}")
+    base = pair.load_model("llm")
+    tokenizer = pair.load_tokenizer("llm")
+    batch = encode_prompts(tokenizer, [probe_prompt(pair)])
+    base_logits = base(**batch).logits[0, -1]
+    peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
+    lora_modules = {n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A)}
+    expected = {s.name[: s.name.index(".lora_")] for s in layout.slots}
+    if lora_modules != expected:
+        missing = sorted(expected - lora_modules)[:1] or sorted(lora_modules - expected)[:1]
+        raise VerificationError(f"adapter modules do not match the LLM's target modules (first: {missing})")
+    new_logits = peft_model(**batch).logits[0, -1]
+    diff = float((new_logits - base_logits).abs().max())
+    if not diff > 0:
+        raise VerificationError("the upgraded LLM's logits on the probe prompt equal the base model's")
+    return {"modules": len(lora_modules), "layers_nonzero": len(per_layer), "probe_max_logit_change": diff,
+            "update_norm": float(per_layer.norm())}
+
+
+def run_upgrade(pair: Pair, gt_id: str, adapter_paths: list[Path], out_dir: Path,
+                on_progress: Progress | None = None) -> UpgradeResult:
+    """Turn uploaded TinyLM adapters into a verified LLM adapter folder in out_dir."""
+    report = on_progress or (lambda fraction, stage: None)
+    report(0.05, "reading adapters")
+    tiny_init = pair.init("tiny")
+    tiny_updates = [subtract(read_adapter(Path(p)), tiny_init) for p in adapter_paths]
+    report(0.2, "generating update")
+    update, gt_version = generate_update(pair, gt_id, tiny_updates)
+    report(0.5, "writing adapter")
+    out_dir = Path(out_dir)
+    sources = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in adapter_paths]
+    meta = {"pair": pair.id, "gt": gt_id, "gt_version": gt_version, "sources": json.dumps(sources)}
+    write_adapter_folder(out_dir, pair.spec.lora, str(pair.llm_dir), add(pair.init("llm"), update), meta)
+    save_update(update, out_dir / "update.safetensors", metadata=meta)
+    report(0.7, "verifying")
+    checks = verify(pair, out_dir, update)
+    report(1.0, "done")
+    return UpgradeResult({name: out_dir / name for name in FILES}, checks, gt_version, update)
