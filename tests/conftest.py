@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,21 +17,11 @@ REDIS_URL = "redis://127.0.0.1:6379"
 
 
 @pytest.fixture(scope="session")
-def toy_pairs_dir(request: pytest.FixtureRequest) -> Path:
-    """A pairs folder holding the toy pair and a quickly trained GT "all".
-
-    Built once into pytest's cache, under a name that changes with the ML core's source, so a clean
-    checkout (CI) builds it and a developer's second run reuses it until models/ changes.
-    """
-    import models
+def toy_pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pairs folder holding the toy pair and a quickly trained GT "all", built once per session."""
     from models.toy import ensure_toy_ready
 
-    sources = sorted(Path(models.__file__).parent.rglob("*.py"))
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
-    root = request.config.cache.mkdir(f"toy-pairs-{digest}")
-    for old in root.parent.glob("toy-pairs-*"):
-        if old != root:
-            shutil.rmtree(old, ignore_errors=True)
+    root = tmp_path_factory.mktemp("pairs")
     ensure_toy_ready(root, profile="test")
     return root
 

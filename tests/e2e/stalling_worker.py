@@ -19,7 +19,6 @@ def _stall(pair, gt_id, adapter_paths, out_dir, on_progress=None):  # noqa: ANN0
         time.sleep(0.2)
 
 
-models.upgrade.run_upgrade = _stall
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # only in the worker process: importing this module (for STAGE) changes nothing
+    models.upgrade.run_upgrade = _stall
     main([])

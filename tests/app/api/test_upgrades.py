@@ -43,9 +43,15 @@ def test_create_read_cancel(toy_api: Api, checkpoint_id: str) -> None:
     assert_error(again, 409, "conflict")
 
 
-def test_task_without_its_own_gt_uses_the_pairs_all_task_gt(toy_api: Api, checkpoint_id: str) -> None:
-    job = create(toy_api, {"pair": "toy", "task": "caesar-3", "checkpoint_ids": [checkpoint_id]}).json()
-    assert job["task"] == "caesar-3" and job["gt_id"] in ("caesar-3", "all")
+def test_a_task_uses_its_own_gt_or_the_pairs_all_task_gt(toy_api: Api, checkpoint_id: str,
+                                                          toy_pairs_dir: Path) -> None:
+    from models.pairs import PairStore
+
+    task = PairStore(toy_pairs_dir).get("toy").spec.tasks[0]
+    job = create(toy_api, {"pair": "toy", "task": task, "checkpoint_ids": [checkpoint_id]}).json()
+    assert job["task"] == task and job["gt_id"] in (task, "all")
+    unknown = create(toy_api, {"pair": "toy", "task": "no-such-task", "checkpoint_ids": [checkpoint_id]})
+    assert "no-such-task" in assert_error(unknown, 422, "no_gradient_transformer")["message"]
 
 
 def test_bad_upgrade_requests(toy_api: Api, checkpoint_id: str) -> None:
@@ -65,6 +71,6 @@ def test_idempotency_key(toy_api: Api, checkpoint_id: str) -> None:
     body = {"pair": "toy", "checkpoint_ids": [checkpoint_id]}
     first = create(toy_api, body, key="retry-1").json()
     assert create(toy_api, body, key="retry-1").json()["id"] == first["id"]
-    assert_error(create(toy_api, body | {"task": "caesar-3"}, key="retry-1"), 409, "idempotency_key_reused")
+    assert_error(create(toy_api, body | {"task": "other"}, key="retry-1"), 409, "idempotency_key_reused")
     assert create(toy_api, body, key="retry-1", org="acme").json()["id"] == first["id"]
     assert toy_api.client.get("/v1/upgrades", headers=toy_api.auth()).json()["count"] == 1

@@ -1,0 +1,30 @@
+"""The procedural task suite."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.errors import NotFoundError
+from models.tasks import ANSWER_MARK, DEFAULT_TASKS, get_task, make_splits
+
+
+@pytest.mark.parametrize("task_id", DEFAULT_TASKS)
+def test_splits_are_disjoint_deterministic_and_hide_the_key(task_id):
+    task = get_task(task_id)
+    a, b = make_splits(task, 300, 300, 100), make_splits(task, 300, 300, 100)
+    assert a == b
+    inputs = [set(ex.prompt for ex in part) for part in (a.public, a.private, a.test)]
+    assert not (inputs[0] & inputs[1]) and not (inputs[0] & inputs[2]) and not (inputs[1] & inputs[2])
+    assert all(ex.prompt.endswith(ANSWER_MARK) and " ?: " in ex.prompt for ex in a.test)
+
+
+def test_answers_follow_the_key():
+    assert get_task("rotate-3").example("abcdefgh").answer == "defghabc"
+    assert get_task("slice-2").example("abcdefghijkl").answer == "cdef"
+    assert get_task("separate-7").example("abcde").answer == "a7b7c7d7e"
+
+
+@pytest.mark.parametrize("bad", ["rotate-99", "nope-1", "rotate", "rotate-x"])
+def test_unknown_tasks_are_refused(bad):
+    with pytest.raises(NotFoundError):
+        get_task(bad)
