@@ -35,7 +35,6 @@ def _parser() -> argparse.ArgumentParser:
     pair = commands.add_parser("pair", help="model pairs").add_subparsers(dest="action", required=True)
     build = pair.add_parser("build", help="build a pair into GRADLIFT_PAIRS_DIR")
     build.add_argument("name", help="the pair's id, e.g. toy")
-    build.add_argument("--profile", default=None, help="the toy pair's GT training profile (e.g. test)")
     return parser
 
 
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         os.execv(sys.executable, [sys.executable, "-m", "workers", *extra])
     handlers = {"serve": lambda: serve(args.host, args.port), "api": lambda: run_api(args.host, args.port),
                 "migrate": migrate, "keys": lambda: create_key(args.org),
-                "pair": lambda: build_pair(args.name, args.profile)}
+                "pair": lambda: build_pair(args.name)}
     handlers[args.command]()
 
 
@@ -75,14 +74,15 @@ def create_key(org_name: str) -> None:
     print(key)
 
 
-def build_pair(name: str, profile: str | None) -> None:
+def build_pair(name: str) -> None:
+    """Build a pair; the toy pair also gets a quickly trained GT for all its tasks."""
     from app.config import get_settings
 
     root = get_settings().pairs_dir
     if name == "toy":
         from models.toy import ensure_toy_ready
 
-        pair = ensure_toy_ready(root) if profile is None else ensure_toy_ready(root, profile=profile)
+        pair = ensure_toy_ready(root)
     else:
         from models.pairs import ensure_pair
 
@@ -135,7 +135,7 @@ def _ensure_default_pair(name: str) -> None:
         print(f"pair {name!r} is not built; run `gradlift pair build {name}`", flush=True)
         return
     print("building the toy pair and its GT (first start only, about a minute)", flush=True)
-    build_pair(name, None)
+    build_pair(name)
 
 
 if __name__ == "__main__":

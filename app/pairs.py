@@ -11,8 +11,6 @@ from app.errors import ApiError, Code
 if TYPE_CHECKING:
     from models.pairs import Pair
 
-ALL_TASKS = "all"  # models.pairs.ALL_TASKS: the GT trained on every task of its pair
-
 
 class PairCatalog:
     def __init__(self, root: Path) -> None:
@@ -34,17 +32,14 @@ class PairCatalog:
 
     @staticmethod
     def choose_gt(pair: Pair, task: str | None) -> str:
-        """The GT for a task: its own if trained, else the pair's all-task GT."""
-        gts = pair.gt_ids()
-        if task is not None and task in gts:
-            return task
-        if ALL_TASKS in gts:
-            return ALL_TASKS
-        if task is None:
-            raise ApiError(Code.no_gradient_transformer, f"Pair {pair.id!r} has no Gradient Transformer for "
-                           f"all tasks; name one of its tasks: {gts}.", param="task")
-        raise ApiError(Code.no_gradient_transformer, f"Pair {pair.id!r} has no Gradient Transformer for task "
-                       f"{task!r}; trained: {gts or 'none'}.", param="task")
+        """The GT for a task (its own, else the pair's all-task GT), as the ML core resolves it."""
+        from models.errors import NotFoundError
+        from models.upgrade import resolve_gt
+
+        try:
+            return resolve_gt(pair, task)
+        except NotFoundError as exc:
+            raise ApiError(Code.no_gradient_transformer, f"{exc}.", param="task") from None
 
     @staticmethod
     def tiny_adapter_shapes(pair: Pair) -> dict[str, tuple[int, ...]]:
