@@ -134,7 +134,7 @@ def _ensure_default_pair(name: str) -> None:
     if name != "toy":
         print(f"pair {name!r} is not built; run `gradlift pair build {name}`", flush=True)
         return
-    print("building the toy pair and its GT (first start only, about a minute)", flush=True)
+    print("building the toy pair and its GT (first start only; several minutes on a CPU)", flush=True)
     build_pair(name)
 
 
