@@ -82,7 +82,7 @@ def finetune_lora(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, in
 
 
 def write_adapter_folder(out_dir: Path, lora: LoraSpec, base: str, weights: Update,
-                         metadata: dict[str, str] | None = None) -> Path:
+                         metadata: dict | None = None) -> Path:
     """A standard PEFT adapter folder: adapter_config.json + adapter_model.safetensors."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = lora.peft_config()
@@ -104,4 +104,4 @@ def finetune_adapter(pair: Pair, task: str, out_dir: Path, steps: int = 60, seed
     result = finetune_lora(pair.load_model("tiny"), pair.load_tokenizer("tiny"), init, pair.spec.lora, data,
                            FinetuneConfig(steps=steps, seed=seed))
     return write_adapter_folder(Path(out_dir), pair.spec.lora, str(pair.tiny_dir), add(init, result.update),
-                                {"pair": pair.id, "task": task, "steps": str(steps), "seed": str(seed)})
+                                {"pair": pair.id, "task": task, "steps": steps, "seed": seed})

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from models.finetune import FinetuneConfig, finetune_lora
 from models.pairs import Pair
 from models.tasks import get_task, make_splits, subset
-from models.update import LoraLayout
+from models.update import LoraLayout, save_update
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,7 @@ def run_subset(pair_root: str, plan: ShadowPlan, index: int) -> str:
         tokens[side] = torch.stack([layout.to_tokens(u) for u in result.snapshots])  # [N, L, D]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    save_file({"src": tokens["tiny"], "tgt": tokens["llm"]}, str(tmp),
-              metadata={"task": plan.task, "index": str(index), "plan": json.dumps(asdict(plan), sort_keys=True)})
+    save_update({"src": tokens["tiny"], "tgt": tokens["llm"]}, tmp, {"index": index, "plan": asdict(plan)})
     os.replace(tmp, out)
     return str(out)
 

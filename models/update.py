@@ -149,7 +149,7 @@ def read_header(path: Path) -> dict:
         spans.append((start, end, name))
     data_size = size - 8 - length
     spans.sort()
-    for (s0, e0, n0), (s1, _, n1) in zip(spans, spans[1:], strict=False):
+    for (_, e0, n0), (s1, _, n1) in zip(spans, spans[1:], strict=False):
         if s1 < e0:
             raise AdapterError(f"tensors {n0!r} and {n1!r} overlap in the file")
     if spans and spans[-1][1] > data_size:
@@ -179,5 +179,8 @@ def read_adapter(path: Path) -> Update:
     return {k: v.float() for k, v in load_file(str(path)).items()}
 
 
-def save_update(update: Update, path: Path, metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.contiguous() for k, v in update.items()}, str(path), metadata=metadata)
+def save_update(update: Update, path: Path, metadata: dict | None = None) -> None:
+    """Write tensors, with metadata as one sorted JSON string: the same content gives the same bytes
+    (safetensors writes several metadata keys in no fixed order)."""
+    meta = {"gradlift": json.dumps(metadata, sort_keys=True)} if metadata else None
+    save_file({k: v.contiguous() for k, v in update.items()}, str(path), metadata=meta)

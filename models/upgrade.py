@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +45,8 @@ def resolve_gt(pair: Pair, task: str | None) -> str:
     if ALL_TASKS in ids and (task is None or task in pair.spec.tasks):
         return ALL_TASKS
     wanted = task or "a task-free upgrade"
-    raise NotFoundError(f"pair {pair.id!r} has no Gradient Transformer for {wanted}; it has: {', '.join(ids) or 'none'}")
+    have = ", ".join(ids) or "none"
+    raise NotFoundError(f"pair {pair.id!r} has no Gradient Transformer for {wanted}; it has: {have}")
 
 
 def generate_update(pair: Pair, gt_id: str, tiny_updates: list[Update]) -> tuple[Update, str]:
@@ -102,7 +102,7 @@ def run_upgrade(pair: Pair, gt_id: str, adapter_paths: list[Path], out_dir: Path
     report(0.5, "writing adapter")
     out_dir = Path(out_dir)
     sources = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in adapter_paths]
-    meta = {"pair": pair.id, "gt": gt_id, "gt_version": gt_version, "sources": json.dumps(sources)}
+    meta = {"pair": pair.id, "gt": gt_id, "gt_version": gt_version, "sources": sources}
     write_adapter_folder(out_dir, pair.spec.lora, str(pair.llm_dir), add(pair.init("llm"), update), meta)
     save_update(update, out_dir / "update.safetensors", metadata=meta)
     report(0.7, "verifying")

@@ -1,0 +1,141 @@
+"""Quality of generated updates on a pair, in three settings (see ARCHITECTURE.md):
+
+A  one GT per task (the paper's protocol)
+B  one GT for the whole pair, task not given
+C  a task family whose private keys no shadow run used
+
+    python -m bench.quality --pair toy --out results.json
+
+Builds what is missing first (pair, shadow runs, GTs), prints tables, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from models.baselines import Ridge
+from models.experiment import Scorer, private_run, score_task
+from models.finetune import FinetuneConfig
+from models.gt_checkpoint import data_hash, save_gt
+from models.gt_train import GTTrainConfig, train_gt
+from models.pairs import ALL_TASKS, ensure_pair
+from models.shadow import ShadowPlan, build_shadow, load_shadow
+from models.tasks import FAMILIES, UNSEEN_KEYS
+
+log = logging.getLogger("bench.quality")
+
+SHADOW_K = 8
+FINETUNE = FinetuneConfig(steps=150, batch_size=16, lr=1e-3)
+
+
+def plans_for(tasks: list[str]) -> list[ShadowPlan]:
+    return [ShadowPlan(t, subsets=SHADOW_K, subset_size=1000, keep_last=10, finetune=FINETUNE) for t in tasks]
+
+
+def fit(pair, plans, gt_dir: Path | None, label: str, cfg: GTTrainConfig, timings: dict):
+    data = load_shadow(pair, plans)
+    start = time.perf_counter()
+    model, info = train_gt(data, cfg)
+    timings.setdefault("gt_train_each", []).append(time.perf_counter() - start)
+    if gt_dir is not None:
+        save_gt(model, gt_dir, {"pair": pair.id, "task": label, "tasks": sorted({p.task for p in plans}),
+                                "data_sha256": data_hash(data.src, data.tgt), "trained_by": "bench.quality",
+                                **info})
+    return model, data
+
+
+def setting(name: str, rows: list[dict]) -> dict:
+    finite = [r["pgr"] for r in rows if r["pgr"] == r["pgr"]]
+    return {"tasks": rows, "average_pgr": sum(finite) / len(finite) if finite else float("nan")}
+
+
+def print_table(name: str, block: dict) -> None:
+    print(f"\nSetting {name}: average PGR {block['average_pgr']:.1%}")
+    head = f"{'task':<12}{'base':>6}{'P_S':>6}{'P_T':>6}{'P_GT':>6}{'PGR':>8}{'cos':>6}{'R2m':>7}"
+    head += "".join(f"{b:>22}" for b in ("ridge pgr/cos", "mean pgr/cos", "nearest pgr/cos"))
+    print(head)
+    for r in block["tasks"]:
+        line = (f"{r['task']:<12}{r['p_base']:>6.2f}{r['p_s']:>6.2f}{r['p_t']:>6.2f}{r['p_gt']:>6.2f}"
+                f"{r['pgr']:>8.1%}{r['cos']:>6.2f}{r['r2_vs_mean']:>7.2f}")
+        for b in ("ridge", "mean_update", "nearest"):
+            x = r["baselines"][b]
+            line += f"{x['pgr']:>14.1%} / {x['cos']:>5.2f}"
+        print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", default="toy")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--out", type=Path, default=Path("results.json"))
+    parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
+    parser.add_argument("--gt-steps", type=int, default=1500)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.manual_seed(0)
+    timings: dict = {}
+
+    start = time.perf_counter()
+    pair = ensure_pair(args.data_dir / "pairs", args.pair)
+    timings["pair_build"] = time.perf_counter() - start
+
+    family, unseen = UNSEEN_KEYS
+    seen_keys = [k for k in FAMILIES[family].keys if k not in unseen]
+    tasks = list(pair.spec.tasks)
+    c_train = [f"{family}-{k}" for k in seen_keys]
+    c_test = [f"{family}-{k}" for k in unseen]
+    all_plans = {p.task: p for p in plans_for(sorted(set(tasks + c_train)))}
+    start = time.perf_counter()
+    build_shadow(pair, list(all_plans.values()), workers=args.workers)
+    timings["shadow_build"] = time.perf_counter() - start
+    timings["shadow_runs"] = len(all_plans) * SHADOW_K
+
+    torch.set_num_threads(2)
+    scorer = Scorer(pair)
+    private = {t: private_run(pair, scorer, t, FINETUNE) for t in tasks + c_test}
+    timings["llm_finetune_private"] = sum(r.llm_seconds for r in private.values()) / len(private)
+
+    cfg = GTTrainConfig(steps=args.gt_steps)
+    settings = {}
+    rows = []
+    for task in tasks:  # A
+        model, data = fit(pair, [all_plans[task]], pair.gt_dir(task), task, cfg, timings)
+        rows.append(score_task(private[task], scorer, model, data, Ridge(data)))
+    settings["A"] = setting("A", rows)
+    model_b, data_b = fit(pair, [all_plans[t] for t in tasks], pair.gt_dir(ALL_TASKS), ALL_TASKS, cfg, timings)
+    ridge_b = Ridge(data_b)
+    settings["B"] = setting("B", [score_task(private[t], scorer, model_b, data_b, ridge_b) for t in tasks])
+    model_c, data_c = fit(pair, [all_plans[t] for t in c_train], None, f"{family}-seen-keys", cfg, timings)
+    ridge_c = Ridge(data_c)
+    settings["C"] = setting("C", [score_task(private[t], scorer, model_c, data_c, ridge_c) for t in c_test])
+
+    src = private[tasks[0]].tiny_tokens[None]
+    for use_cache in (True, False):
+        model_b.generate(src, use_cache=use_cache)
+        start = time.perf_counter()
+        for _ in range(20):
+            model_b.generate(src, use_cache=use_cache)
+        timings["gt_generate" if use_cache else "gt_generate_no_cache"] = (time.perf_counter() - start) / 20
+    timings["gt_train"] = sum(timings["gt_train_each"])
+
+    for name, block in settings.items():
+        print_table(name, block)
+    print("\nTimes (s): " + ", ".join(f"{k} {v:.3g}" for k, v in timings.items() if not isinstance(v, list)))
+    print(f"generate with KV cache is {timings['gt_generate_no_cache'] / timings['gt_generate']:.2f}x "
+          f"as fast as without ({pair.spec.id}: {model_b.cfg.tgt_layers} LLM layers)")
+    result = {"pair": pair.id, "settings": settings, "timings_s": timings,
+              "config": {"shadow_k": SHADOW_K, "finetune": FINETUNE.__dict__, "gt": cfg.__dict__,
+                         "setting_c": {"family": family, "train_keys": seen_keys, "test_keys": list(unseen)}}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
