@@ -18,6 +18,9 @@ install: $(BIN)/gradlift
 serve: install
 	$(BIN)/gradlift serve
 
+# One OpenMP thread per process: the suite runs pytest, API and worker processes side by side on 2 cores,
+# and torch processes each spinning 2 threads were measured here running up to 100x slower.
+test: export OMP_NUM_THREADS := 1
 test: install
 	scripts/ensure_services.sh
 	$(BIN)/ruff check app workers models bench tests migrations

@@ -10,6 +10,8 @@ GRADLIFT_UPGRADE_QUEUE       the Celery queue upgrade tasks go to (upgrades; one
 GRADLIFT_JOB_TIME_LIMIT_S    hard time limit of one upgrade (3600)
 GRADLIFT_JOB_LEASE_S         a running job whose worker sent no heartbeat for this long is requeued (60)
 GRADLIFT_VISIBILITY_TIMEOUT_S Redis redelivers an unacknowledged task after this long (2 x time limit)
+GRADLIFT_CHAT_MAX_ADAPTERS   generated adapters the chat engine keeps in memory per pair, LRU (32)
+GRADLIFT_CHAT_TORCH_THREADS  torch threads of the API process, which decodes chat requests (1; 0: torch's default)
 GRADLIFT_LOG_LEVEL           INFO
 """
 
@@ -38,6 +40,8 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(default=3600, gt=0)
     job_lease_s: float = Field(default=60.0, gt=0)
     visibility_timeout_s: int = 0
+    chat_max_adapters: int = Field(default=32, ge=1)
+    chat_torch_threads: int = Field(default=1, ge=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

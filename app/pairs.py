@@ -50,6 +50,6 @@ class PairCatalog:
 @lru_cache(maxsize=16)
 def _shapes(path: str, _mtime_ns: int) -> dict[str, tuple[int, ...]]:
     # Read from the header only: the init file is trusted, and the shapes are all that is needed.
-    from models.update import read_header
+    from models.safetensors_header import read_header
 
     return {name: tuple(info["shape"]) for name, info in read_header(Path(path)).items()}

@@ -137,6 +137,9 @@ class GradientTransformer(nn.Module):
             self.register_buffer(f"{name}_std", torch.ones(shape))
         self.apply(self._init)
         nn.init.normal_(self.start, std=0.02)
+        # A zero head makes the untrained model output the mean training update exactly: training starts
+        # from the strongest input-blind baseline and has to beat it on validation to move away.
+        nn.init.zeros_(self.head.weight)
 
     @staticmethod
     def _init(module: nn.Module) -> None:

@@ -25,12 +25,14 @@ class GTTrainConfig:
     weight_decay: float = 0.01
     val_runs: float = 0.1  # share of shadow runs held out (whole runs: snapshots of one run are alike)
     eval_every: int = 100
+    patience: int = 5  # evaluations without a better free-running loss before training stops
     seed: int = 0
     d_model: int = 128
     n_heads: int = 4
     n_enc: int = 2
     n_dec: int = 2
     d_ff: int = 512
+    dropout: float = 0.1
 
 
 def split_runs(data: ShadowSet, share: float, seed: int) -> tuple[ShadowSet, ShadowSet]:
@@ -57,13 +59,13 @@ def train_gt(data: ShadowSet, cfg: GTTrainConfig, progress: bool = True) -> tupl
     _, l_s, d_s = data.src.shape
     _, l_t, d_t = data.tgt.shape
     model = GradientTransformer(GTConfig(l_s, d_s, l_t, d_t, cfg.d_model, cfg.n_heads, cfg.n_enc, cfg.n_dec,
-                                         cfg.d_ff))
+                                         cfg.d_ff, cfg.dropout))
     model.set_statistics(train.src, train.tgt)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
-    best = (float("inf"), copy.deepcopy(model.state_dict()), 0)
-    history = []
+    best = (free_running_loss(model, val), copy.deepcopy(model.state_dict()), 0)  # step 0 = the mean update
+    history = [{"step": 0, "val_free_running": best[0]}]
     bar = tqdm(range(1, cfg.steps + 1), desc="GT training", disable=not progress)
     for step in bar:
         model.train()
@@ -80,7 +82,10 @@ def train_gt(data: ShadowSet, cfg: GTTrainConfig, progress: bool = True) -> tupl
             bar.set_postfix(train=f"{loss.item():.3f}", val=f"{val_loss:.3f}")
             if val_loss < best[0]:
                 best = (val_loss, copy.deepcopy(model.state_dict()), step)
+            elif step - best[2] >= cfg.patience * cfg.eval_every:
+                break
     model.load_state_dict(best[1])
     model.eval()
+    bar.close()
     return model, {"history": history, "best_val_free_running": best[0], "best_step": best[2],
                    "train_pairs": len(train.task), "val_pairs": len(val.task)}

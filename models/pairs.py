@@ -20,12 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from models.errors import ConfigError, NotFoundError
+from models.safetensors_header import read_header
+
+if TYPE_CHECKING:  # torch and transformers load lazily: the API lists pairs without them
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +102,27 @@ class Pair:
         return sorted(p.name for p in gts.iterdir() if (p / "config.json").is_file()) if gts.is_dir() else []
 
     def init(self, side: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
         return load_file(self.tiny_init_path if side == "tiny" else self.llm_init_path)
 
     def tiny_adapter_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(t.shape) for name, t in self.init("tiny").items()}
+        """Names and shapes an uploaded TinyLM adapter must have, read from the init file's header."""
+        return {name: tuple(info["shape"]) for name, info in read_header(self.tiny_init_path).items()}
 
     def model_dir(self, side: str) -> Path:
         return self.tiny_dir if side == "tiny" else self.llm_dir
 
     def load_model(self, side: str) -> PreTrainedModel:
+        import torch
+        from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(self.model_dir(side), dtype=torch.float32)
         return model.eval()
 
     def load_tokenizer(self, side: str = "llm") -> PreTrainedTokenizerBase:
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(self.model_dir(side))
 
 
@@ -135,6 +145,7 @@ class PairStore:
 
 def make_lora_init(model: PreTrainedModel, lora: LoraSpec, seed: int) -> dict[str, torch.Tensor]:
     """Seeded LoRA init tensors (A0 random, B0 zero) under PEFT's saved names."""
+    import torch
     from peft import get_peft_model, get_peft_model_state_dict
 
     torch.manual_seed(seed)
@@ -146,6 +157,10 @@ def make_lora_init(model: PreTrainedModel, lora: LoraSpec, seed: int) -> dict[st
 
 def write_pair(root: Path, spec: PairSpec) -> Pair:
     """Write pair.json and both init files for models already saved in root/tiny and root/llm."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
     root.mkdir(parents=True, exist_ok=True)
     for side in ("tiny", "llm"):
         model = AutoModelForCausalLM.from_pretrained(root / side, dtype=torch.float32)

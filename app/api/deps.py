@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Header
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -19,6 +19,9 @@ from app.db.tables import Checkpoint, Delta, Job, Organization
 from app.errors import ApiError, Code, not_found
 from app.pairs import PairCatalog
 from app.storage import BlobStore
+
+if TYPE_CHECKING:
+    from models.chat_engine import ChatEngines
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -67,6 +70,21 @@ def get_pairs(settings: SettingsDep) -> PairCatalog:
 
 
 PairsDep = Annotated[PairCatalog, Depends(get_pairs)]
+
+
+@lru_cache(maxsize=1)
+def _chat_engines(pairs_dir: Path, max_adapters: int, torch_threads: int) -> ChatEngines:
+    from models.chat_engine import ChatEngines  # torch loads on the first chat request, not at start
+
+    return ChatEngines(pairs_dir, max_adapters, torch_threads)
+
+
+def get_chat_engines(settings: SettingsDep) -> ChatEngines:
+    assert settings.pairs_dir is not None  # filled in by Settings
+    return _chat_engines(settings.pairs_dir, settings.chat_max_adapters, settings.chat_torch_threads)
+
+
+ChatDep = Annotated["ChatEngines", Depends(get_chat_engines)]
 
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", max_length=255, description="Retries with the same key get the first response.")]

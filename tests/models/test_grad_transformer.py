@@ -15,6 +15,7 @@ CFG = GTConfig(src_layers=2, src_dim=24, tgt_layers=5, tgt_dim=40, d_model=32, n
 def model_with_stats(seed: int = 0) -> GradientTransformer:
     torch.manual_seed(seed)
     model = GradientTransformer(CFG)
+    torch.nn.init.normal_(model.head.weight, std=0.05)  # the zero init would make every output the mean
     model.set_statistics(torch.randn(16, 2, 24) * 1e-3, torch.randn(16, 5, 40) * 1e-2 + 0.1)
     return model.eval()
 
@@ -45,6 +46,15 @@ def test_a_training_step_lowers_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_an_untrained_model_outputs_the_mean_training_update():
+    torch.manual_seed(0)
+    model = GradientTransformer(CFG).eval()
+    tgt = torch.randn(16, 5, 40) * 1e-2 + 0.1
+    model.set_statistics(torch.randn(16, 2, 24), tgt)
+    out = model.generate(torch.randn(3, 2, 24))
+    assert torch.allclose(out, tgt.mean(0).expand(3, -1, -1), atol=1e-6)
 
 
 def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
