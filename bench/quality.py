@@ -96,7 +96,8 @@ def main() -> None:
     timings["shadow_build"] = time.perf_counter() - start
     timings["shadow_runs"] = len(all_plans) * SHADOW_K
 
-    torch.set_num_threads(2)
+    # One thread: on 2 shared cores, two processes each spinning 2 OpenMP threads ran 100x slower.
+    torch.set_num_threads(1)
     scorer = Scorer(pair)
     private = {t: private_run(pair, scorer, t, FINETUNE) for t in tasks + c_test}
     timings["llm_finetune_private"] = sum(r.llm_seconds for r in private.values()) / len(private)
