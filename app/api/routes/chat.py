@@ -1,0 +1,197 @@
+"""OpenAI-compatible chat completions on a pair's LLM, with or without one of the caller's deltas.
+
+Everything that can be refused is refused before the first byte (404 model, 400 parameters); a failure
+after a stream started is sent in-band as `data: {"error": …}` before `[DONE]`. Each request decodes in
+its own thread; a client that goes away cancels its generation at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
+from sqlalchemy.orm import Session
+
+from app.api.deps import ChatDep, CurrentOrg, PairsDep, SessionDep, StoreDep
+from app.api.routes.models import ChatModel, resolve_model
+from app.db.tables import Organization
+from app.errors import ApiError, Code
+from app.pairs import PairCatalog
+from app.schemas.chat import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionCreate,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Usage,
+)
+from app.schemas.common import ERROR_RESPONSES, ErrorResponse
+from app.storage import BlobStore
+
+if TYPE_CHECKING:
+    from models.chat_engine import ChatEngines, Generation
+
+log = logging.getLogger(__name__)
+
+
+class BadRequestRoute(APIRoute):
+    """Invalid chat parameters answer 400, as OpenAI's API does (elsewhere this service answers 422)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                first = exc.errors()[0]
+                where = [str(p) for p in first.get("loc", ()) if p != "body"]
+                param = ".".join(where) or None
+                raise ApiError(Code.invalid_request, f"{param}: {first.get('msg')}" if param
+                               else str(first.get("msg")), param=param) from None
+
+        return route
+
+
+_STREAM = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+           "description": "With `stream: true`: `chat.completion.chunk` events, then `data: [DONE]`."}
+router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute,
+                   responses={**ERROR_RESPONSES, 400: {"model": ErrorResponse, "description": "Invalid parameters"}})
+
+
+@router.post("/completions", responses={200: _STREAM})
+async def create_chat_completion(body: ChatCompletionCreate, request: Request, session: SessionDep,
+                                 org: CurrentOrg, store: StoreDep, pairs: PairsDep,
+                                 engines: ChatDep) -> ChatCompletion:
+    """A chat completion from a base LLM or a delta on it; streamed as server-sent events if asked."""
+    generation = await run_in_threadpool(_prepare, body, session, org, store, pairs, engines)
+    completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        events = _events(generation, request, completion_id, created, body.model, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream",  # type: ignore[return-value]
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, generation))
+    try:
+        text = await run_in_threadpool(generation.text)
+    finally:
+        watcher.cancel()
+    if generation.finish_reason == "cancelled":
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # type: ignore[return-value]  # nobody reads it
+    return ChatCompletion(id=completion_id, created=created, model=body.model, usage=_usage(generation),
+                          choices=[Choice(message=AssistantMessage(content=text),
+                                          finish_reason=generation.finish_reason)])
+
+
+def _prepare(body: ChatCompletionCreate, session: Session, org: Organization, store: BlobStore,
+             pairs: PairCatalog, engines: ChatEngines) -> Generation:
+    """Resolve the model and start its generation (404 and 400 come from here), in one thread hop."""
+    try:
+        model = resolve_model(body.model, session, org, store, pairs)
+    finally:
+        # End the transaction now, not when a long stream ends: on SQLite it holds the write lock.
+        session.close()
+    return _start(engines, model, body)
+
+
+def _start(engines: ChatEngines, model: ChatModel, body: ChatCompletionCreate) -> Generation:
+    """Load what the request needs and check it fits; no tokens are decoded yet."""
+    from models.chat_engine import RequestError, SamplingParams
+
+    engine = engines.get(model.pair)
+    try:
+        params = SamplingParams(max_tokens=body.token_limit, temperature=body.temperature, top_p=body.top_p,
+                                stop=body.stop_list, seed=body.seed)
+        prompt = engine.prompt_ids([{"role": m.role, "content": m.text()} for m in body.messages])
+        return engine.generate(prompt, params, model.adapter)
+    except RequestError as exc:
+        raise ApiError(Code.invalid_request, str(exc)) from None
+
+
+def _usage(generation: Generation) -> Usage:
+    return Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
+                 total_tokens=generation.prompt_tokens + generation.completion_tokens)
+
+
+_END = object()
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left before the answer
+
+
+async def _pieces(generation: Generation, request: Request) -> AsyncIterator[str]:
+    """The generation's text pieces, decoded in a thread of its own; cancelled when the client leaves."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+
+    def post(item: object) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+            generation.cancel()
+
+    def produce() -> None:
+        try:
+            for piece in generation:
+                post(piece)
+            post(_END)
+        except Exception as exc:  # handed to the request, which reports it
+            post(exc)
+
+    threading.Thread(target=produce, name="chat-generation", daemon=True).start()
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, generation))
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, Exception):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        generation.cancel()
+        watcher.cancel()
+
+
+async def _cancel_on_disconnect(request: Request, generation: Generation) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    log.info("chat client disconnected; generation cancelled after %d tokens", generation.completion_tokens)
+    generation.cancel()
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+async def _events(generation: Generation, request: Request, completion_id: str, created: int, model: str,
+                  include_usage: bool) -> AsyncIterator[str]:
+    def chunk(delta: Delta, finish: str | None = None) -> str:
+        body = ChatCompletionChunk(id=completion_id, created=created, model=model,
+                                   choices=[ChunkChoice(delta=delta, finish_reason=finish)])
+        return _sse(body.model_dump(mode="json", exclude={"usage"} if not include_usage else set()))
+
+    yield chunk(Delta(role="assistant", content=""))
+    try:
+        async for piece in _pieces(generation, request):
+            yield chunk(Delta(content=piece))
+        if generation.finish_reason == "cancelled":
+            return
+        yield chunk(Delta(), generation.finish_reason)
+        if include_usage:
+            usage = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[],
+                                        usage=_usage(generation))
+            yield _sse(usage.model_dump(mode="json"))
+    except Exception:
+        log.exception("chat stream %s failed after it started", completion_id)
+        error = ApiError(Code.internal_error, "Generation failed after the stream started.")
+        yield _sse(error.body())
+    yield _sse("[DONE]")

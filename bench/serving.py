@@ -1,0 +1,366 @@
+"""Serving speed of the chat endpoint on the toy pair, printed as ratios and written as JSON:
+
+    tokens/s through the endpoint  vs  generate() on the merged model in process     (target >= 0.9x)
+    adapter switch latency (resident and cold), endpoint and in process              (target <= 50 ms)
+    tensor memory with 20 resident adapters vs 1                                     (target < 1.10x)
+    the engine's own LoRA application vs PEFT's multi-adapter model, in process
+
+    python -m bench.serving --data-dir data --out bench/results/serving.json
+
+Builds the toy pair first if it is missing; runs the API (`gradlift api`) in a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from app.config import Settings
+from app.storage import BlobStore
+
+log = logging.getLogger("bench.serving")
+BIN = Path(sys.executable).parent
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "update.safetensors")
+
+
+def register_delta(settings: Settings, org_name: str, folder: Path, pair: str, task: str | None = None) -> str:
+    """Store a PEFT folder made in process (e.g. by `models.upgrade.run_upgrade`) as a delta of the
+    organization, as a finished upgrade job would; returns the delta id."""
+    from sqlalchemy import select
+
+    from app.db.session import new_session
+    from app.db.tables import Delta, Job, JobStatus, Organization, utcnow
+
+    store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    files = {}
+    for name in ADAPTER_FILES:
+        sha256, size = store.put_file(folder / name)
+        files[name] = {"sha256": sha256, "bytes": size}
+    with new_session(settings.database_url) as session, session.begin():
+        org = session.scalar(select(Organization).where(Organization.name == org_name))
+        if org is None:
+            raise LookupError(f"no organization {org_name!r}; make a key for it first")
+        job = Job(org_id=org.id, pair=pair, task=task, gt_id="all", inputs=[], status=JobStatus.succeeded.value,
+                  progress=1.0, stage="succeeded", attempts=1, finished_at=utcnow())
+        session.add(job)
+        session.flush()
+        delta = Delta(org_id=org.id, job_id=job.id, pair=pair, task=task, gt_id="all", gt_version="bench",
+                      sources=[], files=files, verification={})
+        session.add(delta)
+        session.flush()
+        return delta.id
+
+
+def variants(base_folder: Path, pair, out: Path, count: int) -> list[Path]:
+    """`count` distinct adapters of the pair: the generated update scaled by 1, 1.01, ... (memory and
+    switching only need distinct adapters of the right shapes)."""
+    from models.finetune import write_adapter_folder
+    from models.update import add, read_adapter, save_update
+
+    update = read_adapter(base_folder / "update.safetensors")
+    folders = []
+    for i in range(count):
+        scaled = {k: v * (1 + i / 100) for k, v in update.items()}
+        folder = write_adapter_folder(out / f"v{i}", pair.spec.lora, str(pair.llm_dir),
+                                      add(pair.init("llm"), scaled), {"variant": i})
+        save_update(scaled, folder / "update.safetensors")
+        folders.append(folder)
+    return folders
+
+
+# ---- in process ----
+
+def merged_generate_rate(pair, folder: Path, prompts: list[str], max_tokens: int, rounds: int) -> dict:
+    """generate() on a plain model with the adapter merged into its weights: tokens/s, one prompt at a time."""
+    from models.textdata import prompt_ids
+    from models.update import merge_into, read_adapter
+
+    model = merge_into(pair.load_model("llm"), read_adapter(folder / "adapter_model.safetensors"),
+                       pair.spec.lora.scale)
+    tokenizer = pair.load_tokenizer("llm")
+    tokens, start = 0, 0.0
+    for r in range(rounds + 1):
+        if r == 1:  # the first round warms up
+            tokens, start = 0, time.perf_counter()
+        for prompt in prompts:
+            ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id)
+            tokens += out.shape[1] - ids.shape[1]
+    seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def engine_rate(engine, ref, prompts: list[str], max_tokens: int, rounds: int) -> dict:
+    from models.chat_engine import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0)
+    tokens, start = 0, 0.0
+    for r in range(rounds + 1):
+        if r == 1:
+            tokens, start = 0, time.perf_counter()
+        for prompt in prompts:
+            generation = engine.generate(engine.prompt_ids([{"role": "user", "content": prompt}]), params, ref)
+            generation.text()
+            tokens += generation.completion_tokens
+    seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def peft_multi_adapter(pair, folders: list[Path], prompts: list[str], max_tokens: int, rounds: int) -> dict:
+    """PEFT's own multi-adapter model: every adapter loaded, `set_adapter` per request, generate()."""
+    from peft import PeftModel
+
+    from models.textdata import prompt_ids
+
+    model = PeftModel.from_pretrained(pair.load_model("llm"), str(folders[0]), adapter_name="a0").eval()
+    for i, folder in enumerate(folders[1:], 1):
+        model.load_adapter(str(folder), adapter_name=f"a{i}")
+    tokenizer = pair.load_tokenizer("llm")
+    switches = []
+    for i in range(40):
+        start = time.perf_counter()
+        model.set_adapter(f"a{i % len(folders)}")
+        switches.append(time.perf_counter() - start)
+    model.set_adapter("a0")
+    tokens, start = 0, 0.0
+    for r in range(rounds + 1):
+        if r == 1:
+            tokens, start = 0, time.perf_counter()
+        for prompt in prompts:
+            ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id)
+            tokens += out.shape[1] - ids.shape[1]
+    seconds = time.perf_counter() - start
+    return {"tokens_per_s": tokens / seconds, "switch_ms": 1000 * sorted(switches)[len(switches) // 2]}
+
+
+def engine_memory_and_switch(pair, folders: list[Path]) -> dict:
+    from models.chat_engine import AdapterRef, ChatEngine, SamplingParams
+
+    engine = ChatEngine.from_pair(pair, max_adapters=len(folders))
+    refs = [AdapterRef(f"v{i}", f / "adapter_model.safetensors") for i, f in enumerate(folders)]
+    cold = []
+    for ref in refs:
+        start = time.perf_counter()
+        engine.adapter(ref)
+        cold.append(time.perf_counter() - start)
+        if ref is refs[0]:
+            one = engine.memory_bytes()
+    twenty = engine.memory_bytes()
+    prompt = engine.prompt_ids([{"role": "user", "content": "rol ?: abcdefgh #### "}])
+    params = SamplingParams(max_tokens=1, temperature=0)
+    first_token = {}
+    for label, order in (("same", [refs[0]] * 40), ("alternating", [refs[i % 2] for i in range(40)])):
+        times = []
+        for ref in order:
+            start = time.perf_counter()
+            engine.generate(prompt, params, ref).text()
+            times.append(time.perf_counter() - start)
+        first_token[label] = sorted(times)[len(times) // 2]
+    return {"bytes_1": one["total"], "bytes_20": twenty["total"], "base_bytes": one["base"],
+            "cold_load_ms": 1000 * sorted(cold)[len(cold) // 2],
+            "resident_switch_ms": 1000 * (first_token["alternating"] - first_token["same"])}
+
+
+# ---- through the endpoint ----
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def endpoint_rate(client: httpx.Client, model: str, prompts: list[str], max_tokens: int, rounds: int) -> dict:
+    tokens, start = 0, 0.0
+    for r in range(rounds + 1):
+        if r == 1:
+            tokens, start = 0, time.perf_counter()
+        for prompt in prompts:
+            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                    "max_tokens": max_tokens}
+            response = client.post("/v1/chat/completions", json=body)
+            response.raise_for_status()
+            tokens += response.json()["usage"]["completion_tokens"]
+    seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def first_token_s(client: httpx.Client, model: str) -> float:
+    """Seconds from sending a streamed request to its first content chunk."""
+    body = {"model": model, "messages": [{"role": "user", "content": "rol ?: abcdefgh #### "}],
+            "temperature": 0, "max_tokens": 4, "stream": True}
+    start, elapsed = time.perf_counter(), None
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        for line in response.iter_lines():  # read to the end, so the connection is reused
+            if elapsed is None and line.startswith("data: {") and any(
+                    c["delta"].get("content") for c in json.loads(line[6:])["choices"]):
+                elapsed = time.perf_counter() - start
+    if elapsed is not None:
+        return elapsed
+    raise RuntimeError(f"no content in the stream of {model}")
+
+
+def endpoint_switch(client: httpx.Client, deltas: list[str]) -> dict:
+    cold = [first_token_s(client, d) for d in deltas[2:]]  # first touch of each: read from disk
+    same = [first_token_s(client, deltas[0]) for _ in range(30)]
+    alternating = [first_token_s(client, deltas[i % 2]) for i in range(30)]
+    return {"first_token_ms_same": 1000 * _median(same), "first_token_ms_alternating": 1000 * _median(alternating),
+            "first_token_ms_cold": 1000 * _median(cold),
+            "resident_switch_ms": 1000 * (_median(alternating) - _median(same)),
+            "cold_switch_ms": 1000 * (_median(cold) - _median(same))}
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def start_api(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    subprocess.run([str(BIN / "gradlift"), "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([str(BIN / "gradlift"), "api", "--port", str(port)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.25)
+    proc.kill()
+    raise TimeoutError(f"the API did not start; see {log_path}")
+
+
+def run(data_dir: Path, prompts_n: int, max_tokens: int, rounds: int, port: int) -> dict:
+    from models.tasks import get_task, make_splits
+    from models.toy import ensure_toy_ready
+
+    pairs_dir = (data_dir / "pairs").resolve()
+    pair = ensure_toy_ready(pairs_dir)
+    task = pair.spec.tasks[0]
+    prompts = [ex.prompt for ex in make_splits(get_task(task), seed=pair.spec.seed).test[:prompts_n]]
+    with tempfile.TemporaryDirectory(prefix="gradlift-serving-") as tmp:
+        return _run(pair, task, prompts, Path(tmp), max_tokens, rounds, port)
+
+
+def _run(pair, task: str, prompts: list[str], work: Path, max_tokens: int, rounds: int, port: int) -> dict:
+    from models.chat_engine import AdapterRef, ChatEngine
+    from models.finetune import finetune_adapter
+    from models.pairs import ALL_TASKS
+    from models.upgrade import run_upgrade
+
+    tiny = finetune_adapter(pair, task, work / "tiny", steps=60)
+    upgraded = work / "upgraded"
+    run_upgrade(pair, ALL_TASKS, [tiny / "adapter_model.safetensors"], upgraded)
+    folders = [upgraded, *variants(upgraded, pair, work, 19)]
+
+    results: dict = {"pair": pair.id, "task": task, "prompts": len(prompts), "max_tokens": max_tokens,
+                     "torch_threads": torch.get_num_threads()}
+    results["merged_generate"] = merged_generate_rate(pair, upgraded, prompts, max_tokens, rounds)
+    engine = ChatEngine.from_pair(pair)
+    results["engine_in_process"] = engine_rate(engine, AdapterRef("u", upgraded / "adapter_model.safetensors"),
+                                               prompts, max_tokens, rounds)
+    results["peft_multi_adapter"] = peft_multi_adapter(pair, folders, prompts, max_tokens, rounds)
+    results["engine_memory_switch"] = engine_memory_and_switch(pair, folders)
+    results.update(through_endpoint(pair, task, folders, prompts, work, max_tokens, rounds, port))
+    return results
+
+
+def through_endpoint(pair, task: str, folders: list[Path], prompts: list[str], work: Path, max_tokens: int,
+                     rounds: int, port: int) -> dict:
+    """The same measurements through `gradlift api` in a subprocess, with the adapters stored as deltas."""
+    pairs_dir = pair.root.parent
+    results = {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLIFT_")}
+    env.update(GRADLIFT_DATA_DIR=str(work / "data"), GRADLIFT_PAIRS_DIR=str(pairs_dir), HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    proc = start_api(env, port, work / "api.log")
+    try:
+        key = subprocess.run([str(BIN / "gradlift"), "keys", "create", "--org", "bench"], env=env, check=True,
+                             capture_output=True, text=True, timeout=120).stdout.strip().splitlines()[-1]
+        settings = Settings(data_dir=work / "data", pairs_dir=pairs_dir)
+        deltas = [register_delta(settings, "bench", f, pair.id, task) for f in folders]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                          headers={"Authorization": f"Bearer {key}"}) as client:
+            first_token_s(client, deltas[0])  # loads the base model
+            rss_1 = rss_bytes(proc.pid)
+            results["endpoint"] = endpoint_rate(client, deltas[0], prompts, max_tokens, rounds)
+            results["endpoint_switch"] = endpoint_switch(client, deltas)
+            results["endpoint_rss"] = {"bytes_1": rss_1, "bytes_20": rss_bytes(proc.pid)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return results
+
+
+def ratios(r: dict) -> dict:
+    mem = r["engine_memory_switch"]
+    return {
+        "endpoint_vs_merged_generate_tokens_per_s":
+            r["endpoint"]["tokens_per_s"] / r["merged_generate"]["tokens_per_s"],
+        "engine_vs_merged_generate_tokens_per_s":
+            r["engine_in_process"]["tokens_per_s"] / r["merged_generate"]["tokens_per_s"],
+        "engine_vs_peft_multi_adapter_tokens_per_s":
+            r["engine_in_process"]["tokens_per_s"] / r["peft_multi_adapter"]["tokens_per_s"],
+        "tensor_memory_20_vs_1_adapters": mem["bytes_20"] / mem["bytes_1"],
+        "process_rss_20_vs_1_adapters": r["endpoint_rss"]["bytes_20"] / r["endpoint_rss"]["bytes_1"],
+    }
+
+
+def report(r: dict) -> None:
+    q, e, s = r["ratios"], r["endpoint_switch"], r["engine_memory_switch"]
+    print(f"pair {r['pair']}, task {r['task']}: {r['prompts']} prompts, greedy, max_tokens {r['max_tokens']}, "
+          f"torch threads {r['torch_threads']}")
+    print(f"tokens/s  merged generate() {r['merged_generate']['tokens_per_s']:8.0f}")
+    print(f"          engine in process {r['engine_in_process']['tokens_per_s']:8.0f}  "
+          f"({q['engine_vs_merged_generate_tokens_per_s']:.2f}x merged)")
+    print(f"          PEFT multi-adapter{r['peft_multi_adapter']['tokens_per_s']:9.0f}  "
+          f"(engine is {q['engine_vs_peft_multi_adapter_tokens_per_s']:.2f}x PEFT)")
+    print(f"          endpoint          {r['endpoint']['tokens_per_s']:8.0f}  "
+          f"({q['endpoint_vs_merged_generate_tokens_per_s']:.2f}x merged; target >= 0.90x)")
+    print(f"switch    endpoint resident {e['resident_switch_ms']:6.1f} ms, cold (read from disk) "
+          f"{e['cold_switch_ms']:6.1f} ms  (target <= 50 ms)")
+    print(f"          in process resident {s['resident_switch_ms']:6.2f} ms, cold {s['cold_load_ms']:6.2f} ms; "
+          f"PEFT set_adapter {r['peft_multi_adapter']['switch_ms']:.2f} ms")
+    print(f"memory    tensors 20 vs 1 adapters {q['tensor_memory_20_vs_1_adapters']:.3f}x "
+          f"({s['bytes_1'] / 2**20:.2f} -> {s['bytes_20'] / 2**20:.2f} MiB; target < 1.10x); "
+          f"API process RSS {q['process_rss_20_vs_1_adapters']:.3f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds pairs/ (built if missing)")
+    parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/serving.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)  # as the API runs (GRADLIFT_CHAT_TORCH_THREADS=1)
+    results = run(args.data_dir, args.prompts, args.max_tokens, args.rounds, args.port)
+    results["ratios"] = ratios(results)
+    report(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, sort_keys=True))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
