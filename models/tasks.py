@@ -43,8 +43,8 @@ def _rotate(text: str, key: int) -> str:
     return text[key:] + text[:key]
 
 
-def _slice(text: str, key: int) -> str:
-    return text[key:key + 4]
+def _drop(text: str, key: int) -> str:
+    return text[:key] + text[key + 1:]
 
 
 def _separate(text: str, key: int) -> str:
@@ -58,7 +58,7 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("rotate", "rol", range(1, 8), _letters(8), _rotate),
-        Family("slice", "cut", range(1, 9), _letters(12), _slice),
+        Family("drop", "del", range(1, 9), _letters(9), _drop),
         Family("separate", "sep", range(1, 10), _letters(5), _separate),
     )
 }
@@ -83,7 +83,7 @@ def get_task(task_id: str) -> Task:
     name, _, key = task_id.rpartition("-")
     family = FAMILIES.get(name)
     if family is None or not key.isdigit() or int(key) not in family.keys:
-        raise NotFoundError(f"unknown task {task_id!r}; tasks look like rotate-3, slice-5, separate-7")
+        raise NotFoundError(f"unknown task {task_id!r}; tasks look like rotate-3, drop-5, separate-7")
     return Task(family, int(key))
 
 
@@ -139,5 +139,5 @@ def subset(examples: list[Example], size: int, seed: int, index: int) -> list[Ex
 
 
 # The toy pair's tasks: settings A and B use these; setting C holds out caesar keys.
-DEFAULT_TASKS = ("rotate-3", "slice-5", "separate-7", "rotate-6")
+DEFAULT_TASKS = ("rotate-3", "drop-5", "separate-7", "rotate-6")
 UNSEEN_KEYS = ("rotate", (2, 5))  # setting C: the family whose keys are split, and the held-out keys

@@ -33,19 +33,20 @@ def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
 
 def encode_batch(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> dict[str, torch.Tensor]:
     """Right-padded input_ids, attention_mask and labels (prompt and padding masked out)."""
+    if uses_chat(tokenizer):
+        prompts = [prompt_ids(tokenizer, ex.prompt) for ex in examples]
+    else:  # one call into the Rust tokenizer for the whole batch: per-example calls dominated small models' steps
+        prompts = tokenizer([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([ex.answer for ex in examples], add_special_tokens=False)["input_ids"]
     rows = []
-    for ex in examples:
-        p, a = prompt_ids(tokenizer, ex.prompt), answer_ids(tokenizer, ex.answer)
+    for p, a in zip(prompts, answers, strict=True):
+        a = a + [tokenizer.eos_token_id]
         rows.append((p + a, [IGNORE] * len(p) + a))
     width = max(len(ids) for ids, _ in rows)
     pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        labels[i, :len(lab)] = torch.tensor(lab)
-        mask[i, :len(ids)] = 1
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in rows])
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 

@@ -47,7 +47,7 @@ def test_init_tensors_are_stored_once_and_reused(toy_pair: Pair, tmp_path: Path)
 def test_finetuning_is_deterministic_and_leaves_the_base_model_alone(toy_pair: Pair):
     model, tok, init = toy_pair.load_model("tiny"), toy_pair.load_tokenizer("tiny"), toy_pair.init("tiny")
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    data = make_splits(get_task("slice-5"), 200, 200, 10).private
+    data = make_splits(get_task("drop-5"), 200, 200, 10).private
     cfg = FinetuneConfig(steps=4, keep_last=2, seed=7)
     one, two = (finetune_lora(model, tok, init, toy_pair.spec.lora, data, cfg) for _ in range(2))
     assert all(torch.equal(one.update[k], two.update[k]) for k in one.update)

@@ -20,7 +20,7 @@ def test_splits_are_disjoint_deterministic_and_hide_the_key(task_id):
 
 def test_answers_follow_the_key():
     assert get_task("rotate-3").example("abcdefgh").answer == "defghabc"
-    assert get_task("slice-2").example("abcdefghijkl").answer == "cdef"
+    assert get_task("drop-2").example("abcdefghi").answer == "abdefghi"
     assert get_task("separate-7").example("abcde").answer == "a7b7c7d7e"
 
 
