@@ -93,6 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
+    # One thread: on 2 shared cores, two processes each spinning 2 OpenMP threads ran up to 100x slower.
+    torch.set_num_threads(1)
     timings: dict = {}
 
     start = time.perf_counter()
@@ -110,8 +112,6 @@ def main() -> None:
     timings["shadow_build"] = time.perf_counter() - start
     timings["shadow_runs"] = len(all_plans) * SHADOW_K
 
-    # One thread: on 2 shared cores, two processes each spinning 2 OpenMP threads ran 100x slower.
-    torch.set_num_threads(1)
     scorer = Scorer(pair)
     private = {t: private_run(pair, scorer, t, FINETUNE) for t in tasks + c_test}
     timings["llm_finetune_private"] = sum(r.llm_seconds for r in private.values()) / len(private)
