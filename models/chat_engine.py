@@ -166,6 +166,10 @@ class Generation:
     def cancel(self) -> None:
         self._cancel.set()
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
     def __iter__(self) -> Iterator[str]:
         return self
 

@@ -1,0 +1,159 @@
+"""The chat engine on the toy pair, in process: outputs equal the merged model's, adapters never mix,
+the LRU bounds what is resident, sampling and stopping behave as OpenAI's parameters say."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.chat_engine import AdapterRef, ChatEngine, RequestError, SamplingParams, pick_token
+from models.errors import AdapterError
+from models.pairs import Pair, PairStore
+from models.tasks import get_task, make_splits
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def pair(toy_pairs_dir: Path) -> Pair:
+    return PairStore(toy_pairs_dir).get("toy")
+
+
+@pytest.fixture(scope="module")
+def engine(pair: Pair) -> ChatEngine:
+    return ChatEngine.from_pair(pair, max_adapters=4)
+
+
+def ref(folder: Path) -> AdapterRef:
+    return AdapterRef(folder.name, folder / "adapter_model.safetensors")
+
+
+def prompts(pair: Pair, n: int = 6) -> list[str]:
+    return [ex.prompt for ex in make_splits(get_task(pair.spec.tasks[0]), seed=pair.spec.seed).test[:n]]
+
+
+def complete(engine: ChatEngine, prompt: str, adapter: AdapterRef | None, params: SamplingParams = GREEDY) -> str:
+    return engine.generate(engine.prompt_ids([{"role": "user", "content": prompt}]), params, adapter).text()
+
+
+def test_greedy_output_equals_generate_on_the_merged_model(pair: Pair, engine: ChatEngine, upgraded: Path) -> None:
+    from models.evaluate import answers
+    from models.update import merge_into, read_adapter
+
+    merged = merge_into(pair.load_model("llm"), read_adapter(upgraded / "adapter_model.safetensors"),
+                        pair.spec.lora.scale)
+    texts = prompts(pair)
+    ours = [complete(engine, p, ref(upgraded)).strip() for p in texts]
+    assert ours == answers(merged, engine.tokenizer, texts, max_new_tokens=12, batch_size=1)
+    base = [complete(engine, p, None).strip() for p in texts]
+    assert base == answers(pair.load_model("llm"), engine.tokenizer, texts, max_new_tokens=12, batch_size=1)
+    assert ours != base, "the upgraded adapter changes no answer"
+
+
+def test_interleaved_and_parallel_requests_keep_their_own_adapter(pair: Pair, engine: ChatEngine, upgraded: Path,
+                                                                  upgraded_other: Path) -> None:
+    adapters = [ref(upgraded), ref(upgraded_other), None]
+    prompt = engine.prompt_ids([{"role": "user", "content": prompts(pair)[0]}])
+    solo = [engine.generate(prompt, GREEDY, a).text() for a in adapters]
+    assert len(set(solo)) == 3, solo
+
+    # Step the three generations one token each in turn, on the same weights.
+    running = [engine.generate(prompt, GREEDY, a) for a in adapters]
+    pieces: list[list[str]] = [[], [], []]
+    while running:
+        for i, generation in list(enumerate(running)):
+            piece = next(generation, None)
+            if piece is None:
+                running[i] = None
+            else:
+                pieces[i].append(piece)
+        running = [g for g in running if g is not None]
+    assert ["".join(p) for p in pieces] == solo
+
+    # And in parallel threads, started together.
+    barrier, results = threading.Barrier(6), {}
+
+    def worker(i: int) -> None:
+        barrier.wait(timeout=30)
+        results[i] = [engine.generate(prompt, GREEDY, adapters[i % 3]).text() for _ in range(3)]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(results[i] == [solo[i % 3]] * 3 for i in range(6)), results
+
+
+def test_least_recently_used_adapter_is_evicted(pair: Pair, upgraded: Path, upgraded_other: Path) -> None:
+    engine = ChatEngine.from_pair(pair, max_adapters=2)
+    a, b = ref(upgraded), ref(upgraded_other)
+    c = AdapterRef("copy", a.path)
+    for adapter in (a, b, a, c):
+        engine.adapter(adapter)
+    assert engine.resident() == [a.id, c.id]  # b was the least recently used
+    assert engine.adapter_loads == 3
+    one = engine.memory_bytes()
+    assert one["adapters"] > 0 and one["total"] == one["base"] + one["adapters"]
+    engine.adapter(b)
+    two = engine.memory_bytes()
+    assert two["adapters"] == one["adapters"] and engine.adapter_loads == 4
+
+
+def test_an_adapter_that_does_not_fit_is_refused(pair: Pair, engine: ChatEngine, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    name = "base_model.model.model.layers.0.self_attn.q_proj.lora_{}.weight"
+    save_file({name.format("A"): torch.zeros(2, 7), name.format("B"): torch.zeros(128, 2)}, str(bad))
+    with pytest.raises(AdapterError, match="do not fit"):
+        engine.adapter(AdapterRef("bad", bad))
+
+
+def test_stop_max_tokens_and_context_limit(pair: Pair, engine: ChatEngine, upgraded: Path) -> None:
+    prompt = prompts(pair)[0]
+    full = complete(engine, prompt, ref(upgraded))
+    assert len(full) > 3
+    stopped = engine.generate(engine.prompt_ids([{"role": "user", "content": prompt}]),
+                              SamplingParams(max_tokens=12, temperature=0, stop=(full[2:4],)), ref(upgraded))
+    assert stopped.text() == full[:2] and stopped.finish_reason == "stop"
+    short = engine.generate(engine.prompt_ids([{"role": "user", "content": prompt}]),
+                            SamplingParams(max_tokens=2, temperature=0), ref(upgraded))
+    assert short.text() == full[:2] and short.finish_reason == "length" and short.completion_tokens == 2
+    with pytest.raises(RequestError, match="maximum context length"):
+        engine.generate([5] * engine.context_length, SamplingParams(max_tokens=1))
+    with pytest.raises(RequestError):
+        SamplingParams(temperature=3)
+
+
+def test_sampling_is_seeded_and_top_p_near_zero_is_greedy(pair: Pair, engine: ChatEngine) -> None:
+    prompt = prompts(pair)[1]
+    hot = SamplingParams(max_tokens=20, temperature=1.5, seed=7)
+    assert complete(engine, prompt, None, hot) == complete(engine, prompt, None, hot)
+    draws = {complete(engine, prompt, None, SamplingParams(max_tokens=20, temperature=1.5, seed=s)) for s in range(4)}
+    assert len(draws) > 1
+    narrow = SamplingParams(max_tokens=12, temperature=1.0, top_p=1e-6, seed=1)
+    assert complete(engine, prompt, None, narrow) == complete(engine, prompt, None)
+    logits = torch.tensor([0.0, 5.0, 1.0])
+    assert pick_token(logits, SamplingParams(temperature=0), None) == 1
+
+
+def test_cancel_stops_decoding(pair: Pair, engine: ChatEngine) -> None:
+    generation = engine.generate(engine.prompt_ids([{"role": "user", "content": prompts(pair)[0]}]),
+                                 SamplingParams(temperature=0))
+    first = next(generation)
+    generation.cancel()
+    assert first and list(generation) == [] and generation.finish_reason == "cancelled"
+    assert generation.completion_tokens == 1
+
+
+def test_chat_template_is_used_when_the_tokenizer_has_one(pair: Pair) -> None:
+    engine = ChatEngine.from_pair(pair)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "rol ?: abc #### "}]
+    plain = engine.prompt_ids(messages)
+    assert engine.tokenizer.decode(plain) == "be brief\nrol ?: abc #### "
+    engine.tokenizer.chat_template = "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}a:"
+    assert engine.tokenizer.decode(engine.prompt_ids(messages)) == "s:be brief\nu:rol ?: abc #### \na:"
