@@ -32,7 +32,7 @@ from models.tasks import FAMILIES, UNSEEN_KEYS
 log = logging.getLogger("bench.quality")
 
 SHADOW_K = 8
-FINETUNE = FinetuneConfig(steps=150, batch_size=16, lr=1e-3)
+FINETUNE = FinetuneConfig(steps=150, batch_size=16, lr=3e-3)
 
 
 def plans_for(tasks: list[str]) -> list[ShadowPlan]:

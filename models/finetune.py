@@ -26,7 +26,7 @@ from models.update import Update, save_update, subtract
 class FinetuneConfig:
     steps: int = 150
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 3e-3  # 1e-3 left 1 in 3 rotate fine-tunes of the toy LLM unlearned; 3e-3 learned all (measured)
     seed: int = 0
     keep_last: int = 0  # snapshots of the update at each of the last N steps (shadow pairs)
 
