@@ -139,5 +139,5 @@ def subset(examples: list[Example], size: int, seed: int, index: int) -> list[Ex
 
 
 # The toy pair's tasks: settings A and B use these; setting C holds out caesar keys.
-DEFAULT_TASKS = ("rotate-3", "drop-5", "separate-7", "rotate-6")
+DEFAULT_TASKS = ("rotate-6", "drop-5", "separate-7", "separate-2")
 UNSEEN_KEYS = ("rotate", (2, 5))  # setting C: the family whose keys are split, and the held-out keys
