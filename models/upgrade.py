@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -49,9 +50,26 @@ def resolve_gt(pair: Pair, task: str | None) -> str:
     raise NotFoundError(f"pair {pair.id!r} has no Gradient Transformer for {wanted}; it has: {have}")
 
 
+def _stamp(path: Path) -> int:
+    """Changes when a file is rewritten (checkpoints are replaced by rename, never edited in place)."""
+    return path.stat().st_mtime_ns
+
+
+@lru_cache(maxsize=8)
+def _gt(gt_dir: Path, stamp: int) -> tuple:
+    return load_gt(gt_dir)
+
+
+@lru_cache(maxsize=2)
+def _base_llm(pair_root: Path, stamp: int):
+    """One LLM per pair and worker process, loaded on first use; verify() hands it back unchanged."""
+    return Pair(pair_root).load_model("llm")
+
+
 def generate_update(pair: Pair, gt_id: str, tiny_updates: list[Update]) -> tuple[Update, str]:
     """The LLM update the GT generates for the average of the TinyLM updates, and the GT's version."""
-    model, meta = load_gt(pair.gt_dir(gt_id))
+    gt_dir = pair.gt_dir(gt_id)
+    model, meta = _gt(gt_dir, _stamp(gt_dir / "config.json"))
     src = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).to_tokens(mean(tiny_updates))
     tgt = model.generate(src[None])[0]  # [L_T, D_T]
     return LoraLayout(pair.init("llm"), pair.spec.lora.targets).from_tokens(tgt), meta["weights_sha256"][:12]
@@ -72,17 +90,20 @@ def verify(pair: Pair, folder: Path, update: Update) -> dict:
     zero = [i for i, n in enumerate(per_layer.tolist()) if n == 0 or n != n]
     if zero:
         raise VerificationError(f"the generated update is zero or NaN in LLM layers {zero}")
-    base = pair.load_model("llm")
+    base = _base_llm(pair.root, _stamp(pair.llm_dir / "config.json"))
     tokenizer = pair.load_tokenizer("llm")
     batch = encode_prompts(tokenizer, [probe_prompt(pair)])
     base_logits = base(**batch).logits[0, -1]
     peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
-    lora_modules = {n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A)}
+    try:
+        lora_modules = {n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A)}
+        new_logits = peft_model(**batch).logits[0, -1]
+    finally:
+        peft_model.unload()  # the cached base model goes back without adapters
     expected = {s.name[: s.name.index(".lora_")] for s in layout.slots}
     if lora_modules != expected:
         missing = sorted(expected - lora_modules)[:1] or sorted(lora_modules - expected)[:1]
         raise VerificationError(f"adapter modules do not match the LLM's target modules (first: {missing})")
-    new_logits = peft_model(**batch).logits[0, -1]
     diff = float((new_logits - base_logits).abs().max())
     if not diff > 0:
         raise VerificationError("the upgraded LLM's logits on the probe prompt equal the base model's")

@@ -95,3 +95,18 @@ def test_verification_refuses_an_update_that_changes_nothing(toy_pair: Pair, toy
     zero = {k: torch.zeros_like(v) for k, v in result.update.items()}
     with pytest.raises(VerificationError, match="zero"):
         verify(toy_pair, tmp_path / "out", zero)
+
+
+def test_upgrades_in_one_process_share_the_base_llm_and_leave_it_clean(toy_pair: Pair, toy_adapter: Path,
+                                                                       tmp_path: Path):
+    from models.upgrade import _base_llm
+
+    first = run_upgrade(toy_pair, ALL_TASKS, [toy_adapter / "adapter_model.safetensors"], tmp_path / "one")
+    second = run_upgrade(toy_pair, ALL_TASKS, [toy_adapter / "adapter_model.safetensors"], tmp_path / "two")
+    assert _base_llm.cache_info().hits >= 1
+    assert first.verification == second.verification
+    base = _base_llm(toy_pair.root, (toy_pair.llm_dir / "config.json").stat().st_mtime_ns)
+    assert not any("lora" in name for name, _ in base.named_modules())
+    fresh = toy_pair.load_model("llm")
+    assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), fresh.state_dict().values(),
+                                                  strict=True))
