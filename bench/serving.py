@@ -33,6 +33,24 @@ BIN = Path(sys.executable).parent
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "update.safetensors")
 
 
+
+def greedy_generate_timed(model, tokenizer, prompts: list[str], max_tokens: int, rounds: int) -> tuple[int, float]:
+    """New tokens and seconds of `generate()` over the prompts, one at a time, after one warm-up round."""
+    from models.textdata import prompt_ids
+
+    tokens, start = 0, 0.0
+    for r in range(rounds + 1):
+        if r == 1:
+            tokens, start = 0, time.perf_counter()
+        for prompt in prompts:
+            ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id)
+            tokens += out.shape[1] - ids.shape[1]
+    return tokens, time.perf_counter() - start
+
 def register_delta(settings: Settings, org_name: str, folder: Path, pair: str, task: str | None = None) -> str:
     """Store a PEFT folder made in process (e.g. by `models.upgrade.run_upgrade`) as a delta of the
     organization, as a finished upgrade job would; returns the delta id."""
@@ -82,24 +100,12 @@ def variants(base_folder: Path, pair, out: Path, count: int) -> list[Path]:
 
 def merged_generate_rate(pair, folder: Path, prompts: list[str], max_tokens: int, rounds: int) -> dict:
     """generate() on a plain model with the adapter merged into its weights: tokens/s, one prompt at a time."""
-    from models.textdata import prompt_ids
     from models.update import merge_into, read_adapter
 
     model = merge_into(pair.load_model("llm"), read_adapter(folder / "adapter_model.safetensors"),
                        pair.spec.lora.scale)
     tokenizer = pair.load_tokenizer("llm")
-    tokens, start = 0, 0.0
-    for r in range(rounds + 1):
-        if r == 1:  # the first round warms up
-            tokens, start = 0, time.perf_counter()
-        for prompt in prompts:
-            ids = torch.tensor([prompt_ids(tokenizer, prompt)])
-            with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=tokenizer.eos_token_id)
-            tokens += out.shape[1] - ids.shape[1]
-    seconds = time.perf_counter() - start
+    tokens, seconds = greedy_generate_timed(model, tokenizer, prompts, max_tokens, rounds)
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
@@ -123,7 +129,6 @@ def peft_multi_adapter(pair, folders: list[Path], prompts: list[str], max_tokens
     """PEFT's own multi-adapter model: every adapter loaded, `set_adapter` per request, generate()."""
     from peft import PeftModel
 
-    from models.textdata import prompt_ids
 
     model = PeftModel.from_pretrained(pair.load_model("llm"), str(folders[0]), adapter_name="a0").eval()
     for i, folder in enumerate(folders[1:], 1):
@@ -135,18 +140,7 @@ def peft_multi_adapter(pair, folders: list[Path], prompts: list[str], max_tokens
         model.set_adapter(f"a{i % len(folders)}")
         switches.append(time.perf_counter() - start)
     model.set_adapter("a0")
-    tokens, start = 0, 0.0
-    for r in range(rounds + 1):
-        if r == 1:
-            tokens, start = 0, time.perf_counter()
-        for prompt in prompts:
-            ids = torch.tensor([prompt_ids(tokenizer, prompt)])
-            with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=tokenizer.eos_token_id)
-            tokens += out.shape[1] - ids.shape[1]
-    seconds = time.perf_counter() - start
+    tokens, seconds = greedy_generate_timed(model, tokenizer, prompts, max_tokens, rounds)
     return {"tokens_per_s": tokens / seconds, "switch_ms": 1000 * sorted(switches)[len(switches) // 2]}
 
 
