@@ -37,14 +37,24 @@ def org_for_key(session: Session, key: str) -> Organization | None:
     return session.get(Organization, row.org_id) if row is not None else None
 
 
-def get_checkpoint(session: Session, org_id: str, checkpoint_id: str) -> Checkpoint | None:
-    row = session.get(Checkpoint, checkpoint_id)
+def _owned(session: Session, table: type, org_id: str, row_id: str):
+    """A row by id, only if it belongs to the organization (another's id reads as absent)."""
+    row = session.get(table, row_id)
     return row if row is not None and row.org_id == org_id else None
 
 
+def _list_owned(session: Session, table: type, org_id: str, limit: int) -> list:
+    """An organization's rows, newest first."""
+    query = select(table).where(table.org_id == org_id).order_by(table.created_at.desc(), table.id)
+    return list(session.scalars(query.limit(limit)))
+
+
+def get_checkpoint(session: Session, org_id: str, checkpoint_id: str) -> Checkpoint | None:
+    return _owned(session, Checkpoint, org_id, checkpoint_id)
+
+
 def list_checkpoints(session: Session, org_id: str, limit: int) -> list[Checkpoint]:
-    query = select(Checkpoint).where(Checkpoint.org_id == org_id)
-    return list(session.scalars(query.order_by(Checkpoint.created_at.desc(), Checkpoint.id).limit(limit)))
+    return _list_owned(session, Checkpoint, org_id, limit)
 
 
 def checkpoint_in_use(session: Session, checkpoint: Checkpoint) -> bool:
@@ -61,13 +71,11 @@ def blob_referenced(session: Session, sha256: str) -> bool:
 
 
 def get_delta(session: Session, org_id: str, delta_id: str) -> Delta | None:
-    row = session.get(Delta, delta_id)
-    return row if row is not None and row.org_id == org_id else None
+    return _owned(session, Delta, org_id, delta_id)
 
 
 def list_deltas(session: Session, org_id: str, limit: int) -> list[Delta]:
-    query = select(Delta).where(Delta.org_id == org_id)
-    return list(session.scalars(query.order_by(Delta.created_at.desc(), Delta.id).limit(limit)))
+    return _list_owned(session, Delta, org_id, limit)
 
 
 def find_idempotent(session: Session, org_id: str, scope: str, key: str) -> IdempotencyRecord | None:
