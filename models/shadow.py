@@ -119,15 +119,6 @@ class ShadowSet:
         idx = mask.nonzero().flatten().tolist()
         return ShadowSet(self.src[idx], self.tgt[idx], self.run[idx], [self.task[i] for i in idx])
 
-    def last_snapshots(self) -> ShadowSet:
-        """One pair per run: the final update of each shadow fine-tune."""
-        last = {}
-        for i, r in enumerate(self.run.tolist()):
-            last[r] = i
-        mask = torch.zeros(len(self.task), dtype=torch.bool)
-        mask[list(last.values())] = True
-        return self.select(mask)
-
 
 def load_shadow(pair: Pair, plans: list[ShadowPlan]) -> ShadowSet:
     """Every snapshot of the given plans, stacked."""
