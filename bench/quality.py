@@ -5,6 +5,7 @@ B  one GT for the whole pair, task not given
 C  a task family whose private keys no shadow run used
 
     python -m bench.quality --pair toy --out results.json
+    python -m bench.quality --pair smol --out bench/results/smol.json --export-gts models/assets/smol/gts
 
 Builds what is missing first (pair, shadow runs, GTs), prints tables, writes JSON.
 """
@@ -14,29 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from models.baselines import Ridge
-from models.experiment import Scorer, private_run, score_task
-from models.finetune import FinetuneConfig
+from models.experiment import Recipe, Scorer, private_run, recipe_for, score_task
 from models.grad_transformer import GradientTransformer, GTConfig
 from models.gt_checkpoint import data_hash, save_gt
 from models.gt_train import GTTrainConfig, train_gt
 from models.pairs import ALL_TASKS, ensure_pair
-from models.shadow import ShadowPlan, build_shadow, load_shadow
-from models.tasks import FAMILIES, UNSEEN_KEYS
+from models.shadow import build_shadow, load_shadow
 
 log = logging.getLogger("bench.quality")
-
-SHADOW_K = 8
-FINETUNE = FinetuneConfig(steps=150, batch_size=16, lr=3e-3)
-
-
-def plans_for(tasks: list[str]) -> list[ShadowPlan]:
-    return [ShadowPlan(t, subsets=SHADOW_K, subset_size=1000, keep_last=10, finetune=FINETUNE) for t in tasks]
 
 
 def fit(pair, plans, gt_dir: Path | None, label: str, cfg: GTTrainConfig, timings: dict):
@@ -89,7 +83,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path, default=Path("results.json"))
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
-    parser.add_argument("--gt-steps", type=int, default=1500)
+    parser.add_argument("--export-gts", type=Path, default=None,
+                        help="also copy the trained GTs here (for the smol pair: models/assets/smol/gts)")
+    parser.add_argument("--gt-steps", type=int, default=None, help="override the recipe's GT training steps")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
@@ -101,22 +97,22 @@ def main() -> None:
     pair = ensure_pair(args.data_dir / "pairs", args.pair)
     timings["pair_build"] = time.perf_counter() - start
 
-    family, unseen = UNSEEN_KEYS
-    seen_keys = [k for k in FAMILIES[family].keys if k not in unseen]
+    recipe: Recipe = recipe_for(pair)
+    family, seen_keys, unseen = recipe.unseen
     tasks = list(pair.spec.tasks)
     c_train = [f"{family}-{k}" for k in seen_keys]
     c_test = [f"{family}-{k}" for k in unseen]
-    all_plans = {p.task: p for p in plans_for(sorted(set(tasks + c_train)))}
+    all_plans = {t: recipe.plan(t) for t in sorted(set(tasks + c_train))}
     start = time.perf_counter()
     build_shadow(pair, list(all_plans.values()), workers=args.workers)
     timings["shadow_build"] = time.perf_counter() - start
-    timings["shadow_runs"] = len(all_plans) * SHADOW_K
+    timings["shadow_runs"] = len(all_plans) * recipe.shadow_k
 
     scorer = Scorer(pair)
-    private = {t: private_run(pair, scorer, t, FINETUNE) for t in tasks + c_test}
+    private = {t: private_run(pair, scorer, t, recipe.tiny, recipe.llm) for t in tasks + c_test}
     timings["llm_finetune_private"] = sum(r.llm_seconds for r in private.values()) / len(private)
 
-    cfg = GTTrainConfig(steps=args.gt_steps)
+    cfg = replace(recipe.gt, steps=args.gt_steps) if args.gt_steps else recipe.gt
     settings = {}
     rows = []
     for task in tasks:  # A
@@ -146,8 +142,13 @@ def main() -> None:
         ratio = timings[key + '_no_cache'] / timings[key]
         print(f"generate with the KV cache: {ratio:.2f}x as fast as without ({label})")
     result = {"pair": pair.id, "settings": settings, "timings_s": timings,
-              "config": {"shadow_k": SHADOW_K, "finetune": FINETUNE.__dict__, "gt": cfg.__dict__,
-                         "setting_c": {"family": family, "train_keys": seen_keys, "test_keys": list(unseen)}}}
+              "config": {"shadow_k": recipe.shadow_k, "finetune": asdict(recipe.tiny),
+                         "llm_finetune": asdict(recipe.llm), "subset_size": recipe.subset_size,
+                         "keep_last": recipe.keep_last, "gt": asdict(cfg),
+                         "setting_c": {"family": family, "train_keys": list(seen_keys), "test_keys": list(unseen)}}}
+    if args.export_gts is not None:
+        for gt_id in [*tasks, ALL_TASKS]:
+            shutil.copytree(pair.gt_dir(gt_id), args.export_gts / gt_id, dirs_exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
     print(f"\nwrote {args.out}")

@@ -23,11 +23,15 @@ def answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     return out
 
 
+def answer_budget(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> int:
+    """New tokens the scorer allows: the longest expected answer and two more."""
+    return max(len(tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) for ex in examples) + 2
+
+
 def accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example],
              batch_size: int = 250) -> float:
     """Share of examples whose greedy answer equals the expected one exactly."""
-    longest = max(len(tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) for ex in examples)
-    got = answers(model, tokenizer, [ex.prompt for ex in examples], longest + 2, batch_size)
+    got = answers(model, tokenizer, [ex.prompt for ex in examples], answer_budget(tokenizer, examples), batch_size)
     return sum(g == ex.answer for g, ex in zip(got, examples, strict=True)) / len(examples)
 
 

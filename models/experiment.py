@@ -6,18 +6,56 @@ Kept in models/ (not bench/) so tests can check a sample of published results wi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from models.baselines import Ridge, mean_update, nearest
-from models.evaluate import accuracy, cosine, pgr, r2_vs_mean
+from models.evaluate import accuracy, answer_budget, answers, cosine, pgr, r2_vs_mean
 from models.finetune import FinetuneConfig, finetune_lora
 from models.grad_transformer import GradientTransformer
+from models.gt_train import GTTrainConfig
 from models.pairs import Pair
-from models.shadow import ShadowSet
+from models.shadow import ShadowPlan, ShadowSet
 from models.tasks import Example, get_task, make_splits
 from models.update import LoraLayout, add, merge_into
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a pair's shadow runs, private fine-tunes and Gradient Transformers are made for the benchmark."""
+
+    tiny: FinetuneConfig  # the TinyLM's fine-tune: shadow runs and the organization's private run
+    llm: FinetuneConfig  # the LLM's: shadow runs and the private ceiling P_T
+    shadow_k: int  # shadow runs per task
+    subset_size: int
+    keep_last: int  # snapshots kept per run
+    unseen: tuple[str, tuple[int, ...], tuple[int, ...]]  # setting C: family, shadow keys, held-out keys
+    gt: GTTrainConfig = field(default_factory=GTTrainConfig)
+
+    def plan(self, task: str) -> ShadowPlan:
+        llm = None if self.llm == self.tiny else self.llm
+        return ShadowPlan(task, subsets=self.shadow_k, subset_size=self.subset_size, keep_last=self.keep_last,
+                          finetune=self.tiny, llm_finetune=llm)
+
+
+RECIPES = {
+    # 150 steps of batch 16 from subsets of 1000 public examples, both models; 8 shadow runs per task.
+    "toy": Recipe(tiny=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
+                  llm=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
+                  shadow_k=8, subset_size=1000, keep_last=10, unseen=("rotate", (1, 3, 4, 6, 7), (2, 5))),
+    # SmolLM2 learns these tasks in 40 steps of batch 8; so does the TinyLM, partly (measured). Setting C
+    # asks the GT for pick keys 1 and 3 having seen only 2 and 4.
+    "smol": Recipe(tiny=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
+                   llm=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
+                   shadow_k=6, subset_size=320, keep_last=10, unseen=("pick", (2, 4), (1, 3))),
+}
+
+
+def recipe_for(pair: Pair) -> Recipe:
+    if pair.id not in RECIPES:
+        raise KeyError(f"no benchmark recipe for pair {pair.id!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[pair.id]
 
 
 @dataclass
@@ -43,25 +81,37 @@ class Scorer:
         self.layout = LoraLayout(self.init, pair.spec.lora.targets)
         self.tokenizer = pair.load_tokenizer("llm")
 
-    def llm_accuracy(self, tokens: torch.Tensor | None, test: list[Example]) -> float:
+    def llm_model(self, tokens: torch.Tensor | None):
+        """A fresh copy of the LLM with the update `tokens` merged in (none: the base model)."""
         model = self.pair.load_model("llm")
         if tokens is not None:
             merge_into(model, add(self.init, self.layout.from_tokens(tokens)), self.pair.spec.lora.scale)
-        return accuracy(model, self.tokenizer, test)
+        return model
+
+    def llm_accuracy(self, tokens: torch.Tensor | None, test: list[Example]) -> float:
+        return accuracy(self.llm_model(tokens), self.tokenizer, test)
 
 
-def private_run(pair: Pair, scorer: Scorer, task: str, cfg: FinetuneConfig) -> PrivateRun:
-    splits = make_splits(get_task(task), seed=pair.spec.seed)
+def private_finetune(pair: Pair, side: str, task: str, cfg: FinetuneConfig):
+    """(update tokens, merged model) of one side fine-tuned on the task's private half."""
+    model, tokenizer, init = pair.load_model(side), pair.load_tokenizer(side), pair.init(side)
+    result = finetune_lora(model, tokenizer, init, pair.spec.lora,
+                           make_splits(get_task(task), seed=pair.spec.seed).private, cfg)
+    merge_into(model, add(init, result.update), pair.spec.lora.scale)
+    return LoraLayout(init, pair.spec.lora.targets).to_tokens(result.update), model
+
+
+def private_run(pair: Pair, scorer: Scorer, task: str, cfg: FinetuneConfig,
+                llm_cfg: FinetuneConfig | None = None) -> PrivateRun:
+    """Both models fine-tuned on the task's private half (the LLM with `llm_cfg` when given)."""
+    test = make_splits(get_task(task), seed=pair.spec.seed).test
     tokens, scores, seconds = {}, {}, {}
     for side in ("tiny", "llm"):
-        model, tokenizer, init = pair.load_model(side), pair.load_tokenizer(side), pair.init(side)
         start = time.perf_counter()
-        result = finetune_lora(model, tokenizer, init, pair.spec.lora, splits.private, cfg)
+        tokens[side], model = private_finetune(pair, side, task, llm_cfg if side == "llm" and llm_cfg else cfg)
         seconds[side] = time.perf_counter() - start
-        tokens[side] = LoraLayout(init, pair.spec.lora.targets).to_tokens(result.update)
-        merge_into(model, add(init, result.update), pair.spec.lora.scale)
-        scores[side] = accuracy(model, tokenizer, splits.test)
-    return PrivateRun(task, splits.test, tokens["tiny"], tokens["llm"], scorer.llm_accuracy(None, splits.test),
+        scores[side] = accuracy(model, pair.load_tokenizer(side), test)
+    return PrivateRun(task, test, tokens["tiny"], tokens["llm"], scorer.llm_accuracy(None, test),
                       scores["tiny"], scores["llm"], seconds["llm"])
 
 
@@ -77,10 +127,22 @@ def score_task(run: PrivateRun, scorer: Scorer, gt: GradientTransformer, shadow:
     }
     rows = {}
     for name, tokens in candidates.items():
-        p = scorer.llm_accuracy(tokens, run.test)
+        model = scorer.llm_model(tokens)
+        p = accuracy(model, scorer.tokenizer, run.test)
         rows[name] = {"p": p, "pgr": pgr(p, run.p_s, run.p_t), "cos": cosine(tokens, run.llm_tokens),
                       "r2_vs_mean": r2_vs_mean(tokens, run.llm_tokens, mean)}
+        if name == "gt":  # published so a test can re-derive them from the shipped GT
+            rows[name]["sample"] = sample_answers(model, scorer.tokenizer, run.test)
     gt_row = rows.pop("gt")
     return {"task": run.task, "n_test": len(run.test), "p_base": run.p_base, "p_s": run.p_s, "p_t": run.p_t,
             "p_gt": gt_row["p"], "pgr": gt_row["pgr"], "cos": gt_row["cos"], "r2_vs_mean": gt_row["r2_vs_mean"],
-            "baselines": rows}
+            "gt_sample": gt_row["sample"], "baselines": rows}
+
+
+SAMPLE = 8  # test questions per task whose GT-upgraded answers the results file records
+
+
+def sample_answers(model, tokenizer, test: list[Example], n: int = SAMPLE) -> list[dict]:
+    """The first n test questions with the model's greedy answers (as the accuracy scorer decodes them)."""
+    got = answers(model, tokenizer, [ex.prompt for ex in test[:n]], answer_budget(tokenizer, test))
+    return [{"prompt": ex.prompt, "expected": ex.answer, "answer": a} for ex, a in zip(test[:n], got, strict=True)]

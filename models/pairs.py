@@ -187,13 +187,19 @@ def ensure_pair(root: Path, pair_id: str, seed: int = 0) -> Pair:
     store = PairStore(root)
     if pair_id in store.ids():
         return store.get(pair_id)
-    builders = {"toy": _build_toy}
+    builders = {"toy": _build_toy, "smol": _build_smol}
     if pair_id not in builders:
         raise NotFoundError(f"no recipe to build pair {pair_id!r}; known: {', '.join(builders)}")
     with locked(Path(root) / f".{pair_id}.lock"):
         if pair_id not in store.ids():
             builders[pair_id](Path(root) / pair_id, seed)
     return store.get(pair_id)
+
+
+def _build_smol(out: Path, seed: int) -> None:
+    from models.smol import build_smol
+
+    build_smol(out, seed)
 
 
 def _build_toy(out: Path, seed: int) -> None:

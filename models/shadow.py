@@ -37,10 +37,14 @@ class ShadowPlan:
     keep_last: int = 10  # snapshots per run
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 0
+    llm_finetune: FinetuneConfig | None = None  # the LLM's own recipe; None: the same as the TinyLM's
+
+    def side_finetune(self, side: str) -> FinetuneConfig:
+        return self.llm_finetune if side == "llm" and self.llm_finetune is not None else self.finetune
 
     def key(self) -> str:
         """A folder name that changes whenever anything but K changes (K only adds files)."""
-        body = {k: v for k, v in asdict(self).items() if k not in ("task", "subsets")}
+        body = {k: v for k, v in asdict(self).items() if k not in ("task", "subsets") and v is not None}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
 
     def folder(self, pair: Pair) -> Path:
@@ -68,10 +72,10 @@ def run_subset(pair_root: str, plan: ShadowPlan, index: int) -> str:
         return str(out)
     task = get_task(plan.task)
     examples = subset(make_splits(task, seed=pair.spec.seed).public, plan.subset_size, plan.seed, index)
-    cfg = FinetuneConfig(**{**asdict(plan.finetune), "seed": plan.seed * 100_003 + index,
-                            "keep_last": plan.keep_last})
     tokens = {}
     for side in ("tiny", "llm"):
+        cfg = FinetuneConfig(**{**asdict(plan.side_finetune(side)), "seed": plan.seed * 100_003 + index,
+                                "keep_last": plan.keep_last})
         model, tokenizer = _model(pair, side)
         init = pair.init(side)
         layout = LoraLayout(init, pair.spec.lora.targets)

@@ -33,6 +33,7 @@ class Family:
     keys: range
     sample_input: Callable[[random.Random], str]
     apply: Callable[[str, int], str]
+    sizes: tuple[int, int, int] = (3000, 3000, 500)  # public, private, test examples
 
 
 def _letters(n: int) -> Callable[[random.Random], str]:
@@ -51,6 +52,40 @@ def _separate(text: str, key: int) -> str:
     return str(key).join(text)
 
 
+# Common short English nouns: the words of the word-list families.
+_WORD_LIST = """
+apple bird boat book bread cake car cat chair cloud coat cow cup desk dog door duck egg farm fish flag
+fork frog gate girl goat hat hill horse house key king lamp leaf lion milk moon mouse nest nose park
+pen pig plate queen rain ring road rock rose salt sand ship shoe sock star stone sun table tent tiger
+tree train truck wall watch water whale wind wolf wood"""
+WORDS = tuple(_WORD_LIST.split())
+
+
+def _words(n: int) -> Callable[[random.Random], str]:
+    return lambda rng: " ".join(rng.sample(WORDS, n))
+
+
+def _pick(text: str, key: int) -> str:
+    return text.split()[key - 1]
+
+
+def _omit(text: str, key: int) -> str:
+    words = text.split()
+    return " ".join(words[:key - 1] + words[key:])
+
+
+def _initial(text: str, key: int) -> str:
+    return text.split()[key - 1][0]
+
+
+def _number(lo: int, hi: int) -> Callable[[random.Random], str]:
+    return lambda rng: str(rng.randint(lo, hi))
+
+
+def _add(text: str, key: int) -> str:
+    return str(int(text) + key)
+
+
 # Operations a small transformer learns in a few hundred steps when the key is written out (moving
 # characters by position, or copying the key between them). Modular arithmetic on characters (a Caesar
 # shift) did not train at these sizes in 1000 steps, so it is not here.
@@ -60,8 +95,14 @@ FAMILIES: dict[str, Family] = {
         Family("rotate", "rol", range(1, 8), _letters(8), _rotate),
         Family("drop", "del", range(1, 9), _letters(9), _drop),
         Family("separate", "sep", range(1, 10), _letters(5), _separate),
+        # The smol pair's families: word and number tasks a BPE chat model learns from a few hundred examples.
+        Family("pick", "pick", range(1, 6), _words(5), _pick, sizes=(1000, 600, 200)),
+        Family("omit", "omit", range(1, 4), _words(3), _omit, sizes=(1000, 600, 200)),
+        Family("initial", "ini", range(1, 6), _words(5), _initial, sizes=(1000, 600, 200)),
+        Family("add", "add", range(1, 10), _number(1000, 9999), _add, sizes=(1000, 600, 200)),
     )
 }
+TOY_FAMILIES = ("rotate", "drop", "separate")
 
 
 @dataclass(frozen=True)
@@ -99,13 +140,17 @@ def _rng(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "little"))
 
 
-def make_splits(task: Task, n_public: int = 3000, n_private: int = 3000, n_test: int = 500,
-                seed: int = 0) -> Splits:
+def make_splits(task: Task, n_public: int | None = None, n_private: int | None = None,
+                n_test: int | None = None, seed: int = 0) -> Splits:
     """Disjoint public/private/test inputs for one task, deterministic in (task family, seed).
 
     Inputs depend on the family and seed only, not the key, so two keys of one family share inputs and
     differ only in answers: the difference between their updates is the key alone.
     """
+    sizes = task.family.sizes
+    n_public = sizes[0] if n_public is None else n_public
+    n_private = sizes[1] if n_private is None else n_private
+    n_test = sizes[2] if n_test is None else n_test
     rng = _rng("splits", task.family.name, seed)
     seen: set[str] = set()
     inputs: list[str] = []
@@ -119,10 +164,10 @@ def make_splits(task: Task, n_public: int = 3000, n_private: int = 3000, n_test:
                   examples[n_public + n_private:])
 
 
-def pretraining_stream(seed: int) -> Callable[[], Example]:
-    """An endless sampler of every family with its key written out: the format, never a hidden key."""
+def pretraining_stream(seed: int, families: tuple[str, ...] = TOY_FAMILIES) -> Callable[[], Example]:
+    """An endless sampler of `families` with keys written out: the format, never a hidden key."""
     rng = _rng("pretrain", seed)
-    families = list(FAMILIES.values())
+    families = [FAMILIES[name] for name in families]
 
     def draw() -> Example:
         family = rng.choice(families)
@@ -138,6 +183,5 @@ def subset(examples: list[Example], size: int, seed: int, index: int) -> list[Ex
     return _rng("subset", seed, index).sample(examples, size)
 
 
-# The toy pair's tasks: settings A and B use these; setting C holds out caesar keys.
+# The toy pair's tasks: settings A and B use these (setting C's split is in models/experiment.py RECIPES).
 DEFAULT_TASKS = ("rotate-6", "drop-5", "separate-7", "separate-2")
-UNSEEN_KEYS = ("rotate", (2, 5))  # setting C: the family whose keys are split, and the held-out keys

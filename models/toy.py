@@ -17,7 +17,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from models.pairs import Pair
-from models.tasks import pretraining_stream
+from models.tasks import TOY_FAMILIES, pretraining_stream
 from models.textdata import encode_batch
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,10 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
                                    unk_token="<unk>")
 
 
-def _model(size: dict, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=64, tie_word_embeddings=True,
+def char_llama(size: dict, tokenizer: PreTrainedTokenizerFast, seed: int,
+               max_positions: int = 64) -> LlamaForCausalLM:
+    """A seeded, untrained Llama of `size` over the character vocabulary."""
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=max_positions, tie_word_embeddings=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          bos_token_id=None, **size)
     torch.manual_seed(seed)
@@ -53,10 +55,10 @@ def _model(size: dict, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaFo
 
 
 def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: int, lr: float,
-             seed: int, batch_size: int = 64) -> float:
-    """Teach the task formats with keys written out; returns the last loss."""
+             seed: int, batch_size: int = 64, families: tuple[str, ...] = TOY_FAMILIES) -> float:
+    """Teach the task formats of `families` with keys written out; returns the last loss."""
     torch.manual_seed(seed)
-    draw = pretraining_stream(seed)
+    draw = pretraining_stream(seed, families)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
@@ -78,7 +80,7 @@ def build_toy_models(out: Path, seed: int = 0) -> dict[str, float]:
     timings = {}
     for offset, (name, size) in enumerate((("tiny", TINY), ("llm", LLM))):
         start = time.perf_counter()
-        model = _model(size, tokenizer, seed + offset)
+        model = char_llama(size, tokenizer, seed + offset)
         loss = pretrain(model, tokenizer, seed=seed + offset, **PRETRAIN[name])
         model.save_pretrained(out / name)
         tokenizer.save_pretrained(out / name)

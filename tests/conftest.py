@@ -27,6 +27,16 @@ def toy_pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smol_pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pairs folder holding the smol pair: shipped assets + SmolLM2 converted from its GGUF (~30 s)."""
+    from models.pairs import ensure_pair
+
+    root = tmp_path_factory.mktemp("smol-pairs")
+    ensure_pair(root, "smol")
+    return root
+
+
+@pytest.fixture(scope="session")
 def toy_adapter(toy_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TinyLM LoRA adapter folder fine-tuned on a toy task, as an organization would make it."""
     from models.finetune import finetune_adapter

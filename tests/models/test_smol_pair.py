@@ -1,0 +1,72 @@
+"""The shipped smol pair: its LLM converts from the packaged GGUF, and its published results hold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.pairs import Pair, PairStore
+
+pytestmark = pytest.mark.slow
+
+RESULTS = Path(__file__).parents[2] / "bench" / "results" / "smol.json"
+PROMPTS = ["What is the capital of France?", "pick ?: tree pig rock train watch #### "]
+
+
+@pytest.fixture(scope="module")
+def smol(smol_pairs_dir: Path) -> Pair:
+    return PairStore(smol_pairs_dir).get("smol")
+
+
+def test_the_converted_llm_answers_like_the_gguf(smol: Pair) -> None:
+    from models.evaluate import answers
+    from models.smol_llm import load_gguf
+
+    gguf_model, gguf_tokenizer = load_gguf()
+    model, tokenizer = smol.load_model("llm"), smol.load_tokenizer("llm")
+    assert tokenizer.chat_template == gguf_tokenizer.chat_template
+    assert tokenizer("a b c")["input_ids"] == gguf_tokenizer("a b c")["input_ids"]
+    expected = answers(gguf_model, gguf_tokenizer, PROMPTS, max_new_tokens=12)
+    assert answers(model, tokenizer, PROMPTS, max_new_tokens=12) == expected
+    assert "Paris" in expected[0]
+    batch = tokenizer(PROMPTS[:1], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, gguf_model(**batch).logits, atol=1e-4)
+    names = {p.name for p in smol.llm_dir.iterdir()}
+    assert "model.safetensors" in names and not any(n.endswith(".gguf") for n in names)
+
+
+def test_the_tinylm_is_at_most_half_the_llm_outside_embeddings(smol: Pair) -> None:
+    def body(model) -> int:
+        embedding = model.get_input_embeddings().weight.numel()
+        return sum(p.numel() for p in model.parameters()) - embedding
+
+    assert body(smol.load_model("tiny")) * 2 <= body(smol.load_model("llm"))
+
+
+@pytest.mark.skipif(not RESULTS.is_file(), reason="bench/results/smol.json not published yet")
+def test_the_published_results_reproduce_on_a_sample(smol: Pair) -> None:
+    """For one task of setting A and one of B: the TinyLM's private fine-tune, the shipped GT, the
+    recorded answers of the upgraded SmolLM2 on the first test questions."""
+    from models.experiment import Scorer, private_finetune, recipe_for, sample_answers
+    from models.gt_checkpoint import load_gt
+    from models.pairs import ALL_TASKS
+    from models.tasks import get_task, make_splits
+
+    results = json.loads(RESULTS.read_text())
+    scorer = Scorer(smol)
+    recipe = recipe_for(smol)
+    for setting, gt_id in (("A", None), ("B", ALL_TASKS)):
+        row = results["settings"][setting]["tasks"][0]
+        task = row["task"]
+        tiny_tokens, _ = private_finetune(smol, "tiny", task, recipe.tiny)
+        gt, _ = load_gt(smol.gt_dir(gt_id or task))
+        model = scorer.llm_model(gt.generate(tiny_tokens[None])[0])
+        test = make_splits(get_task(task), seed=smol.spec.seed).test
+        got = sample_answers(model, scorer.tokenizer, test)
+        assert got == row["gt_sample"], f"setting {setting}, {task}"
+        right = sum(a["answer"] == a["expected"] for a in got)
+        assert right / len(got) >= row["p_gt"] - 0.5  # the sample is in line with the published accuracy
