@@ -48,7 +48,7 @@ RECIPES = {
     # asks the GT for pick keys 1 and 3 having seen only 2 and 4.
     "smol": Recipe(tiny=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
                    llm=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
-                   shadow_k=6, subset_size=320, keep_last=10, unseen=("pick", (2, 4), (1, 3))),
+                   shadow_k=4, subset_size=320, keep_last=10, unseen=("pick", (2, 4), (1, 3))),
 }
 
 

@@ -95,13 +95,15 @@ def write_adapter_folder(out_dir: Path, lora: LoraSpec, base: str, weights: Upda
 
 
 def finetune_adapter(pair: Pair, task: str, out_dir: Path, steps: int = 60, seed: int = 0,
-                     examples: list[Example] | None = None) -> Path:
-    """Fine-tune the pair's TinyLM on a task's private split (or `examples`); write a PEFT adapter folder."""
+                     examples: list[Example] | None = None, cfg: FinetuneConfig | None = None) -> Path:
+    """Fine-tune the pair's TinyLM on a task's private split (or `examples`); write a PEFT adapter folder.
+
+    `cfg` gives the whole recipe; without it, `steps` and `seed` with the default batch size and rate."""
     from models.update import add
 
+    cfg = cfg or FinetuneConfig(steps=steps, seed=seed)
     data = examples if examples is not None else make_splits(get_task(task), seed=pair.spec.seed).private
     init = pair.init("tiny")
-    result = finetune_lora(pair.load_model("tiny"), pair.load_tokenizer("tiny"), init, pair.spec.lora, data,
-                           FinetuneConfig(steps=steps, seed=seed))
+    result = finetune_lora(pair.load_model("tiny"), pair.load_tokenizer("tiny"), init, pair.spec.lora, data, cfg)
     return write_adapter_folder(Path(out_dir), pair.spec.lora, str(pair.tiny_dir), add(init, result.update),
-                                {"pair": pair.id, "task": task, "steps": steps, "seed": seed})
+                                {"pair": pair.id, "task": task, "steps": cfg.steps, "seed": cfg.seed})

@@ -1,0 +1,116 @@
+"""An organization's whole path through a running service, and the upgraded model's accuracy through
+the chat endpoint beside the base model's:
+
+    fine-tune the pair's TinyLM on a task's private half (the project's code, the pair's recipe)
+    -> POST /v1/checkpoints -> POST /v1/upgrades (task not given: the pair's GT for all tasks)
+    -> wait for the delta -> POST /v1/chat/completions on the task's test questions, delta and base
+
+    gradlift serve &                                  # GRADLIFT_DEFAULT_PAIR=smol, the default
+    python -m bench.through_service --url http://127.0.0.1:8000 --key "$KEY" --pair smol --task pick-2 \\
+        --out bench/results/through-service-smol.json
+
+The key comes from `gradlift keys create`. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import torch
+
+from models.experiment import recipe_for
+from models.finetune import finetune_adapter
+from models.pairs import PairStore
+from models.tasks import get_task, make_splits
+
+
+def upgrade(client: httpx.Client, pair: str, adapter: Path, task: str | None, timeout_s: float) -> str:
+    """Upload the adapter, run an upgrade, return the delta id."""
+    with open(adapter / "adapter_model.safetensors", "rb") as handle:
+        checkpoint = client.post("/v1/checkpoints", data={"pair": pair},
+                                 files={"file": ("adapter_model.safetensors", handle)})
+    checkpoint.raise_for_status()
+    body = {"pair": pair, "checkpoint_ids": [checkpoint.json()["id"]], "task": task}
+    job = client.post("/v1/upgrades", json=body)
+    job.raise_for_status()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = client.get(f"/v1/upgrades/{job.json()['id']}").json()
+        if state["status"] == "succeeded":
+            return state["delta_id"]
+        if state["status"] in ("failed", "cancelled"):
+            raise RuntimeError(f"upgrade {state['id']} {state['status']}: {state.get('error')}")
+        time.sleep(1.0)
+    raise TimeoutError(f"upgrade not done in {timeout_s:.0f}s")
+
+
+def chat_answers(client: httpx.Client, model: str, prompts: list[str], max_tokens: int, clients: int) -> list[str]:
+    """Greedy answers through /v1/chat/completions, `clients` requests in flight at once."""
+
+    def ask(prompt: str) -> str:
+        reply = client.post("/v1/chat/completions", json={
+            "model": model, "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0, "max_tokens": max_tokens})
+        reply.raise_for_status()
+        return reply.json()["choices"][0]["message"]["content"].strip()
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(ask, prompts))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--pair", default="smol")
+    parser.add_argument("--task", default="pick-2")
+    parser.add_argument("--pairs-dir", type=Path, default=Path("data/pairs"), help="where the pair is built")
+    parser.add_argument("--n", type=int, default=200, help="test questions")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--upgrade-timeout", type=float, default=900)
+    parser.add_argument("--out", type=Path, default=Path("through-service.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    pair = PairStore(args.pairs_dir).get(args.pair)
+    recipe = recipe_for(pair)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = finetune_adapter(pair, args.task, Path(tmp) / "adapter", cfg=recipe.tiny)
+        finetune_s = time.perf_counter() - start
+        client = httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {args.key}"}, timeout=600)
+        start = time.perf_counter()
+        delta = upgrade(client, pair.id, adapter, None, args.upgrade_timeout)
+        upgrade_s = time.perf_counter() - start
+    test = make_splits(get_task(args.task), seed=pair.spec.seed).test[: args.n]
+    prompts = [ex.prompt for ex in test]
+    budget = 16
+    rows = {}
+    base_model = next(m["id"] for m in client.get("/v1/models").json()["data"]
+                      if m["pair"] == pair.id and m["parent"] is None)
+    for name, model in (("upgraded", delta), ("base", base_model)):
+        start = time.perf_counter()
+        got = chat_answers(client, model, prompts, budget, args.clients)
+        right = sum(g == ex.answer for g, ex in zip(got, test, strict=True))
+        rows[name] = {"model": model, "accuracy": right / len(test), "seconds": time.perf_counter() - start,
+                      "sample": [{"prompt": ex.prompt, "expected": ex.answer, "answer": g}
+                                 for ex, g in zip(test[:5], got[:5], strict=True)]}
+    print(f"\n{args.pair} / {args.task}: {len(test)} test questions through /v1/chat/completions")
+    for name, row in rows.items():
+        print(f"  {name:<9} {row['model']:<40} accuracy {row['accuracy']:.1%}  ({row['seconds']:.0f}s)")
+    print(f"  TinyLM fine-tune {finetune_s:.0f}s, upload + upgrade {upgrade_s:.0f}s")
+    result = {"pair": args.pair, "task": args.task, "n_test": len(test), "delta": delta,
+              "timings_s": {"tiny_finetune": finetune_s, "upgrade": upgrade_s}, **rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
