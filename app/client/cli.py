@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from app.client.finetune import FinetuneRequest, is_local_pair, run_finetune
+    from app.client.finetune import FinetuneRequest, run_finetune
     from models.errors import GradliftError
 
     try:
@@ -100,11 +100,7 @@ def _finetune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         request = FinetuneRequest(args.pair, args.data, args.out, args.steps, args.batch_size, args.lr, args.seed,
                                   dp, noise)
         cache = args.cache_dir or get_client_settings().cache_dir
-        if is_local_pair(args.pair):
-            meta = run_finetune(request, None, cache)
-        else:
-            with Api(args.url, args.api_key) as api:
-                meta = run_finetune(request, api, cache)
+        meta = run_finetune(request, lambda: Api(args.url, args.api_key), cache)
     except (GradliftError, ValueError) as exc:
         print(f"gradlift: error: {exc}", file=sys.stderr)
         return 1

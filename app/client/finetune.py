@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,19 +87,19 @@ def _fetch_init(api: Api, pair_id: str, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def run_finetune(request: FinetuneRequest, api: Api | None, cache_dir: Path) -> dict[str, Any]:
-    """Check the data, get the pair, fine-tune with a progress bar; the adapter's metadata."""
+def run_finetune(request: FinetuneRequest, connect: Callable[[], Api], cache_dir: Path) -> dict[str, Any]:
+    """Check the data, get the pair (from the service only if it is not a local folder), fine-tune with a
+    progress bar; the adapter's metadata."""
     from models.datafile import read_examples
     from models.finetune import FinetuneConfig, finetune_to_folder
 
-    examples = read_examples(request.data)  # malformed lines fail here, before any model is loaded
+    examples = read_examples(request.data)  # malformed lines fail here, before anything else happens
     cfg = FinetuneConfig(steps=request.steps, batch_size=request.batch_size, lr=request.lr, seed=request.seed)
     if is_local_pair(request.pair):
         source = local_source(Path(request.pair))
-    elif api is None:
-        raise ClientError(f"no pair folder at {request.pair!r}, and no service to fetch pair {request.pair!r} from")
     else:
-        source = remote_source(api, request.pair, cache_dir)
+        with connect() as api:
+            source = remote_source(api, request.pair, cache_dir)
     with tqdm(total=cfg.steps, unit="step", desc="fine-tune" + (" (DP-SGD)" if request.dp else "")) as bar:
         def on_step(_: int, loss: float) -> None:
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
