@@ -20,6 +20,7 @@ import math
 import secrets
 import warnings
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 import torch
@@ -65,18 +66,23 @@ class DPConfig:
 
     def noise_multiplier(self, sample_rate: float, steps: int) -> float:
         """Noise std / clip so that `steps` Poisson-sampled steps spend `epsilon` at `delta`."""
-        from opacus.accountants.utils import get_noise_multiplier
+        return _noise_multiplier(self.epsilon, self.delta, sample_rate, steps)
 
-        try:
-            with warnings.catch_warnings():
-                # The search tries noise levels far above the answer, whose best order lies past ALPHAS.
-                warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-                return float(get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta,
-                                                  sample_rate=sample_rate, steps=steps, accountant=ACCOUNTANT,
-                                                  epsilon_tolerance=self.epsilon / 100, alphas=ALPHAS))
-        except ValueError as exc:  # Opacus gives up above a noise multiplier of 1e6
-            raise ConfigError(f"epsilon {self.epsilon} is out of reach in {steps} steps at sample rate "
-                              f"{sample_rate:.3g}: {exc}") from None
+
+@lru_cache(maxsize=64)  # a binary search: 6-14 accountant calls, up to ~1 s; shadow runs ask it again and again
+def _noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    from opacus.accountants.utils import get_noise_multiplier
+
+    try:
+        with warnings.catch_warnings():
+            # The search tries noise levels far above the answer, whose best order lies past ALPHAS.
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                              steps=steps, accountant=ACCOUNTANT, epsilon_tolerance=epsilon / 100,
+                                              alphas=ALPHAS))
+    except ValueError as exc:  # Opacus gives up above a noise multiplier of 1e6
+        raise ConfigError(f"epsilon {epsilon} is out of reach in {steps} steps at sample rate "
+                          f"{sample_rate:.3g}: {exc}") from None
 
 
 def spent_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
