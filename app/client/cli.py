@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.client.http import Api, ClientError
-from app.config import get_client_settings
+from app.client.http import Api, ClientError, client_settings
 
 if TYPE_CHECKING:
     from models.privacy import DPConfig, UpdateNoise
@@ -89,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     except ClientError as exc:
         print(f"gradlift: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the service carries on: an upgrade keeps running, a download resumes
+        print("\ngradlift: interrupted", file=sys.stderr)
+        return 130
 
 
 def _finetune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -99,7 +101,7 @@ def _finetune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         dp, noise = _privacy(args, parser)
         request = FinetuneRequest(args.pair, args.data, args.out, args.steps, args.batch_size, args.lr, args.seed,
                                   dp, noise)
-        cache = args.cache_dir or get_client_settings().cache_dir
+        cache = args.cache_dir or client_settings().cache_dir
         meta = run_finetune(request, lambda: Api(args.url, args.api_key), cache)
     except (GradliftError, ValueError) as exc:
         print(f"gradlift: error: {exc}", file=sys.stderr)

@@ -8,18 +8,26 @@ from typing import Any
 
 import httpx
 
-from app.config import get_client_settings
+from app.config import ClientSettings, get_client_settings
 
 
 class ClientError(Exception):
     """Something the command line reports and exits non-zero for."""
 
 
+def client_settings() -> ClientSettings:
+    """GRADLIFT_URL, GRADLIFT_API_KEY, GRADLIFT_CACHE_DIR; a bad value is a ClientError, not a traceback."""
+    try:
+        return get_client_settings()
+    except ValueError as exc:  # pydantic's ValidationError: GRADLIFT_URL without a scheme, say
+        raise ClientError(f"invalid client settings: {exc}") from None
+
+
 class Api:
     """The service at `url`, called with `key`; flags given as None fall back to GRADLIFT_URL / _API_KEY."""
 
     def __init__(self, url: str | None = None, key: str | None = None, timeout_s: float = 60.0) -> None:
-        settings = get_client_settings()
+        settings = client_settings()
         self.url = (url or settings.url).rstrip("/")
         key = key or settings.api_key
         if not key:
