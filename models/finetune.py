@@ -218,9 +218,11 @@ def finetune_to_folder(source: TinySource, examples: list[TrainingExample], out_
 
 
 def finetune_adapter(pair: Pair, task: str, out_dir: Path, steps: int = 60, seed: int = 0,
-                     examples: list[Example] | None = None, *, dp: DPConfig | None = None,
-                     update_noise: UpdateNoise | None = None) -> Path:
-    """Fine-tune the pair's TinyLM on a task's private split (or `examples`); write a PEFT adapter folder."""
+                     examples: list[Example] | None = None, cfg: FinetuneConfig | None = None, *,
+                     dp: DPConfig | None = None, update_noise: UpdateNoise | None = None) -> Path:
+    """Fine-tune the pair's TinyLM on a task's private split (or `examples`); write a PEFT adapter folder.
+
+    `cfg` gives the whole recipe; without it, `steps` and `seed` with the default batch size and rate."""
     data = examples if examples is not None else make_splits(get_task(task), seed=pair.spec.seed).private
-    return finetune_to_folder(TinySource.of(pair), data, out_dir, FinetuneConfig(steps=steps, seed=seed),
+    return finetune_to_folder(TinySource.of(pair), data, out_dir, cfg or FinetuneConfig(steps=steps, seed=seed),
                               dp=dp, update_noise=update_noise, metadata={"task": task})
