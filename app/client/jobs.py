@@ -47,10 +47,10 @@ def watch(api: Api, upgrade_id: str, timeout_s: float | None = None, interval_s:
     """Follow an upgrade's events with a progress bar until it ends; ClientError unless it succeeded."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last = 0
-    with tqdm(total=100, unit="%", desc="queued", disable=not progress,
+    job = api.get(f"/v1/upgrades/{upgrade_id}")  # an unknown id fails here, before a bar is drawn
+    with tqdm(total=100, unit="%", desc=job["status"], disable=not progress,
               bar_format="{desc:<28}{percentage:3.0f}%|{bar}| {elapsed}") as bar:
         while True:
-            job = api.get(f"/v1/upgrades/{upgrade_id}")
             for event in api.get(f"/v1/upgrades/{upgrade_id}/events", after=last)["data"]:
                 last = event["id"]
                 bar.set_description_str(event["stage"][:27])
@@ -61,6 +61,7 @@ def watch(api: Api, upgrade_id: str, timeout_s: float | None = None, interval_s:
                 raise ClientError(f"upgrade {upgrade_id} is still {job['status']} after {timeout_s:.0f}s; "
                                   f"follow it again with `gradlift watch {upgrade_id}`")
             time.sleep(interval_s)
+            job = api.get(f"/v1/upgrades/{upgrade_id}")
         if job["status"] == "succeeded":
             bar.update(100 - bar.n)
     if job["status"] != "succeeded":
