@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from app.client.download import fetch
-from app.client.http import Api, ClientError, check
+from app.client.http import Api, ClientError
 
 if TYPE_CHECKING:
     from models.finetune import TinySource
@@ -75,10 +75,9 @@ def _fetch_init(api: Api, pair_id: str, dest: Path) -> None:
     from app.storage import sha256_file
 
     headers = {"If-None-Match": f'"{sha256_file(dest)}"'} if dest.is_file() else {}
-    response = api.http.get(f"/v1/pairs/{pair_id}/tiny-lora-init", headers=headers)
+    response = api.request("GET", f"/v1/pairs/{pair_id}/tiny-lora-init", headers=headers)
     if response.status_code == 304:
         return
-    check(response)
     if f'"{hashlib.sha256(response.content).hexdigest()}"' != response.headers.get("etag"):
         raise ClientError(f"the init tensors of pair {pair_id!r} arrived damaged (sha256 differs from the ETag)")
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -43,12 +43,13 @@ class Api:
         self.http.close()
 
     def get(self, path: str, **params: Any) -> Any:
-        return self._json(self._send("GET", path, params=params or None))
+        return self._json(self.request("GET", path, params=params or None))
 
     def post(self, path: str, **kwargs: Any) -> Any:
-        return self._json(self._send("POST", path, **kwargs))
+        return self._json(self.request("POST", path, **kwargs))
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A checked response: errors (4xx/5xx) and unreachable services raise ClientError."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
