@@ -35,13 +35,24 @@ def _parser() -> argparse.ArgumentParser:
     pair = commands.add_parser("pair", help="model pairs").add_subparsers(dest="action", required=True)
     build = pair.add_parser("build", help="build a pair into GRADLIFT_PAIRS_DIR")
     build.add_argument("name", help="the pair's id, e.g. toy")
+    from app.client.cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, extra = _parser().parse_known_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
     if extra and args.command != "worker":
-        _parser().error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from app.client.cli import COMMANDS
+
+    if args.command in COMMANDS:  # the organization's side: the service's settings are not its business
+        from app.client.cli import run
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        sys.exit(run(args))
     from app.config import get_settings
 
     logging.basicConfig(level=get_settings().log_level,

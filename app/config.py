@@ -13,6 +13,11 @@ GRADLIFT_VISIBILITY_TIMEOUT_S Redis redelivers an unacknowledged task after this
 GRADLIFT_CHAT_MAX_ADAPTERS   generated adapters the chat engine keeps in memory per pair, LRU (32)
 GRADLIFT_CHAT_TORCH_THREADS  torch threads of the API process, which decodes chat requests (1; 0: torch's default)
 GRADLIFT_LOG_LEVEL           INFO
+
+The organization's command line (`gradlift finetune/upload/upgrade/download/chat`) reads its own three:
+GRADLIFT_URL                 the service (http://127.0.0.1:8000)
+GRADLIFT_API_KEY             the organization's key
+GRADLIFT_CACHE_DIR           pairs' TinyLM files downloaded for fine-tuning (~/.cache/gradlift)
 """
 
 from __future__ import annotations
@@ -83,3 +88,26 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings; invalid values fail here, at start."""
     return Settings()
+
+
+class ClientSettings(BaseSettings):
+    """The command line's view: where the service is and the key to use (flags override these)."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADLIFT_", extra="ignore")
+
+    url: str = "http://127.0.0.1:8000"
+    api_key: str = ""
+    cache_dir: Path = Path("~/.cache/gradlift")
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientSettings:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"GRADLIFT_URL must start with http:// or https://, not {self.url!r}")
+        self.url = self.url.rstrip("/")
+        self.cache_dir = self.cache_dir.expanduser().resolve()
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_client_settings() -> ClientSettings:
+    return ClientSettings()

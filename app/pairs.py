@@ -53,3 +53,16 @@ def _shapes(path: str, _mtime_ns: int) -> dict[str, tuple[int, ...]]:
     from models.safetensors_header import read_header
 
     return {name: tuple(info["shape"]) for name, info in read_header(Path(path)).items()}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a pair's file (read-only data), computed once per file version."""
+    stat = path.stat()
+    return _sha256(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=256)
+def _sha256(path: str, _mtime_ns: int, _size: int) -> str:
+    from app.storage import sha256_file
+
+    return sha256_file(Path(path))

@@ -28,7 +28,7 @@ from models.grad_transformer import GradientTransformer, GTConfig
 from models.gt_checkpoint import data_hash, save_gt
 from models.gt_train import GTTrainConfig, train_gt
 from models.pairs import ALL_TASKS, ensure_pair
-from models.shadow import build_shadow, load_shadow
+from models.shadow import build_shadow, load_shadow, shadow_privacy
 
 log = logging.getLogger("bench.quality")
 
@@ -41,7 +41,7 @@ def fit(pair, plans, gt_dir: Path | None, label: str, cfg: GTTrainConfig, timing
     if gt_dir is not None:
         save_gt(model, gt_dir, {"pair": pair.id, "task": label, "tasks": sorted({p.task for p in plans}),
                                 "data_sha256": data_hash(data.src, data.tgt), "trained_by": "bench.quality",
-                                **info})
+                                "shadow_privacy": shadow_privacy(plans), **info})
     return model, data
 
 

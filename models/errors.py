@@ -19,3 +19,11 @@ class AdapterError(GradliftError):
 
 class VerificationError(GradliftError):
     """A generated update that failed the checks run before it is stored."""
+
+
+class DataFileError(GradliftError):
+    """A training data file that cannot be read; `problems` holds (line number, what is wrong)."""
+
+    def __init__(self, message: str, problems: list[tuple[int, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []

@@ -3,29 +3,39 @@ and the organization's client.
 
 The run starts from the stored A0/B0 (never a fresh seed), so an update made here, by a shadow run or by
 an organization's own PEFT code started from the published init, lives in the same coordinates.
+With a `DPConfig` the run is DP-SGD (models/privacy.py); with an `UpdateNoise` the written update is
+clipped and perturbed first.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from models.datafile import TrainingExample
+from models.errors import ConfigError
 from models.pairs import LoraSpec, Pair
+from models.privacy import DPConfig, UpdateNoise, generator, spent_epsilon
 from models.tasks import Example, get_task, make_splits
-from models.textdata import encode_batch
-from models.update import Update, save_update, subtract
+from models.textdata import IGNORE, encode_batch
+from models.update import Update, add, save_update, subtract
+
+OnStep = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     steps: int = 150
-    batch_size: int = 16
+    batch_size: int = 16  # DP-SGD: the expected size of a Poisson-sampled batch
     lr: float = 3e-3  # 1e-3 left 1 in 3 rotate fine-tunes of the toy LLM unlearned; 3e-3 learned all (measured)
     seed: int = 0
     keep_last: int = 0  # snapshots of the update at each of the last N steps (shadow pairs)
@@ -40,45 +50,138 @@ class FinetuneResult:
     update: Update  # after the last step
     snapshots: list[Update] = field(default_factory=list)  # oldest first; the last equals `update`
     losses: list[float] = field(default_factory=list)
+    dp: dict[str, Any] | None = None  # DP-SGD accounting: epsilon spent, noise multiplier, sample rate
 
 
 def finetune_lora(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, init: Update, lora: LoraSpec,
-                  examples: list[Example], cfg: FinetuneConfig,
-                  on_step: Callable[[int, float], None] | None = None) -> FinetuneResult:
-    """Fine-tune LoRA adapters of `model` (left unchanged) from `init` on `examples`."""
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+                  examples: list[TrainingExample], cfg: FinetuneConfig, on_step: OnStep | None = None,
+                  *, dp: DPConfig | None = None) -> FinetuneResult:
+    """Fine-tune LoRA adapters of `model` (left unchanged) from `init` on `examples` (DP-SGD with `dp`)."""
+    from peft import get_peft_model, set_peft_model_state_dict
 
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
     peft_model = get_peft_model(model, lora.peft_config())
     result = set_peft_model_state_dict(peft_model, init)
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"init tensors do not fit the model: {result.unexpected_keys[:3]}")
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    out = FinetuneResult(update={})
-    order: list[int] = []
     peft_model.train()
     try:
-        for step in range(cfg.steps):
-            if len(order) < cfg.batch_size:
-                order += rng.sample(range(len(examples)), len(examples))
-            batch = encode_batch(tokenizer, [examples[i] for i in order[:cfg.batch_size]])
-            del order[:cfg.batch_size]
-            loss = peft_model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            out.losses.append(loss.item())
-            if on_step is not None:
-                on_step(step, out.losses[-1])
-            if step >= cfg.steps - cfg.keep_last:
-                out.snapshots.append(subtract(get_peft_model_state_dict(peft_model), init))
-        out.update = subtract(get_peft_model_state_dict(peft_model), init)
+        if dp is None:
+            return _plain_steps(peft_model, tokenizer, init, examples, cfg, on_step)
+        return _dp_steps(peft_model, tokenizer, init, examples, cfg, on_step, dp)
     finally:
         peft_model.unload()  # hand the base model back without adapters
         model.eval()
+
+
+def _record(peft_model: torch.nn.Module, init: Update, out: FinetuneResult, cfg: FinetuneConfig, step: int,
+            loss: float, on_step: OnStep | None) -> None:
+    from peft import get_peft_model_state_dict
+
+    out.losses.append(loss)
+    if on_step is not None:
+        on_step(step, loss)
+    if step >= cfg.steps - cfg.keep_last:
+        out.snapshots.append(subtract(get_peft_model_state_dict(peft_model), init))
+    if step == cfg.steps - 1:
+        out.update = subtract(get_peft_model_state_dict(peft_model), init)
+
+
+def _plain_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, init: Update,
+                 examples: list[TrainingExample], cfg: FinetuneConfig, on_step: OnStep | None) -> FinetuneResult:
+    rng = random.Random(cfg.seed)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    out = FinetuneResult(update={})
+    order: list[int] = []
+    for step in range(cfg.steps):
+        if len(order) < cfg.batch_size:
+            order += rng.sample(range(len(examples)), len(examples))
+        batch = encode_batch(tokenizer, [examples[i] for i in order[:cfg.batch_size]])
+        del order[:cfg.batch_size]
+        loss = peft_model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _record(peft_model, init, out, cfg, step, loss.item(), on_step)
     return out
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] mean next-token loss over each example's answer tokens; logits [B, T, V], labels [B, T]."""
+    logits, labels = logits[:, :-1], labels[:, 1:]  # position t predicts token t + 1
+    tokens = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")  # [B, T-1]
+    counted = (labels != IGNORE).sum(1).clamp(min=1)
+    return tokens.sum(1) / counted
+
+
+def _dp_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, init: Update,
+              examples: list[TrainingExample], cfg: FinetuneConfig, on_step: OnStep | None,
+              dp: DPConfig) -> FinetuneResult:
+    """DP-SGD: Poisson sampling at rate batch/N, per-example clipping and Gaussian noise (Opacus)."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    n = len(examples)
+    if n < cfg.batch_size:
+        raise ConfigError(f"DP-SGD samples each example with probability batch_size/N; {n} examples are fewer "
+                          f"than the batch size {cfg.batch_size}")
+    rate = cfg.batch_size / n
+    sigma = dp.noise_multiplier(rate, cfg.steps)
+    gen = generator(dp.seed)
+    module = GradSampleModule(peft_model, batch_first=True, loss_reduction="mean")
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = DPOptimizer(torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0), noise_multiplier=sigma,
+                      max_grad_norm=dp.clip, expected_batch_size=cfg.batch_size, loss_reduction="mean",
+                      generator=gen)
+    out = FinetuneResult(update={})
+    try:
+        for step in range(cfg.steps):
+            chosen = (torch.rand(n, generator=gen) < rate).nonzero().flatten().tolist()
+            loss = _dp_step(module, opt, params, tokenizer, examples, chosen)
+            _record(peft_model, init, out, cfg, step, loss, on_step)
+    finally:
+        module._close()  # remove Opacus's hooks before the adapters are unloaded
+    out.dp = {**dp.describe(), "epsilon_spent": spent_epsilon(sigma, rate, cfg.steps, dp.delta),
+              "noise_multiplier": sigma, "sample_rate": rate, "steps": cfg.steps, "examples": n,
+              "accountant": "rdp", "unit": "example"}
+    return out
+
+
+def _dp_step(module: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+             tokenizer: PreTrainedTokenizerBase, examples: list[TrainingExample], chosen: list[int]) -> float:
+    """One DP-SGD step on a Poisson batch; the batch's mean loss (NaN for an empty batch)."""
+    loss = float("nan")
+    if chosen:
+        batch = encode_batch(tokenizer, [examples[i] for i in chosen])
+        labels = batch.pop("labels")
+        # Loss per example, then the batch mean: HF's loss divides by the batch's token count, which
+        # would make one example's gradient depend on the other examples.
+        mean = per_example_loss(module(**batch).logits, labels).mean()
+        with warnings.catch_warnings():
+            # The first adapted layer's input needs no gradient; Opacus reads only the output's, as torch notes.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+            mean.backward()
+        loss = mean.item()
+    else:  # an empty Poisson batch still takes a (pure noise) step: the accountant counts every step
+        for p in params:
+            p.grad_sample = torch.zeros((0, *p.shape))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+@dataclass(frozen=True)
+class TinySource:
+    """What an organization fine-tunes: the pair's TinyLM folder, its published LoRA init, the LoRA settings."""
+
+    pair_id: str
+    model_dir: Path
+    init_path: Path
+    lora: LoraSpec
+
+    @classmethod
+    def of(cls, pair: Pair) -> TinySource:
+        return cls(pair.id, pair.tiny_dir, pair.tiny_init_path, pair.spec.lora)
 
 
 def write_adapter_folder(out_dir: Path, lora: LoraSpec, base: str, weights: Update,
@@ -94,16 +197,32 @@ def write_adapter_folder(out_dir: Path, lora: LoraSpec, base: str, weights: Upda
     return out_dir
 
 
+def finetune_to_folder(source: TinySource, examples: list[TrainingExample], out_dir: Path, cfg: FinetuneConfig,
+                       *, dp: DPConfig | None = None, update_noise: UpdateNoise | None = None,
+                       on_step: OnStep | None = None, metadata: dict | None = None) -> Path:
+    """Fine-tune the TinyLM on `examples`; write a PEFT adapter folder whose metadata records the privacy."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    init = load_file(str(source.init_path))
+    model = AutoModelForCausalLM.from_pretrained(source.model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source.model_dir)
+    result = finetune_lora(model, tokenizer, init, source.lora, examples, cfg, on_step, dp=dp)
+    update = result.update if update_noise is None else update_noise.apply(result.update)
+    privacy = {"dp_sgd": result.dp, "update_noise": update_noise.describe() if update_noise else None}
+    meta = {"pair": source.pair_id, "steps": cfg.steps, "examples": len(examples), **(metadata or {}),
+            "privacy": privacy if dp or update_noise else None}
+    if dp is None:  # a DP run's data order is secret; a plain run is reproducible from its seed
+        meta["seed"] = cfg.seed
+    return write_adapter_folder(Path(out_dir), source.lora, str(source.model_dir), add(init, update), meta)
+
+
 def finetune_adapter(pair: Pair, task: str, out_dir: Path, steps: int = 60, seed: int = 0,
-                     examples: list[Example] | None = None, cfg: FinetuneConfig | None = None) -> Path:
+                     examples: list[Example] | None = None, cfg: FinetuneConfig | None = None, *,
+                     dp: DPConfig | None = None, update_noise: UpdateNoise | None = None) -> Path:
     """Fine-tune the pair's TinyLM on a task's private split (or `examples`); write a PEFT adapter folder.
 
     `cfg` gives the whole recipe; without it, `steps` and `seed` with the default batch size and rate."""
-    from models.update import add
-
-    cfg = cfg or FinetuneConfig(steps=steps, seed=seed)
     data = examples if examples is not None else make_splits(get_task(task), seed=pair.spec.seed).private
-    init = pair.init("tiny")
-    result = finetune_lora(pair.load_model("tiny"), pair.load_tokenizer("tiny"), init, pair.spec.lora, data, cfg)
-    return write_adapter_folder(Path(out_dir), pair.spec.lora, str(pair.tiny_dir), add(init, result.update),
-                                {"pair": pair.id, "task": task, "steps": cfg.steps, "seed": cfg.seed})
+    return finetune_to_folder(TinySource.of(pair), data, out_dir, cfg or FinetuneConfig(steps=steps, seed=seed),
+                              dp=dp, update_noise=update_noise, metadata={"task": task})

@@ -4,6 +4,12 @@ For each of K subsets of a task's public half, fine-tune the TinyLM and the LLM 
 init on the same examples in the same order, keep the update at each of the last N steps, and pair
 TinyLM snapshot i with LLM snapshot i. One file per subset, written when the subset is done, so a
 killed build resumes where it stopped; subsets run in parallel worker processes.
+
+A plan may carry an organization's privacy settings, as the paper trains GTs for DP clients: the TinyLM
+runs are then DP-SGD fine-tunes (`dp`) and/or their snapshots are clipped and perturbed (`update_noise`),
+exactly as a client's upload would be. The LLM runs stay plain: their updates are the targets, the best
+LLM update for the data, and the provider's public data needs no protection. Shadow runs use seeded
+noise (public data), so a rebuilt run is identical.
 """
 
 from __future__ import annotations
@@ -14,15 +20,18 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from models.errors import ConfigError
 from models.finetune import FinetuneConfig, finetune_lora
 from models.pairs import Pair
+from models.privacy import DPConfig, UpdateNoise
 from models.tasks import get_task, make_splits, subset
 from models.update import LoraLayout, save_update
 
@@ -37,15 +46,32 @@ class ShadowPlan:
     keep_last: int = 10  # snapshots per run
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 0
+    dp: DPConfig | None = None  # the TinyLM runs are DP-SGD fine-tunes
+    update_noise: UpdateNoise | None = None  # the TinyLM snapshots are clipped and perturbed
     llm_finetune: FinetuneConfig | None = None  # the LLM's own recipe; None: the same as the TinyLM's
+
+    def __post_init__(self) -> None:
+        for name, value in (("dp", self.dp), ("update_noise", self.update_noise)):
+            if value is not None and value.seed is not None:
+                raise ConfigError(f"a shadow plan's {name} takes no seed: each run's noise follows the run's seed")
 
     def side_finetune(self, side: str) -> FinetuneConfig:
         return self.llm_finetune if side == "llm" and self.llm_finetune is not None else self.finetune
 
     def key(self) -> str:
         """A folder name that changes whenever anything but K changes (K only adds files)."""
-        body = {k: v for k, v in asdict(self).items() if k not in ("task", "subsets") and v is not None}
+        # Optional settings join the hash only when set: plans without them keep their folders.
+        optional = ("dp", "update_noise", "llm_finetune")
+        body = {k: v for k, v in asdict(self).items()
+                if k not in ("task", "subsets") and not (k in optional and v is None)}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
+
+    def privacy(self) -> dict[str, Any] | None:
+        """The privacy settings of the plan's TinyLM runs, as recorded in a GT's metadata."""
+        if self.dp is None and self.update_noise is None:
+            return None
+        return {"dp_sgd": self.dp.describe() if self.dp else None,
+                "update_noise": self.update_noise.describe() if self.update_noise else None}
 
     def folder(self, pair: Pair) -> Path:
         return pair.shadow_dir / self.task / self.key()
@@ -79,8 +105,11 @@ def run_subset(pair_root: str, plan: ShadowPlan, index: int) -> str:
         model, tokenizer = _model(pair, side)
         init = pair.init(side)
         layout = LoraLayout(init, pair.spec.lora.targets)
-        result = finetune_lora(model, tokenizer, init, pair.spec.lora, examples, cfg)
-        tokens[side] = torch.stack([layout.to_tokens(u) for u in result.snapshots])  # [N, L, D]
+        dp = replace(plan.dp, seed=cfg.seed) if plan.dp and side == "tiny" else None
+        snapshots = finetune_lora(model, tokenizer, init, pair.spec.lora, examples, cfg, dp=dp).snapshots
+        if plan.update_noise is not None and side == "tiny":
+            snapshots = [replace(plan.update_noise, seed=cfg.seed * 1000 + i).apply(u) for i, u in enumerate(snapshots)]
+        tokens[side] = torch.stack([layout.to_tokens(u) for u in snapshots])  # [N, L, D]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     save_update({"src": tokens["tiny"], "tgt": tokens["llm"]}, tmp, {"index": index, "plan": asdict(plan)})
@@ -110,6 +139,14 @@ def build_shadow(pair: Pair, plans: list[ShadowPlan], workers: int = 1, progress
                 future.result()
                 bar.update()
     bar.close()
+
+
+def shadow_privacy(plans: list[ShadowPlan]) -> dict[str, Any] | None:
+    """The privacy settings a GT trained on these plans learned from (recorded in its config.json)."""
+    settings = {json.dumps(p.privacy(), sort_keys=True) for p in plans}
+    if len(settings) > 1:
+        raise ConfigError("these shadow plans mix privacy settings; train one GT per setting")
+    return plans[0].privacy() if plans else None
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Examples to tensors: one place for how prompts and answers become model inputs and labels.
 
 Plain-text models see `prompt + answer + eos`; models with a chat template see the prompt as a user
-turn and the answer as the assistant's reply. Loss falls on the answer and the end token only.
+turn (or a conversation's turns) and the answer as the assistant's reply. Loss falls on the answer and
+the end token only. Examples come from the procedural tasks or from an organization's data file
+(`models.datafile`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from models.tasks import Example
+from models.datafile import Conversation, TrainingExample
 
 IGNORE = -100
 
@@ -21,20 +23,31 @@ def uses_chat(tokenizer: PreTrainedTokenizerBase) -> bool:
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Token ids the model is given before it answers."""
     if uses_chat(tokenizer):
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                  add_generation_prompt=True, tokenize=True,
-                                                  return_dict=False))
+        return _chat_ids(tokenizer, [{"role": "user", "content": prompt}])
     return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def example_prompt_ids(tokenizer: PreTrainedTokenizerBase, example: TrainingExample) -> list[int]:
+    """Token ids before the answer of a task example or a conversation."""
+    if isinstance(example, Conversation) and uses_chat(tokenizer):
+        return _chat_ids(tokenizer, example.messages())
+    return prompt_ids(tokenizer, example.prompt)
+
+
+def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=False))
 
 
 def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
     return tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
-def encode_batch(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> dict[str, torch.Tensor]:
+def encode_batch(tokenizer: PreTrainedTokenizerBase,
+                 examples: list[TrainingExample]) -> dict[str, torch.Tensor]:
     """Right-padded input_ids, attention_mask and labels (prompt and padding masked out)."""
     if uses_chat(tokenizer):
-        prompts = [prompt_ids(tokenizer, ex.prompt) for ex in examples]
+        prompts = [example_prompt_ids(tokenizer, ex) for ex in examples]
     else:  # one call into the Rust tokenizer for the whole batch: per-example calls dominated small models' steps
         prompts = tokenizer([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
     answers = tokenizer([ex.answer for ex in examples], add_special_tokens=False)["input_ids"]

@@ -96,7 +96,7 @@ def ensure_toy_ready(root: Path, profile: str = "test") -> Pair:
     from models.gt_checkpoint import data_hash, save_gt
     from models.gt_train import GTTrainConfig, train_gt
     from models.pairs import ALL_TASKS, ensure_pair, locked
-    from models.shadow import ShadowPlan, build_shadow, load_shadow
+    from models.shadow import ShadowPlan, build_shadow, load_shadow, shadow_privacy
 
     pair = ensure_pair(Path(root), "toy")
     if ALL_TASKS in pair.gt_ids():
@@ -113,5 +113,6 @@ def ensure_toy_ready(root: Path, profile: str = "test") -> Pair:
                                    progress=False)
             save_gt(model, pair.gt_dir(ALL_TASKS), {"pair": pair.id, "task": ALL_TASKS,
                                                     "tasks": list(pair.spec.tasks), "profile": profile,
-                                                    "data_sha256": data_hash(data.src, data.tgt), **info})
+                                                    "data_sha256": data_hash(data.src, data.tgt),
+                                                    "shadow_privacy": shadow_privacy(plans), **info})
     return pair

@@ -26,3 +26,16 @@ class PairPublic(BaseModel):
 class PairsPublic(BaseModel):
     data: list[PairPublic]
     count: int
+
+
+class PairFile(BaseModel):
+    """A file of a pair's TinyLM folder (weights, config, tokenizer), as an organization downloads it."""
+
+    name: str
+    bytes: int
+    sha256: str
+
+
+class PairFiles(BaseModel):
+    data: list[PairFile]
+    count: int
