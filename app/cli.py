@@ -5,7 +5,7 @@
     gradlift worker [celery options]       one upgrade worker
     gradlift migrate                       bring the database to the newest schema
     gradlift keys create --org NAME        a new API key (its organization made if missing)
-    gradlift pair build NAME               build a model pair (and the toy pair's GT)
+    gradlift pair build NAME               build a model pair: smol (SmolLM2, shipped GTs) or toy (+ a quick GT)
 """
 
 from __future__ import annotations
@@ -142,10 +142,9 @@ def _ensure_default_pair(name: str) -> None:
     catalog = PairCatalog(get_settings().pairs_dir)
     if name in catalog.ids() and catalog.get(name).gt_ids():
         return
-    if name != "toy":
-        print(f"pair {name!r} is not built; run `gradlift pair build {name}`", flush=True)
-        return
-    print("building the toy pair and its GT (first start only; several minutes on a CPU)", flush=True)
+    first = {"toy": "building the toy pair and its GT (several minutes on a CPU)",
+             "smol": "setting up the smol pair: SmolLM2-135M-Instruct converted from its GGUF file (~30 s)"}
+    print(f"{first.get(name, f'building pair {name!r}')} (first start only)", flush=True)
     build_pair(name)
 
 

@@ -4,7 +4,7 @@ GRADLIFT_DATA_DIR            where everything lives by default (./data)
 GRADLIFT_DATABASE_URL        sqlite:///<data>/gradlift.db, or postgresql+psycopg://user@host/db
 GRADLIFT_BROKER_URL          sqla+sqlite:///<data>/broker.db (no server), or redis://host:6379/0
 GRADLIFT_PAIRS_DIR           built model pairs (<data>/pairs)
-GRADLIFT_DEFAULT_PAIR        the pair `serve` makes ready (toy)
+GRADLIFT_DEFAULT_PAIR        the pair `serve` makes ready (smol: SmolLM2-135M-Instruct; toy for tests)
 GRADLIFT_MAX_UPLOAD_BYTES    largest adapter upload, enforced while streaming (256 MiB)
 GRADLIFT_UPGRADE_QUEUE       the Celery queue upgrade tasks go to (upgrades; one per device kind)
 GRADLIFT_JOB_TIME_LIMIT_S    hard time limit of one upgrade (3600)
@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     database_url: str = ""
     broker_url: str = ""
     pairs_dir: Path | None = None
-    default_pair: str = "toy"
+    default_pair: str = "smol"
     max_upload_bytes: int = Field(default=256 * 2**20, gt=0)
     upgrade_queue: str = "upgrades"
     job_time_limit_s: int = Field(default=3600, gt=0)

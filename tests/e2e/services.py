@@ -42,6 +42,7 @@ class Services:
 
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLIFT_")}
+        self.env["GRADLIFT_DEFAULT_PAIR"] = "toy"  # the tests' pair; `serve` defaults to smol
         self.env.update(env, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
         self.logs = logs
         self.logs.mkdir(parents=True, exist_ok=True)
