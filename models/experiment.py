@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from transformers import PreTrainedModel
 
 from models.baselines import Ridge, mean_update, nearest
 from models.evaluate import accuracy, cosine, pgr, r2_vs_mean
@@ -17,7 +18,7 @@ from models.grad_transformer import GradientTransformer
 from models.pairs import Pair
 from models.shadow import ShadowSet
 from models.tasks import Example, get_task, make_splits
-from models.update import LoraLayout, add, merge_into
+from models.update import LoraLayout, Update, add, merge_into
 
 
 @dataclass
@@ -50,17 +51,24 @@ class Scorer:
         return accuracy(model, self.tokenizer, test)
 
 
+def finetune_side(pair: Pair, side: str, examples: list[Example], cfg: FinetuneConfig
+                  ) -> tuple[Update, PreTrainedModel, float]:
+    """Fine-tune one model of the pair on `examples`: its update, the model with it merged, seconds."""
+    model, init = pair.load_model(side), pair.init(side)
+    start = time.perf_counter()
+    result = finetune_lora(model, pair.load_tokenizer(side), init, pair.spec.lora, examples, cfg)
+    seconds = time.perf_counter() - start
+    merge_into(model, add(init, result.update), pair.spec.lora.scale)
+    return result.update, model, seconds
+
+
 def private_run(pair: Pair, scorer: Scorer, task: str, cfg: FinetuneConfig) -> PrivateRun:
     splits = make_splits(get_task(task), seed=pair.spec.seed)
     tokens, scores, seconds = {}, {}, {}
     for side in ("tiny", "llm"):
-        model, tokenizer, init = pair.load_model(side), pair.load_tokenizer(side), pair.init(side)
-        start = time.perf_counter()
-        result = finetune_lora(model, tokenizer, init, pair.spec.lora, splits.private, cfg)
-        seconds[side] = time.perf_counter() - start
-        tokens[side] = LoraLayout(init, pair.spec.lora.targets).to_tokens(result.update)
-        merge_into(model, add(init, result.update), pair.spec.lora.scale)
-        scores[side] = accuracy(model, tokenizer, splits.test)
+        update, model, seconds[side] = finetune_side(pair, side, splits.private, cfg)
+        tokens[side] = LoraLayout(pair.init(side), pair.spec.lora.targets).to_tokens(update)
+        scores[side] = accuracy(model, pair.load_tokenizer(side), splits.test)
     return PrivateRun(task, splits.test, tokens["tiny"], tokens["llm"], scorer.llm_accuracy(None, splits.test),
                       scores["tiny"], scores["llm"], seconds["llm"])
 

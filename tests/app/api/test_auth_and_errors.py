@@ -71,9 +71,12 @@ def _org_id(api: Api, name: str) -> str:
 def test_framework_errors_use_the_same_body(api: Api) -> None:
     assert_error(api.client.get("/v1/nothing-here"), 404, "not_found")
     assert_error(api.client.put("/healthz"), 405, "invalid_request")
+    error = assert_error(api.client.post("/v1/upgrades", headers=api.auth(), json={"pair": 7}), 422,
+                         "invalid_request")
+    assert error["param"] == "pair"
     error = assert_error(api.client.post("/v1/upgrades", headers=api.auth(), json={"pair": "toy"}), 422,
                          "invalid_request")
-    assert error["param"] == "checkpoint_ids"
+    assert "either checkpoint_ids or collaboration_id" in error["message"]
     response = api.client.get("/v1/checkpoints?limit=0", headers=api.auth())
     error = assert_error(response, 422, "invalid_request")
     assert error["param"] == "limit"
