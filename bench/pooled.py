@@ -2,13 +2,17 @@
 
     python -m bench.pooled --pair toy --out bench/results/pooled-toy.json
 
-For every task of the pair, organization i fine-tunes the TinyLM on its fifth of the task's private split
+For every task of the pair, organization i fine-tunes the TinyLM on its fifth of the task's private data
 and is scored on its own test set (a fifth of a test split five times the usual size, disjoint from every
 training split and from the other organizations' tests). Per organization: the LLM without update, its
 TinyLM alone, its own upgrade (the GT on its update), the pooled upgrade (the GT on the element-wise
 average of all five updates, as the service pools them) and the LLM fine-tuned on all five fifths (the
 ceiling). The GT is the pair-wide one (the task not given), trained as `bench.quality` trains it.
-Prints a table, writes JSON.
+
+The private data is the task's whole private split (3,000 examples: 600 per organization), then its first
+600 and first 120 examples (120 and 24 per organization): on the toy pair a fifth of the full split
+already takes every upgrade to the ceiling, so only scarcer data can show what pooling adds.
+Prints a table per size, writes JSON.
 """
 
 from __future__ import annotations
@@ -38,19 +42,23 @@ ORGS = 5
 TEST_PER_ORG = 500
 
 
-def org_data(pair: Pair, task: str) -> tuple[list[Example], list[tuple[list[Example], list[Example]]]]:
-    """The task's whole private split, and per organization (its fifth of it, its own test set).
-
-    A longer test split leaves the public and private splits as they are (inputs are drawn in order)."""
+def org_data(pair: Pair, task: str, per_org: int
+             ) -> tuple[list[Example], list[tuple[list[Example], list[Example]]]]:
+    """The private data (the first ORGS x per_org private examples), and per organization (its fifth of
+    it, its own test set). A longer test split leaves the public and private splits as they are (inputs
+    are drawn in order), so the shadow data never meets these."""
     splits = make_splits(get_task(task), n_test=ORGS * TEST_PER_ORG, seed=pair.spec.seed)
-    size = len(splits.private) // ORGS
-    return splits.private, [(splits.private[i * size:(i + 1) * size],
-                             splits.test[i * TEST_PER_ORG:(i + 1) * TEST_PER_ORG]) for i in range(ORGS)]
+    private = splits.private[:ORGS * per_org]
+    if len(private) < ORGS * per_org:
+        raise ValueError(f"{task} has {len(splits.private)} private examples, fewer than {ORGS} x {per_org}")
+    return private, [(private[i * per_org:(i + 1) * per_org],
+                      splits.test[i * TEST_PER_ORG:(i + 1) * TEST_PER_ORG]) for i in range(ORGS)]
 
 
-def pooled_task(pair: Pair, scorer: Scorer, gt: GradientTransformer, task: str, timings: dict) -> dict:
+def pooled_task(pair: Pair, scorer: Scorer, gt: GradientTransformer, task: str, per_org: int,
+                timings: dict) -> dict:
     """One task: five organizations' own upgrades beside their pooled upgrade and the ceiling."""
-    private, orgs = org_data(pair, task)
+    private, orgs = org_data(pair, task, per_org)
     tiny_tokenizer = pair.load_tokenizer("tiny")
     updates, p_s = [], []
     for index, (fifth, test) in enumerate(orgs):
@@ -83,7 +91,8 @@ def averages(rows: list[dict]) -> dict:
     return {f"mean_{k}": sum(r[k] for r in rows) / len(rows) for k in keys}
 
 
-def print_table(tasks: list[dict], overall: dict) -> None:
+def print_table(per_org: int, tasks: list[dict], overall: dict) -> None:
+    print(f"\n{per_org} private examples per organization ({ORGS * per_org} in all)")
     head = f"{'task':<12}{'org':>4}{'base':>7}{'TinyLM':>8}{'own':>7}{'pooled':>8}{'LLM all':>9}"
     print(head + f"{'cos own':>9}{'cos pooled':>12}")
     for block in tasks:
@@ -93,7 +102,7 @@ def print_table(tasks: list[dict], overall: dict) -> None:
         print(f"{block['task']:<12}{'avg':>4}{block['mean_p_base']:>7.3f}{block['mean_p_s']:>8.3f}"
               f"{block['mean_p_own']:>7.3f}{block['mean_p_pooled']:>8.3f}{block['mean_p_t']:>9.3f}"
               f"{block['mean_cos_own']:>9.2f}{block['mean_cos_pooled']:>12.2f}")
-    print(f"\nAll tasks and organizations: TinyLM {overall['mean_p_s']:.3f}, own upgrade {overall['mean_p_own']:.3f}"
+    print(f"All tasks and organizations: TinyLM {overall['mean_p_s']:.3f}, own upgrade {overall['mean_p_own']:.3f}"
           f", pooled upgrade {overall['mean_p_pooled']:.3f}, LLM fine-tuned on all data {overall['mean_p_t']:.3f}"
           f"; pooled minus own {overall['pooled_minus_own']:+.3f}")
 
@@ -105,6 +114,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("pooled.json"))
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
     parser.add_argument("--gt-steps", type=int, default=1500)
+    parser.add_argument("--per-org", default="600,120,24", help="private examples per organization (sizes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
@@ -124,16 +134,19 @@ def main() -> None:
     timings["gt_train"] = timings.pop("gt_train_each")[0]
 
     scorer = Scorer(pair)
-    blocks = [pooled_task(pair, scorer, gt, task, timings) for task in tasks]
-    overall = averages([r for b in blocks for r in b["orgs"]])
-    overall["pooled_minus_own"] = overall["mean_p_pooled"] - overall["mean_p_own"]
+    sizes = []
+    for per_org in (int(n) for n in args.per_org.split(",")):
+        blocks = [pooled_task(pair, scorer, gt, task, per_org, timings) for task in tasks]
+        overall = averages([r for b in blocks for r in b["orgs"]])
+        overall["pooled_minus_own"] = overall["mean_p_pooled"] - overall["mean_p_own"]
+        sizes.append({"per_org": per_org, "tasks": blocks, "overall": overall})
     for key in ("tiny_finetune_fifth", "llm_finetune_all", "gt_generate_pooled"):
         timings[key] = sum(timings[key]) / len(timings[key])  # per run
-    print_table(blocks, overall)
+    for size in sizes:
+        print_table(size["per_org"], size["tasks"], size["overall"])
     print("\nTimes (s): " + ", ".join(f"{k} {v:.3g}" for k, v in timings.items()))
-    result = {"pair": pair.id, "gt": ALL_TASKS, "orgs": ORGS, "tasks": blocks, "overall": overall,
-              "timings_s": timings, "config": {"finetune": FINETUNE.__dict__, "gt": cfg.__dict__,
-                                               "test_per_org": TEST_PER_ORG}}
+    result = {"pair": pair.id, "gt": ALL_TASKS, "orgs": ORGS, "sizes": sizes, "timings_s": timings,
+              "config": {"finetune": FINETUNE.__dict__, "gt": cfg.__dict__, "test_per_org": TEST_PER_ORG}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
     print(f"\nwrote {args.out}")
