@@ -95,7 +95,11 @@ def test_openapi_describes_every_route(api: Api) -> None:
                  "/v1/upgrades/{upgrade_id}", "/v1/upgrades/{upgrade_id}/events",
                  "/v1/upgrades/{upgrade_id}/cancel", "/v1/deltas", "/v1/deltas/{delta_id}",
                  "/v1/deltas/{delta_id}/files/{name}", "/v1/deltas/{delta_id}/archive", "/v1/pairs",
-                 "/v1/pairs/{pair_id}", "/v1/pairs/{pair_id}/tiny-lora-init", "/healthz", "/readyz"]:
+                 "/v1/pairs/{pair_id}", "/v1/pairs/{pair_id}/tiny-lora-init", "/healthz", "/readyz",
+                 "/v1/organizations/me", "/v1/collaborations", "/v1/collaborations/{collaboration_id}",
+                 "/v1/collaborations/{collaboration_id}/invitations", "/v1/collaborations/{collaboration_id}/join",
+                 "/v1/collaborations/{collaboration_id}/contributions",
+                 "/v1/collaborations/{collaboration_id}/contributions/{contribution_id}"]:
         assert path in paths, path
     upload = paths["/v1/checkpoints"]["post"]
     schema = upload["requestBody"]["content"]["multipart/form-data"]["schema"]

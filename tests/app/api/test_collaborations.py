@@ -146,6 +146,14 @@ def test_an_invited_organization_must_join_first(toy_api: Api, init: dict) -> No
     assert_error(get(toy_api, "initech", f"/v1/upgrades/{job['id']}"), 404, "not_found")
 
 
+def test_idempotency_key(toy_api: Api) -> None:
+    body = {"name": "retry", "pair": "toy"}
+    headers = toy_api.auth() | {"Idempotency-Key": "open-1"}
+    first = toy_api.client.post("/v1/collaborations", headers=headers, json=body).json()
+    assert toy_api.client.post("/v1/collaborations", headers=headers, json=body).json()["id"] == first["id"]
+    assert get(toy_api, "acme", "/v1/collaborations").json()["count"] == 1
+
+
 def test_who_may_invite_and_whom(toy_api: Api) -> None:
     collab = open_with(toy_api, "globex")
     initech = org_id(toy_api, "initech")
