@@ -20,6 +20,7 @@ class Code(StrEnum):
     missing_api_key = "missing_api_key"
     invalid_api_key = "invalid_api_key"
     invalid_request = "invalid_request"
+    permission_denied = "permission_denied"
     not_found = "not_found"
     pair_not_found = "pair_not_found"
     checkpoint_not_found = "checkpoint_not_found"
@@ -38,6 +39,7 @@ _STATUS: dict[Code, HTTPStatus] = {
     Code.missing_api_key: HTTPStatus.UNAUTHORIZED,
     Code.invalid_api_key: HTTPStatus.UNAUTHORIZED,
     Code.invalid_request: HTTPStatus.BAD_REQUEST,
+    Code.permission_denied: HTTPStatus.FORBIDDEN,
     Code.not_found: HTTPStatus.NOT_FOUND,
     Code.pair_not_found: HTTPStatus.NOT_FOUND,
     Code.checkpoint_not_found: HTTPStatus.NOT_FOUND,
@@ -55,8 +57,10 @@ _STATUS: dict[Code, HTTPStatus] = {
 
 def error_type(status: int) -> str:
     """OpenAI's `type` field for a status."""
-    if status in (401, 403):
+    if status == 401:
         return "authentication_error"
+    if status == 403:
+        return "permission_error"
     return "server_error" if status >= 500 else "invalid_request_error"
 
 

@@ -6,7 +6,17 @@ import logging
 
 from fastapi import FastAPI
 
-from app.api.routes import chat, checkpoints, deltas, health, models, pairs, upgrades
+from app.api.routes import (
+    chat,
+    checkpoints,
+    collaborations,
+    deltas,
+    health,
+    models,
+    organizations,
+    pairs,
+    upgrades,
+)
 from app.config import get_settings
 from app.errors import install_error_handler
 
@@ -17,6 +27,6 @@ def create_app() -> FastAPI:
     app = FastAPI(title="gradlift", version="0.1.0",
                   description="Lift a TinyLM LoRA update to an LLM adapter with a Gradient Transformer.")
     install_error_handler(app)
-    for module in (health, pairs, checkpoints, upgrades, deltas, models, chat):
+    for module in (health, organizations, pairs, checkpoints, collaborations, upgrades, deltas, models, chat):
         app.include_router(module.router)
     return app

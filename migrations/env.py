@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from app.config import get_settings
-from app.db.session import get_engine
+from app.db.migrate import migration_connection
 from app.db.tables import Base
 
 config = context.config
@@ -24,9 +24,8 @@ def run_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    with get_engine(get_settings().database_url).connect() as connection:
+    with migration_connection() as connection:
         _run(connection)
-        connection.commit()
 
 
 def _run(connection) -> None:  # noqa: ANN001 - a SQLAlchemy Connection

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from transformers import PreTrainedModel
 
 from models.baselines import Ridge, mean_update, nearest
 from models.evaluate import accuracy, answer_budget, answers, cosine, pgr, r2_vs_mean
@@ -18,7 +19,7 @@ from models.gt_train import GTTrainConfig
 from models.pairs import Pair
 from models.shadow import ShadowPlan, ShadowSet
 from models.tasks import Example, get_task, make_splits
-from models.update import LoraLayout, add, merge_into
+from models.update import LoraLayout, Update, add, merge_into
 
 
 @dataclass(frozen=True)
@@ -92,26 +93,28 @@ class Scorer:
         return accuracy(self.llm_model(tokens), self.tokenizer, test)
 
 
-def private_finetune(pair: Pair, side: str, task: str, cfg: FinetuneConfig):
-    """(update tokens, merged model) of one side fine-tuned on the task's private half."""
-    model, tokenizer, init = pair.load_model(side), pair.load_tokenizer(side), pair.init(side)
-    result = finetune_lora(model, tokenizer, init, pair.spec.lora,
-                           make_splits(get_task(task), seed=pair.spec.seed).private, cfg)
+def finetune_side(pair: Pair, side: str, examples: list[Example], cfg: FinetuneConfig
+                  ) -> tuple[Update, PreTrainedModel, float]:
+    """Fine-tune one model of the pair on `examples`: its update, the model with it merged, seconds."""
+    model, init = pair.load_model(side), pair.init(side)
+    start = time.perf_counter()
+    result = finetune_lora(model, pair.load_tokenizer(side), init, pair.spec.lora, examples, cfg)
+    seconds = time.perf_counter() - start
     merge_into(model, add(init, result.update), pair.spec.lora.scale)
-    return LoraLayout(init, pair.spec.lora.targets).to_tokens(result.update), model
+    return result.update, model, seconds
 
 
 def private_run(pair: Pair, scorer: Scorer, task: str, cfg: FinetuneConfig,
                 llm_cfg: FinetuneConfig | None = None) -> PrivateRun:
     """Both models fine-tuned on the task's private half (the LLM with `llm_cfg` when given)."""
-    test = make_splits(get_task(task), seed=pair.spec.seed).test
+    splits = make_splits(get_task(task), seed=pair.spec.seed)
     tokens, scores, seconds = {}, {}, {}
     for side in ("tiny", "llm"):
-        start = time.perf_counter()
-        tokens[side], model = private_finetune(pair, side, task, llm_cfg if side == "llm" and llm_cfg else cfg)
-        seconds[side] = time.perf_counter() - start
-        scores[side] = accuracy(model, pair.load_tokenizer(side), test)
-    return PrivateRun(task, test, tokens["tiny"], tokens["llm"], scorer.llm_accuracy(None, test),
+        side_cfg = llm_cfg if side == "llm" and llm_cfg is not None else cfg
+        update, model, seconds[side] = finetune_side(pair, side, splits.private, side_cfg)
+        tokens[side] = LoraLayout(pair.init(side), pair.spec.lora.targets).to_tokens(update)
+        scores[side] = accuracy(model, pair.load_tokenizer(side), splits.test)
+    return PrivateRun(task, splits.test, tokens["tiny"], tokens["llm"], scorer.llm_accuracy(None, splits.test),
                       scores["tiny"], scores["llm"], seconds["llm"])
 
 

@@ -18,6 +18,7 @@ import torch
 
 from models.errors import NotFoundError, VerificationError
 from models.finetune import write_adapter_folder
+from models.grad_transformer import GradientTransformer
 from models.gt_checkpoint import load_gt
 from models.pairs import ALL_TASKS, Pair
 from models.tasks import get_task
@@ -66,13 +67,18 @@ def _base_llm(pair_root: Path, stamp: int):
     return Pair(pair_root).load_model("llm")
 
 
+def lift(pair: Pair, model: GradientTransformer, tiny_updates: list[Update]) -> Update:
+    """The LLM update a GT generates for the element-wise average of one or more TinyLM updates."""
+    src = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).to_tokens(mean(tiny_updates))  # [L_S, D_S]
+    tgt = model.generate(src[None])[0]  # [L_T, D_T]
+    return LoraLayout(pair.init("llm"), pair.spec.lora.targets).from_tokens(tgt)
+
+
 def generate_update(pair: Pair, gt_id: str, tiny_updates: list[Update]) -> tuple[Update, str]:
-    """The LLM update the GT generates for the average of the TinyLM updates, and the GT's version."""
+    """The LLM update the pair's GT `gt_id` generates for the TinyLM updates, and the GT's version."""
     gt_dir = pair.gt_dir(gt_id)
     model, meta = _gt(gt_dir, _stamp(gt_dir / "config.json"))
-    src = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).to_tokens(mean(tiny_updates))
-    tgt = model.generate(src[None])[0]  # [L_T, D_T]
-    return LoraLayout(pair.init("llm"), pair.spec.lora.targets).from_tokens(tgt), meta["weights_sha256"][:12]
+    return lift(pair, model, tiny_updates), meta["weights_sha256"][:12]
 
 
 def probe_prompt(pair: Pair) -> str:

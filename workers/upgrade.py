@@ -129,9 +129,9 @@ def _generate(claim: jobs.Claim, store: BlobStore, out_dir: Path, reporter: Repo
     for name, path in sorted(result.files.items()):
         sha256, size = store.put_file(Path(path))
         files[name] = {"sha256": sha256, "bytes": size}
-    return Delta(org_id=claim.org_id, job_id=claim.job_id, pair=claim.pair, task=claim.task,
-                 gt_id=claim.gt_id, gt_version=str(result.gt_version), sources=claim.inputs, files=files,
-                 verification=dict(result.verification), created_at=utcnow())
+    return Delta(org_id=claim.org_id, job_id=claim.job_id, collaboration_id=claim.collaboration_id,
+                 pair=claim.pair, task=claim.task, gt_id=claim.gt_id, gt_version=str(result.gt_version),
+                 sources=claim.inputs, files=files, verification=dict(result.verification), created_at=utcnow())
 
 
 def _error_code(exc: Exception) -> str:

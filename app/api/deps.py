@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings, get_settings
 from app.db import jobs, queries
 from app.db.session import new_session
-from app.db.tables import Checkpoint, Delta, Job, Organization
+from app.db.tables import Checkpoint, Collaboration, Delta, Job, MemberStatus, Organization
 from app.errors import ApiError, Code, not_found
 from app.pairs import PairCatalog
 from app.storage import BlobStore
@@ -112,6 +112,27 @@ def load_delta(delta_id: str, session: SessionDep, org: CurrentOrg) -> Delta:
     return row
 
 
+def load_collaboration(collaboration_id: str, session: SessionDep, org: CurrentOrg) -> Collaboration:
+    """A collaboration the caller belongs to or is invited to."""
+    row = queries.get_collaboration(session, org.id, collaboration_id)
+    if row is None:
+        raise not_found("collaboration", collaboration_id)
+    return row
+
+
+def joined_collaboration(session: Session, org: Organization, collaboration_id: str,
+                         param: str | None = None) -> Collaboration:
+    """A collaboration the caller has joined: 404 to outsiders, 403 to an organization only invited."""
+    member = queries.membership(session, org.id, collaboration_id)
+    if member is None:
+        raise not_found("collaboration", collaboration_id, param=param)
+    if member.status != MemberStatus.joined:
+        raise ApiError(Code.permission_denied, f"Join collaboration {collaboration_id!r} first "
+                       f"(POST /v1/collaborations/{collaboration_id}/join).", param=param)
+    return session.get(Collaboration, collaboration_id)
+
+
 CheckpointDep = Annotated[Checkpoint, Depends(load_checkpoint)]
 JobDep = Annotated[Job, Depends(load_job)]
 DeltaDep = Annotated[Delta, Depends(load_delta)]
+CollaborationDep = Annotated[Collaboration, Depends(load_collaboration)]

@@ -16,6 +16,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db import queries
 from app.db.tables import TERMINAL, Delta, Job, JobEvent, JobStatus, utcnow
 
 MAX_ATTEMPTS = 3
@@ -32,6 +33,7 @@ class Claim:
     gt_id: str
     inputs: list[dict[str, str]]
     attempt: int
+    collaboration_id: str | None = None  # a pooled upgrade: the collaboration's members see its delta
 
 
 def _update(session: Session, *where: Any, **values: Any) -> bool:
@@ -45,23 +47,23 @@ def add_event(session: Session, job_id: str, stage: str, progress: float, messag
 
 
 def create_job(session: Session, org_id: str, pair: str, task: str | None, gt_id: str,
-               inputs: list[dict[str, str]]) -> Job:
-    job = Job(org_id=org_id, pair=pair, task=task, gt_id=gt_id, inputs=inputs, status=JobStatus.queued.value,
-              progress=0.0, stage="queued", cancel_requested=False, attempts=0, created_at=utcnow())
+               inputs: list[dict[str, str]], collaboration_id: str | None = None) -> Job:
+    job = Job(org_id=org_id, pair=pair, task=task, gt_id=gt_id, inputs=inputs, collaboration_id=collaboration_id,
+              status=JobStatus.queued.value, progress=0.0, stage="queued", cancel_requested=False, attempts=0,
+              created_at=utcnow())
     session.add(job)
     session.flush()
-    add_event(session, job.id, "queued", 0.0, f"queued: {len(inputs)} checkpoint(s), GT {gt_id!r}")
+    pooled = f" pooled in {collaboration_id}" if collaboration_id else ""
+    add_event(session, job.id, "queued", 0.0, f"queued: {len(inputs)} checkpoint(s){pooled}, GT {gt_id!r}")
     return job
 
 
 def get_job(session: Session, org_id: str, job_id: str) -> Job | None:
-    row = session.get(Job, job_id)
-    return row if row is not None and row.org_id == org_id else None
+    return queries.readable(session, Job, org_id, job_id)
 
 
 def list_jobs(session: Session, org_id: str, limit: int) -> list[Job]:
-    query = select(Job).where(Job.org_id == org_id).order_by(Job.created_at.desc(), Job.id).limit(limit)
-    return list(session.scalars(query))
+    return queries.list_readable(session, Job, org_id, limit)
 
 
 def events(session: Session, job_id: str, after: int = 0) -> list[JobEvent]:
@@ -102,7 +104,8 @@ def claim(session: Session, job_id: str, worker: str, lease_s: float) -> Claim |
         _finish(session, job_id, JobStatus.cancelled, "cancelled")
         return None
     add_event(session, job_id, "starting", job.progress, f"attempt {job.attempts} on {worker}")
-    return Claim(job.id, job.org_id, job.pair, job.task, job.gt_id, list(job.inputs), job.attempts)
+    return Claim(job.id, job.org_id, job.pair, job.task, job.gt_id, list(job.inputs), job.attempts,
+                 job.collaboration_id)
 
 
 def heartbeat(session: Session, job_id: str, worker: str) -> bool:

@@ -1,4 +1,5 @@
-"""Queries on organizations, keys, checkpoints, deltas and idempotency records (jobs: `app.db.jobs`)."""
+"""Queries on organizations, keys, checkpoints, deltas, collaborations and idempotency records (jobs:
+`app.db.jobs`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,23 @@ import hashlib
 import secrets
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.db.tables import ApiKey, Checkpoint, Delta, IdempotencyRecord, Job, JobStatus, Organization, utcnow
+from app.db.tables import (
+    ApiKey,
+    Checkpoint,
+    Collaboration,
+    CollaborationMember,
+    Contribution,
+    Delta,
+    IdempotencyRecord,
+    Job,
+    JobStatus,
+    MemberStatus,
+    Organization,
+    utcnow,
+)
 
 KEY_PREFIX = "glk_"
 
@@ -37,30 +51,42 @@ def org_for_key(session: Session, key: str) -> Organization | None:
     return session.get(Organization, row.org_id) if row is not None else None
 
 
-def _owned(session: Session, table: type, org_id: str, row_id: str):
-    """A row by id, only if it belongs to the organization (another's id reads as absent)."""
-    row = session.get(table, row_id)
-    return row if row is not None and row.org_id == org_id else None
+def _joined(org_id: str) -> Select:
+    """The ids of the collaborations the organization has joined (an invitation alone shows nothing)."""
+    return select(CollaborationMember.collaboration_id).where(
+        CollaborationMember.org_id == org_id, CollaborationMember.status == MemberStatus.joined.value)
 
 
-def _list_owned(session: Session, table: type, org_id: str, limit: int) -> list:
-    """An organization's rows, newest first."""
-    query = select(table).where(table.org_id == org_id).order_by(table.created_at.desc(), table.id)
+def _readable_by(table: type, org_id: str) -> ColumnElement[bool]:
+    """The one rule of who reads what: an organization reads its own rows, and the rows of pooled
+    upgrades (jobs, deltas) of the collaborations it has joined. Everything else reads as absent."""
+    if hasattr(table, "collaboration_id"):
+        return or_(table.org_id == org_id, table.collaboration_id.in_(_joined(org_id)))
+    return table.org_id == org_id
+
+
+def readable(session: Session, table: type, org_id: str, row_id: str):
+    """A row by id, if the organization may read it; None otherwise (another's id reads as absent)."""
+    return session.scalar(select(table).where(table.id == row_id, _readable_by(table, org_id)))
+
+
+def list_readable(session: Session, table: type, org_id: str, limit: int) -> list:
+    """The rows an organization may read, newest first."""
+    query = select(table).where(_readable_by(table, org_id)).order_by(table.created_at.desc(), table.id)
     return list(session.scalars(query.limit(limit)))
 
 
 def get_checkpoint(session: Session, org_id: str, checkpoint_id: str) -> Checkpoint | None:
-    return _owned(session, Checkpoint, org_id, checkpoint_id)
+    return readable(session, Checkpoint, org_id, checkpoint_id)
 
 
 def list_checkpoints(session: Session, org_id: str, limit: int) -> list[Checkpoint]:
-    return _list_owned(session, Checkpoint, org_id, limit)
+    return list_readable(session, Checkpoint, org_id, limit)
 
 
 def checkpoint_in_use(session: Session, checkpoint: Checkpoint) -> bool:
-    """Whether a queued or running job of its organization reads this checkpoint."""
-    active = select(Job).where(Job.org_id == checkpoint.org_id,
-                               Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
+    """Whether a queued or running job reads this checkpoint (a pooled one may belong to another member)."""
+    active = select(Job).where(Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
     return any(item["id"] == checkpoint.id for job in session.scalars(active) for item in job.inputs)
 
 
@@ -71,11 +97,106 @@ def blob_referenced(session: Session, sha256: str) -> bool:
 
 
 def get_delta(session: Session, org_id: str, delta_id: str) -> Delta | None:
-    return _owned(session, Delta, org_id, delta_id)
+    return readable(session, Delta, org_id, delta_id)
 
 
 def list_deltas(session: Session, org_id: str, limit: int) -> list[Delta]:
-    return _list_owned(session, Delta, org_id, limit)
+    return list_readable(session, Delta, org_id, limit)
+
+
+def get_organization(session: Session, org_id: str) -> Organization | None:
+    return session.get(Organization, org_id)
+
+
+# ---- collaborations: members see them; an invitation is visible to the invited organization too ----
+
+def create_collaboration(session: Session, org_id: str, name: str, pair: str) -> Collaboration:
+    """A new collaboration; the organization making it is its first member, joined."""
+    now = utcnow()
+    collaboration = Collaboration(org_id=org_id, name=name, pair=pair, created_at=now)
+    session.add(collaboration)
+    session.flush()
+    session.add(CollaborationMember(collaboration_id=collaboration.id, org_id=org_id,
+                                    status=MemberStatus.joined.value, invited_at=now, joined_at=now))
+    session.flush()
+    return collaboration
+
+
+def membership(session: Session, org_id: str, collaboration_id: str) -> CollaborationMember | None:
+    """The organization's place in a collaboration (invited or joined), or None."""
+    query = select(CollaborationMember).where(CollaborationMember.collaboration_id == collaboration_id,
+                                              CollaborationMember.org_id == org_id)
+    return session.scalar(query)
+
+
+def get_collaboration(session: Session, org_id: str, collaboration_id: str) -> Collaboration | None:
+    """A collaboration the organization belongs to or is invited to; None otherwise."""
+    if membership(session, org_id, collaboration_id) is None:
+        return None
+    return session.get(Collaboration, collaboration_id)
+
+
+def list_collaborations(session: Session, org_id: str, limit: int) -> list[Collaboration]:
+    mine = select(CollaborationMember.collaboration_id).where(CollaborationMember.org_id == org_id)
+    query = select(Collaboration).where(Collaboration.id.in_(mine))
+    return list(session.scalars(query.order_by(Collaboration.created_at.desc(), Collaboration.id).limit(limit)))
+
+
+def members(session: Session, collaboration_id: str) -> list[tuple[CollaborationMember, str]]:
+    """Members with their organizations' names, in the order they were invited."""
+    query = (select(CollaborationMember, Organization.name)
+             .join(Organization, Organization.id == CollaborationMember.org_id)
+             .where(CollaborationMember.collaboration_id == collaboration_id)
+             .order_by(CollaborationMember.invited_at, CollaborationMember.id))
+    return [(member, name) for member, name in session.execute(query)]
+
+
+def invite(session: Session, collaboration_id: str, org_id: str) -> CollaborationMember:
+    member = CollaborationMember(collaboration_id=collaboration_id, org_id=org_id,
+                                 status=MemberStatus.invited.value, invited_at=utcnow())
+    session.add(member)
+    session.flush()
+    return member
+
+
+def join(session: Session, member: CollaborationMember) -> None:
+    if member.status != MemberStatus.joined:
+        member.status, member.joined_at = MemberStatus.joined.value, utcnow()
+        session.flush()
+
+
+def contributions(session: Session, collaboration_id: str) -> list[Contribution]:
+    query = select(Contribution).where(Contribution.collaboration_id == collaboration_id)
+    return list(session.scalars(query.order_by(Contribution.created_at, Contribution.id)))
+
+
+def get_contribution(session: Session, collaboration_id: str, contribution_id: str) -> Contribution | None:
+    row = session.get(Contribution, contribution_id)
+    return row if row is not None and row.collaboration_id == collaboration_id else None
+
+
+def contribution_of(session: Session, collaboration_id: str, org_id: str) -> Contribution | None:
+    query = select(Contribution).where(Contribution.collaboration_id == collaboration_id,
+                                       Contribution.org_id == org_id)
+    return session.scalar(query)
+
+
+def contribute(session: Session, collaboration_id: str, checkpoint: Checkpoint) -> Contribution:
+    """Put a checkpoint into a collaboration in its owner's name (only its owner calls this)."""
+    row = Contribution(collaboration_id=collaboration_id, org_id=checkpoint.org_id, checkpoint_id=checkpoint.id,
+                       created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def pooled_inputs(session: Session, collaboration_id: str) -> list[dict[str, str]]:
+    """The contributed checkpoints as a job's inputs, in the order they were contributed."""
+    query = (select(Checkpoint.id, Checkpoint.sha256)
+             .join(Contribution, Contribution.checkpoint_id == Checkpoint.id)
+             .where(Contribution.collaboration_id == collaboration_id)
+             .order_by(Contribution.created_at, Contribution.id))
+    return [{"id": row.id, "sha256": row.sha256} for row in session.execute(query)]
 
 
 def find_idempotent(session: Session, org_id: str, scope: str, key: str) -> IdempotencyRecord | None:

@@ -48,6 +48,11 @@ class JobStatus(StrEnum):
 TERMINAL = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+class MemberStatus(StrEnum):
+    invited = "invited"
+    joined = "joined"
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
 
@@ -88,6 +93,46 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Collaboration(Base):
+    """Organizations pooling their checkpoints into one upgrade of one pair; `org_id` made it and invites."""
+
+    __tablename__ = "collaborations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("collab"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    pair: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CollaborationMember(Base):
+    """An organization invited to a collaboration, or one that joined it (its maker joins when making it)."""
+
+    __tablename__ = "collaboration_members"
+    __table_args__ = (UniqueConstraint("collaboration_id", "org_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collaboration_id: Mapped[str] = mapped_column(ForeignKey("collaborations.id", ondelete="CASCADE"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    invited_at: Mapped[datetime] = mapped_column(default=utcnow)
+    joined_at: Mapped[datetime | None]
+
+
+class Contribution(Base):
+    """A checkpoint its owner put into a collaboration: the owner's consent to pool it. One per organization,
+    so the average weighs organizations equally; deleting the checkpoint withdraws it."""
+
+    __tablename__ = "contributions"
+    __table_args__ = (UniqueConstraint("collaboration_id", "org_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("contrib"))
+    collaboration_id: Mapped[str] = mapped_column(ForeignKey("collaborations.id", ondelete="CASCADE"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     """One upgrade. The row is the job's state; the queue only carries its id."""
 
@@ -99,6 +144,9 @@ class Job(Base):
     task: Mapped[str | None] = mapped_column(String(100))
     gt_id: Mapped[str] = mapped_column(String(100))
     inputs: Mapped[list[Any]]  # [{"id": checkpoint id, "sha256": blob}], fixed when the job is made
+    # A pooled upgrade: its members see the job and its delta (`org_id` is the member who asked).
+    collaboration_id: Mapped[str | None] = mapped_column(
+        ForeignKey("collaborations.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value, index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage: Mapped[str] = mapped_column(String(100), default="queued")
@@ -133,6 +181,8 @@ class Delta(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     # Unique: a job that runs twice (a worker died, the task came back) still makes one delta.
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    collaboration_id: Mapped[str | None] = mapped_column(
+        ForeignKey("collaborations.id", ondelete="CASCADE"), index=True)
     pair: Mapped[str] = mapped_column(String(100))
     task: Mapped[str | None] = mapped_column(String(100))
     gt_id: Mapped[str] = mapped_column(String(100))

@@ -3,7 +3,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.schemas.common import UnixTime
 
@@ -35,6 +35,7 @@ class DeltaPublic(BaseModel):
     gt_id: str
     gt_version: str
     upgrade_id: str
+    collaboration_id: str | None = Field(description="Set for a pooled upgrade: every member may use it.")
     sources: list[DeltaSource]
     files: list[DeltaFile]
     bytes: int

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import UnixTime
 
@@ -10,12 +10,23 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class UpgradeCreate(BaseModel):
+    """Either the caller's own checkpoints, or a collaboration whose contributions are pooled."""
+
     pair: str = Field(min_length=1, max_length=100, description="The model pair, e.g. `toy`.")
     task: str | None = Field(default=None, max_length=100,
                              description="The task whose Gradient Transformer to use; omit it when the pair "
                              "has one GT for all its tasks.")
-    checkpoint_ids: list[str] = Field(min_length=1, max_length=64,
-                                      description="Uploaded TinyLM adapters; several are averaged first.")
+    checkpoint_ids: list[str] | None = Field(default=None, min_length=1, max_length=64,
+                                             description="Uploaded TinyLM adapters; several are averaged first.")
+    collaboration_id: str | None = Field(default=None, min_length=1, max_length=32,
+                                         description="A collaboration the caller has joined: its contributions "
+                                         "are averaged, and every member can use the result.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> UpgradeCreate:
+        if (self.checkpoint_ids is None) == (self.collaboration_id is None):
+            raise ValueError("give either checkpoint_ids or collaboration_id")
+        return self
 
 
 class UpgradeEvent(BaseModel):
@@ -50,6 +61,7 @@ class UpgradePublic(BaseModel):
     task: str | None
     gt_id: str
     checkpoint_ids: list[str]
+    collaboration_id: str | None
     status: Status
     progress: float
     stage: str

@@ -51,10 +51,11 @@ def test_the_tinylm_is_at_most_half_the_llm_outside_embeddings(smol: Pair) -> No
 def test_the_published_results_reproduce_on_a_sample(smol: Pair) -> None:
     """For one task of setting A and one of B: the TinyLM's private fine-tune, the shipped GT, the
     recorded answers of the upgraded SmolLM2 on the first test questions."""
-    from models.experiment import Scorer, private_finetune, recipe_for, sample_answers
+    from models.experiment import Scorer, finetune_side, recipe_for, sample_answers
     from models.gt_checkpoint import load_gt
     from models.pairs import ALL_TASKS
     from models.tasks import get_task, make_splits
+    from models.update import LoraLayout
 
     results = json.loads(RESULTS.read_text())
     scorer = Scorer(smol)
@@ -62,10 +63,12 @@ def test_the_published_results_reproduce_on_a_sample(smol: Pair) -> None:
     for setting, gt_id in (("A", None), ("B", ALL_TASKS)):
         row = results["settings"][setting]["tasks"][0]
         task = row["task"]
-        tiny_tokens, _ = private_finetune(smol, "tiny", task, recipe.tiny)
+        splits = make_splits(get_task(task), seed=smol.spec.seed)
+        update, _, _ = finetune_side(smol, "tiny", splits.private, recipe.tiny)
+        tiny_tokens = LoraLayout(smol.init("tiny"), smol.spec.lora.targets).to_tokens(update)
         gt, _ = load_gt(smol.gt_dir(gt_id or task))
         model = scorer.llm_model(gt.generate(tiny_tokens[None])[0])
-        test = make_splits(get_task(task), seed=smol.spec.seed).test
+        test = splits.test
         got = sample_answers(model, scorer.tokenizer, test)
         assert got == row["gt_sample"], f"setting {setting}, {task}"
         right = sum(a["answer"] == a["expected"] for a in got)

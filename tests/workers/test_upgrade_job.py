@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from sqlalchemy import func, select
 
 from app.config import Settings
@@ -83,3 +84,37 @@ def test_sweep_leaves_live_jobs_alone(settings: Settings, toy_adapter: Path) -> 
     with session_scope() as s:
         jobs.claim(s, job_id, "w1", settings.job_lease_s)
     assert sweep() == [] and job(job_id).status == "running"
+
+
+def test_a_pooled_job_lifts_the_average_of_its_inputs(settings: Settings, toy_adapter: Path,
+                                                      toy_pairs_dir: Path, tmp_path: Path) -> None:
+    """Two organizations' adapters in one job: the delta is the GT's output for their mean, and it carries the
+    collaboration, so its members can read it."""
+    from safetensors.torch import load_file, save_file
+
+    from models.pairs import PairStore
+    from models.update import read_adapter, subtract
+    from models.upgrade import generate_update
+
+    pair = PairStore(toy_pairs_dir).get("toy")
+    first = toy_adapter / "adapter_model.safetensors"
+    second = tmp_path / "other.safetensors"  # another organization's adapter: same init, another update
+    init = pair.init("tiny")
+    save_file({k: (2 * v - init[k]).contiguous() for k, v in load_file(str(first)).items()}, str(second))
+    store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    inputs = [{"id": f"ckpt_{i}", "sha256": store.put_file(p)[0]} for i, p in enumerate((first, second))]
+    with session_scope() as s:
+        org, _ = queries.create_key(s, "acme")
+        collab = queries.create_collaboration(s, org.id, "pool", "toy")
+        job_id = jobs.create_job(s, org.id, "toy", None, "all", inputs, collab.id).id
+    run_job(job_id, "w1")
+    assert job(job_id).status == "succeeded", job(job_id).error_message
+    with session_scope() as s:
+        delta = jobs.delta_for_job(s, job_id)
+    assert delta.collaboration_id == collab.id and delta.sources == inputs
+    stored = load_file(str(store.path(delta.files["update.safetensors"]["sha256"])))
+    updates = [subtract(read_adapter(p), init) for p in (first, second)]
+    pooled, _ = generate_update(pair, "all", updates)
+    single, _ = generate_update(pair, "all", updates[:1])
+    assert all(torch.allclose(stored[k], pooled[k], atol=1e-6) for k in pooled)
+    assert not all(torch.allclose(stored[k], single[k], atol=1e-6) for k in single)

@@ -33,6 +33,7 @@ def to_public(delta: Delta) -> DeltaPublic:
              for name, info in sorted(delta.files.items())]
     return DeltaPublic(id=delta.id, pair=delta.pair, task=delta.task, gt_id=delta.gt_id,
                        gt_version=delta.gt_version, upgrade_id=delta.job_id,
+                       collaboration_id=delta.collaboration_id,
                        sources=[DeltaSource(**s) for s in delta.sources], files=files,
                        bytes=sum(f.bytes for f in files), verification=delta.verification,
                        created_at=delta.created_at)
@@ -50,7 +51,7 @@ def _file_response(request: Request, path: Path, sha256: str, filename: str) -> 
 @router.get("")
 def list_deltas(session: SessionDep, org: CurrentOrg,
                 limit: int = Query(default=100, ge=1, le=1000)) -> DeltasPublic:
-    """List the organization's deltas, newest first."""
+    """List the organization's deltas and its collaborations' pooled deltas, newest first."""
     rows = queries.list_deltas(session, org.id, limit)
     return DeltasPublic(data=[to_public(r) for r in rows], count=len(rows))
 

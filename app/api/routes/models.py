@@ -1,4 +1,5 @@
-"""Models the caller can chat with: each pair's base LLM, and every delta of the caller's organization."""
+"""Models the caller can chat with: each pair's base LLM, and every delta the caller's organization may
+use (its own, and the pooled deltas of collaborations it has joined)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _list(session: Session, org: Organization, pairs: PairCatalog) -> list[Model
     for delta in queries.list_deltas(session, org.id, MAX_DELTAS):
         if delta.pair in available:
             base = base_model_id(delta.pair)
-            data.append(ModelPublic(id=delta.id, created=int(delta.created_at.timestamp()), owned_by=org.id,
+            data.append(ModelPublic(id=delta.id, created=int(delta.created_at.timestamp()), owned_by=delta.org_id,
                                     root=base, parent=base, pair=delta.pair))
     return data
 

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from app import queue
 from app.api import idempotency
-from app.api.deps import CurrentOrg, IdempotencyKey, JobDep, PairsDep, SessionDep
+from app.api.deps import CurrentOrg, IdempotencyKey, JobDep, PairsDep, SessionDep, joined_collaboration
 from app.db import jobs, queries
-from app.db.tables import Job
+from app.db.tables import Job, Organization
 from app.errors import ApiError, Code, not_found
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse
 from app.schemas.upgrades import (
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/upgrades", tags=["upgrades"], responses=ERROR_RESPONSES)
 
 SCOPE = "POST /v1/upgrades"
+# Below two, a "pooled" upgrade is one organization's own upgrade handed to organizations that gave nothing.
+MIN_POOLED = 2
 
 
 def to_public(session: Session, job: Job, *, with_events: bool = True) -> UpgradePublic:
@@ -36,34 +38,28 @@ def to_public(session: Session, job: Job, *, with_events: bool = True) -> Upgrad
         if job.error_message else None
     events = [UpgradeEvent.model_validate(e) for e in jobs.events(session, job.id)] if with_events else []
     return UpgradePublic(id=job.id, pair=job.pair, task=job.task, gt_id=job.gt_id, status=job.status,
-                         checkpoint_ids=[item["id"] for item in job.inputs], progress=job.progress,
+                         checkpoint_ids=[item["id"] for item in job.inputs],
+                         collaboration_id=job.collaboration_id, progress=job.progress,
                          stage=job.stage, error=error, delta_id=delta.id if delta else None,
                          attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
                          finished_at=job.finished_at, events=events)
 
 
-@router.post("", responses={503: {"model": ErrorResponse}})
+@router.post("", responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+                            503: {"model": ErrorResponse}})
 def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pairs: PairsDep,
                    key: IdempotencyKey = None) -> UpgradePublic:
-    """Queue an upgrade of one or more checkpoints (averaged) to the pair's LLM."""
+    """Queue an upgrade of the caller's checkpoints, or of a collaboration's contributions (averaged)."""
     print_ = idempotency.fingerprint(body.model_dump_json())
     if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
         return UpgradePublic.model_validate(stored)
     pair = pairs.get(body.pair)
     gt_id = pairs.choose_gt(pair, body.task)
-    if len(set(body.checkpoint_ids)) != len(body.checkpoint_ids):
-        raise ApiError(Code.invalid_request, "A checkpoint is listed twice.", param="checkpoint_ids")
-    inputs = []
-    for index, checkpoint_id in enumerate(body.checkpoint_ids):
-        checkpoint = queries.get_checkpoint(session, org.id, checkpoint_id)
-        param = f"checkpoint_ids.{index}"
-        if checkpoint is None:
-            raise not_found("checkpoint", checkpoint_id, param=param, code=Code.checkpoint_not_found)
-        if checkpoint.pair != pair.id:
-            raise ApiError(Code.invalid_request, f"Checkpoint {checkpoint_id!r} was made for pair "
-                           f"{checkpoint.pair!r}, not {pair.id!r}.", param=param)
-        inputs.append({"id": checkpoint.id, "sha256": checkpoint.sha256})
-    job = jobs.create_job(session, org.id, pair.id, body.task, gt_id, inputs)
+    if body.collaboration_id is not None:
+        inputs = _pooled_inputs(session, org, body.collaboration_id, pair.id)
+    else:
+        inputs = _own_inputs(session, org, body.checkpoint_ids or [], pair.id)
+    job = jobs.create_job(session, org.id, pair.id, body.task, gt_id, inputs, body.collaboration_id)
     public = to_public(session, job)
     idempotency.remember(session, org.id, SCOPE, key, print_, public)
     try:
@@ -75,6 +71,39 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
         return UpgradePublic.model_validate(stored)
     _enqueue(session, job)
     return public
+
+
+def _own_inputs(session: Session, org: Organization, checkpoint_ids: list[str], pair_id: str
+                ) -> list[dict[str, str]]:
+    """The caller's own checkpoints, in the order given."""
+    if len(set(checkpoint_ids)) != len(checkpoint_ids):
+        raise ApiError(Code.invalid_request, "A checkpoint is listed twice.", param="checkpoint_ids")
+    inputs = []
+    for index, checkpoint_id in enumerate(checkpoint_ids):
+        checkpoint = queries.get_checkpoint(session, org.id, checkpoint_id)
+        param = f"checkpoint_ids.{index}"
+        if checkpoint is None:
+            raise not_found("checkpoint", checkpoint_id, param=param, code=Code.checkpoint_not_found)
+        if checkpoint.pair != pair_id:
+            raise ApiError(Code.invalid_request, f"Checkpoint {checkpoint_id!r} was made for pair "
+                           f"{checkpoint.pair!r}, not {pair_id!r}.", param=param)
+        inputs.append({"id": checkpoint.id, "sha256": checkpoint.sha256})
+    return inputs
+
+
+def _pooled_inputs(session: Session, org: Organization, collaboration_id: str, pair_id: str
+                   ) -> list[dict[str, str]]:
+    """Every contribution of a collaboration the caller has joined, from at least two organizations."""
+    collaboration = joined_collaboration(session, org, collaboration_id, param="collaboration_id")
+    if collaboration.pair != pair_id:
+        raise ApiError(Code.invalid_request, f"Collaboration {collaboration_id!r} pools pair "
+                       f"{collaboration.pair!r}, not {pair_id!r}.", param="pair")
+    inputs = queries.pooled_inputs(session, collaboration_id)
+    if len(inputs) < MIN_POOLED:  # one contribution per organization
+        raise ApiError(Code.conflict, f"A pooled upgrade needs contributions from at least {MIN_POOLED} "
+                       f"organizations; collaboration {collaboration_id!r} has {len(inputs)}.",
+                       param="collaboration_id")
+    return inputs
 
 
 def _enqueue(session: Session, job: Job) -> None:

@@ -71,9 +71,12 @@ def _org_id(api: Api, name: str) -> str:
 def test_framework_errors_use_the_same_body(api: Api) -> None:
     assert_error(api.client.get("/v1/nothing-here"), 404, "not_found")
     assert_error(api.client.put("/healthz"), 405, "invalid_request")
+    error = assert_error(api.client.post("/v1/upgrades", headers=api.auth(), json={"pair": 7}), 422,
+                         "invalid_request")
+    assert error["param"] == "pair"
     error = assert_error(api.client.post("/v1/upgrades", headers=api.auth(), json={"pair": "toy"}), 422,
                          "invalid_request")
-    assert error["param"] == "checkpoint_ids"
+    assert "either checkpoint_ids or collaboration_id" in error["message"]
     response = api.client.get("/v1/checkpoints?limit=0", headers=api.auth())
     error = assert_error(response, 422, "invalid_request")
     assert error["param"] == "limit"
@@ -92,7 +95,11 @@ def test_openapi_describes_every_route(api: Api) -> None:
                  "/v1/upgrades/{upgrade_id}", "/v1/upgrades/{upgrade_id}/events",
                  "/v1/upgrades/{upgrade_id}/cancel", "/v1/deltas", "/v1/deltas/{delta_id}",
                  "/v1/deltas/{delta_id}/files/{name}", "/v1/deltas/{delta_id}/archive", "/v1/pairs",
-                 "/v1/pairs/{pair_id}", "/v1/pairs/{pair_id}/tiny-lora-init", "/healthz", "/readyz"]:
+                 "/v1/pairs/{pair_id}", "/v1/pairs/{pair_id}/tiny-lora-init", "/healthz", "/readyz",
+                 "/v1/organizations/me", "/v1/collaborations", "/v1/collaborations/{collaboration_id}",
+                 "/v1/collaborations/{collaboration_id}/invitations", "/v1/collaborations/{collaboration_id}/join",
+                 "/v1/collaborations/{collaboration_id}/contributions",
+                 "/v1/collaborations/{collaboration_id}/contributions/{contribution_id}"]:
         assert path in paths, path
     upload = paths["/v1/checkpoints"]["post"]
     schema = upload["requestBody"]["content"]["multipart/form-data"]["schema"]

@@ -1,0 +1,159 @@
+"""Collaborations: organizations pool checkpoints into one upgrade whose delta all members may use.
+
+The organization that opens a collaboration invites others by id; an invited organization joins; each
+joined member may contribute one of its own checkpoints, and only its owner can (that is the consent).
+A member starts the pooled upgrade with `POST /v1/upgrades {"collaboration_id": ...}`. Outsiders get 404
+for everything here, as for any other organization's resource.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.api import idempotency
+from app.api.deps import (
+    CollaborationDep,
+    CurrentOrg,
+    IdempotencyKey,
+    PairsDep,
+    SessionDep,
+    joined_collaboration,
+)
+from app.db import queries
+from app.db.tables import Collaboration, Contribution, Organization
+from app.errors import ApiError, Code, not_found
+from app.schemas.collaborations import (
+    CollaborationCreate,
+    CollaborationPublic,
+    CollaborationsPublic,
+    ContributionCreate,
+    ContributionDeleted,
+    ContributionPublic,
+    InvitationCreate,
+    MemberPublic,
+)
+from app.schemas.common import ERROR_RESPONSES, ErrorResponse
+
+router = APIRouter(prefix="/v1/collaborations", tags=["collaborations"], responses=ERROR_RESPONSES)
+
+SCOPE = "POST /v1/collaborations"
+_CONFLICT = {409: {"model": ErrorResponse}}
+_FORBIDDEN = {403: {"model": ErrorResponse, "description": "Allowed to another member only"}}
+
+
+def contribution_public(row: Contribution) -> ContributionPublic:
+    return ContributionPublic(id=row.id, collaboration_id=row.collaboration_id, organization_id=row.org_id,
+                              checkpoint_id=row.checkpoint_id, created_at=row.created_at)
+
+
+def to_public(session: Session, collaboration: Collaboration, org: Organization) -> CollaborationPublic:
+    members = [MemberPublic(organization_id=m.org_id, organization_name=name, status=m.status,
+                            invited_at=m.invited_at, joined_at=m.joined_at)
+               for m, name in queries.members(session, collaboration.id)]
+    status = next(m.status for m in members if m.organization_id == org.id)
+    return CollaborationPublic(id=collaboration.id, name=collaboration.name, pair=collaboration.pair,
+                               owner=collaboration.org_id, status=status, members=members,
+                               contributions=[contribution_public(c)
+                                              for c in queries.contributions(session, collaboration.id)],
+                               created_at=collaboration.created_at)
+
+
+@router.post("")
+def create_collaboration(body: CollaborationCreate, session: SessionDep, org: CurrentOrg, pairs: PairsDep,
+                         key: IdempotencyKey = None) -> CollaborationPublic:
+    """Open a collaboration on a pair; the caller is its first member and the one who invites."""
+    print_ = idempotency.fingerprint(body.model_dump_json())
+    if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
+        return CollaborationPublic.model_validate(stored)
+    pair = pairs.get(body.pair)
+    collaboration = queries.create_collaboration(session, org.id, body.name, pair.id)
+    public = to_public(session, collaboration, org)
+    idempotency.remember(session, org.id, SCOPE, key, print_, public)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent retry with the same key won
+        session.rollback()
+        if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
+            raise
+        return CollaborationPublic.model_validate(stored)
+    return public
+
+
+@router.get("")
+def list_collaborations(session: SessionDep, org: CurrentOrg,
+                        limit: int = Query(default=100, ge=1, le=1000)) -> CollaborationsPublic:
+    """The collaborations the caller belongs to or is invited to, newest first."""
+    rows = queries.list_collaborations(session, org.id, limit)
+    return CollaborationsPublic(data=[to_public(session, c, org) for c in rows], count=len(rows))
+
+
+@router.get("/{collaboration_id}")
+def get_collaboration(collaboration: CollaborationDep, session: SessionDep, org: CurrentOrg
+                      ) -> CollaborationPublic:
+    """One collaboration: members with their status, and contributions."""
+    return to_public(session, collaboration, org)
+
+
+@router.post("/{collaboration_id}/invitations", responses=_CONFLICT | _FORBIDDEN)
+def create_invitation(body: InvitationCreate, collaboration: CollaborationDep, session: SessionDep,
+                      org: CurrentOrg) -> CollaborationPublic:
+    """Invite an organization by its id; only the organization that opened the collaboration invites."""
+    if collaboration.org_id != org.id:
+        raise ApiError(Code.permission_denied, "Only the organization that opened the collaboration invites.")
+    if queries.get_organization(session, body.organization_id) is None:
+        raise not_found("organization", body.organization_id, param="organization_id")
+    if queries.membership(session, body.organization_id, collaboration.id) is not None:
+        raise ApiError(Code.conflict, f"Organization {body.organization_id!r} is already invited or a member.",
+                       param="organization_id")
+    queries.invite(session, collaboration.id, body.organization_id)
+    session.commit()
+    return to_public(session, collaboration, org)
+
+
+@router.post("/{collaboration_id}/join")
+def join_collaboration(collaboration: CollaborationDep, session: SessionDep, org: CurrentOrg
+                       ) -> CollaborationPublic:
+    """Accept the caller's invitation (joining again changes nothing)."""
+    member = queries.membership(session, org.id, collaboration.id)
+    assert member is not None  # the loader found the caller among the members
+    queries.join(session, member)
+    session.commit()
+    return to_public(session, collaboration, org)
+
+
+@router.post("/{collaboration_id}/contributions", responses=_CONFLICT | _FORBIDDEN)
+def create_contribution(collaboration_id: str, body: ContributionCreate, session: SessionDep,
+                        org: CurrentOrg) -> ContributionPublic:
+    """Contribute one of the caller's own checkpoints (one per organization): consent to pool it here."""
+    collaboration = joined_collaboration(session, org, collaboration_id)
+    checkpoint = queries.get_checkpoint(session, org.id, body.checkpoint_id)
+    if checkpoint is None:
+        raise not_found("checkpoint", body.checkpoint_id, param="checkpoint_id", code=Code.checkpoint_not_found)
+    if checkpoint.pair != collaboration.pair:
+        raise ApiError(Code.conflict, f"Checkpoint {checkpoint.id!r} was made for pair {checkpoint.pair!r}; "
+                       f"the collaboration pools pair {collaboration.pair!r}.", param="checkpoint_id")
+    if (mine := queries.contribution_of(session, collaboration.id, org.id)) is not None:
+        raise ApiError(Code.conflict, f"Your organization already contributed checkpoint {mine.checkpoint_id!r} "
+                       f"({mine.id}); withdraw it first to contribute another.", param="checkpoint_id")
+    row = queries.contribute(session, collaboration.id, checkpoint)
+    session.commit()
+    return contribution_public(row)
+
+
+@router.delete("/{collaboration_id}/contributions/{contribution_id}", responses=_CONFLICT | _FORBIDDEN)
+def delete_contribution(contribution_id: str, collaboration: CollaborationDep, session: SessionDep,
+                        org: CurrentOrg) -> ContributionDeleted:
+    """Withdraw the caller's contribution; refused while a queued or running upgrade reads it."""
+    row = queries.get_contribution(session, collaboration.id, contribution_id)
+    if row is None:
+        raise not_found("contribution", contribution_id)
+    if row.org_id != org.id:
+        raise ApiError(Code.permission_denied, "Only the organization that contributed a checkpoint withdraws it.")
+    checkpoint = queries.get_checkpoint(session, org.id, row.checkpoint_id)
+    if checkpoint is not None and queries.checkpoint_in_use(session, checkpoint):
+        raise ApiError(Code.conflict, f"Contribution {row.id!r} is used by a queued or running upgrade.")
+    session.delete(row)
+    session.commit()
+    return ContributionDeleted(id=contribution_id)

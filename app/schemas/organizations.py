@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from app.schemas.common import UnixTime
+
+
+class OrganizationPublic(BaseModel):
+    """The caller's organization; others invite it to collaborations by its id."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    object: Literal["organization"] = "organization"
+    name: str
+    created_at: UnixTime
