@@ -53,6 +53,11 @@ RECIPES = {
 }
 
 
+def tiny_recipe(pair_id: str) -> FinetuneConfig:
+    """The TinyLM fine-tune a pair's GTs were trained on: what an organization should run (defaults else)."""
+    return RECIPES[pair_id].tiny if pair_id in RECIPES else FinetuneConfig()
+
+
 def recipe_for(pair: Pair) -> Recipe:
     if pair.id not in RECIPES:
         raise KeyError(f"no benchmark recipe for pair {pair.id!r}; known: {', '.join(RECIPES)}")

@@ -60,9 +60,10 @@ def _add_finetune(commands: argparse._SubParsersAction, service: argparse.Argume
     tune.add_argument("--data", type=Path, required=True,
                       help='JSONL: {"messages": [...]} or {"prompt": ..., "answer": ...} per line')
     tune.add_argument("--out", type=Path, required=True, help="the adapter folder to write")
-    tune.add_argument("--steps", type=int, default=150)
-    tune.add_argument("--batch-size", type=int, default=16, help="with DP-SGD: the expected batch size")
-    tune.add_argument("--lr", type=float, default=3e-3)
+    recipe = "default: the pair's recipe, the one its Gradient Transformers were trained for"
+    tune.add_argument("--steps", type=int, help=recipe)
+    tune.add_argument("--batch-size", type=int, help=f"with DP-SGD: the expected batch size; {recipe}")
+    tune.add_argument("--lr", type=float, help=recipe)
     tune.add_argument("--seed", type=int, default=0)
     dp = tune.add_argument_group("DP-SGD (Opacus): per-example clipping and noise for a total (epsilon, delta)")
     dp.add_argument("--dp-epsilon", type=float, help="train with DP-SGD spending at most this epsilon")

@@ -31,9 +31,9 @@ class FinetuneRequest:
     pair: str  # a pair id on the service, or a local pair folder
     data: Path
     out: Path
-    steps: int
-    batch_size: int
-    lr: float
+    steps: int | None  # None: the pair's recipe (what its GTs were trained on)
+    batch_size: int | None
+    lr: float | None
     seed: int
     dp: DPConfig | None
     update_noise: UpdateNoise | None
@@ -90,15 +90,18 @@ def run_finetune(request: FinetuneRequest, connect: Callable[[], Api], cache_dir
     """Check the data, get the pair (from the service only if it is not a local folder), fine-tune with a
     progress bar; the adapter's metadata."""
     from models.datafile import read_examples
+    from models.experiment import tiny_recipe
     from models.finetune import FinetuneConfig, finetune_to_folder
 
     examples = read_examples(request.data)  # malformed lines fail here, before anything else happens
-    cfg = FinetuneConfig(steps=request.steps, batch_size=request.batch_size, lr=request.lr, seed=request.seed)
     if is_local_pair(request.pair):
         source = local_source(Path(request.pair))
     else:
         with connect() as api:
             source = remote_source(api, request.pair, cache_dir)
+    recipe = tiny_recipe(source.pair_id)
+    cfg = FinetuneConfig(steps=request.steps or recipe.steps, batch_size=request.batch_size or recipe.batch_size,
+                         lr=request.lr or recipe.lr, seed=request.seed)
     with tqdm(total=cfg.steps, unit="step", desc="fine-tune" + (" (DP-SGD)" if request.dp else "")) as bar:
         def on_step(_: int, loss: float) -> None:
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
