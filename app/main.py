@@ -19,4 +19,5 @@ def create_app() -> FastAPI:
     install_error_handler(app)
     for module in (health, pairs, checkpoints, upgrades, deltas, models, chat):
         app.include_router(module.router)
+    app.openapi = chat.openapi_with_400(app)  # type: ignore[method-assign]
     return app
