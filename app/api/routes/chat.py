@@ -1,8 +1,10 @@
 """OpenAI-compatible chat completions on a pair's LLM, with or without one of the caller's deltas.
 
 Everything that can be refused is refused before the first byte (404 model, 400 parameters); a failure
-after a stream started is sent in-band as `data: {"error": …}` before `[DONE]`. Each request decodes in
-its own thread; a client that goes away cancels its generation at the next token.
+after a stream started is sent in-band as `data: {"error": …}` before `[DONE]`. Each request decodes off
+the event loop (one executor call for a completion, a thread of its own for a stream); a client that goes
+away cancels its generation at the next token. A warm request touches no database: the key's organization
+and the model are cached for `auth_cache_s` (see `app.api.cache`).
 """
 
 from __future__ import annotations
