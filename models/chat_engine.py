@@ -128,7 +128,7 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
             raise RequestError(f"max_tokens must be at least 1, not {self.max_tokens}")
-        if not 0 <= self.min_tokens <= (self.max_tokens or self.min_tokens):
+        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
             raise RequestError(f"min_tokens must be in [0, max_tokens], not {self.min_tokens}")
         if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
             raise RequestError(f"temperature must be in [0, 2] and top_p in (0, 1]: {self}")

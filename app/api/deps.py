@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from models.chat_engine import ChatEngines
 
 
-
 async def current_settings() -> Settings:
     return get_settings()
 
