@@ -12,8 +12,8 @@
     python -m bench.serving --data-dir data --out bench/results/serving.json
 
 Builds the toy pair first if it is missing; runs the API (`gradlift api`) in a subprocess. The machine is
-shared, so every speed comparison alternates its sides round by round (load that comes and goes falls on
-both), after one warm-up round of each.
+shared, so the sides of every speed comparison take turns prompt by prompt (load that comes and goes
+falls on all of them), after one warm-up pass each.
 """
 
 from __future__ import annotations
@@ -40,19 +40,22 @@ log = logging.getLogger("bench.serving")
 BIN = Path(sys.executable).parent
 PROBE = "rol ?: abcdefgh #### "
 
-Timer = Callable[[], tuple[int, float]]  # one round: (new tokens, seconds)
+Answer = Callable[[str], int]  # answers one prompt greedily; returns how many tokens it generated
 
 
-def interleaved(timers: dict[str, Timer], rounds: int) -> dict[str, dict]:
-    """Tokens/s of each timer over `rounds` rounds, the timers taking turns within each round."""
-    for timer in timers.values():
-        timer()  # warm-up
-    totals = {name: [0, 0.0] for name in timers}
+def interleaved(answerers: dict[str, Answer], prompts: list[str], rounds: int) -> dict[str, dict]:
+    """Tokens/s of each answerer over `rounds` passes through the prompts, taking turns prompt by prompt
+    (after one warm-up pass), so that load which comes and goes falls on all of them alike."""
+    for answer in answerers.values():
+        for prompt in prompts:
+            answer(prompt)
+    totals = {name: [0, 0.0] for name in answerers}
     for _ in range(rounds):
-        for name, timer in timers.items():
-            tokens, seconds = timer()
-            totals[name][0] += tokens
-            totals[name][1] += seconds
+        for prompt in prompts:
+            for name, answer in answerers.items():
+                start = time.perf_counter()
+                totals[name][0] += answer(prompt)
+                totals[name][1] += time.perf_counter() - start
     return {name: {"tokens": t, "seconds": s, "tokens_per_s": t / s} for name, (t, s) in totals.items()}
 
 
@@ -75,23 +78,19 @@ def variants(base_folder: Path, pair, out: Path, count: int) -> list[Path]:
 
 # ---- in process ----
 
-def generate_timer(model, tokenizer, prompts: list[str], max_tokens: int, min_tokens: int = 0) -> Timer:
-    """`generate()` over the prompts, one at a time (greedy; `min_new_tokens` as the endpoint's min_tokens)."""
+def generate_answer(model, tokenizer, max_tokens: int, min_tokens: int = 0) -> Answer:
+    """`generate()` on one prompt (greedy; `min_new_tokens` as the endpoint's min_tokens)."""
     from models.textdata import prompt_ids
 
-    encoded = [torch.tensor([prompt_ids(tokenizer, p)]) for p in prompts]
+    def answer(prompt: str) -> int:
+        ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_tokens, min_new_tokens=min_tokens or None,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        return out.shape[1] - ids.shape[1]
 
-    def timer() -> tuple[int, float]:
-        tokens, start = 0, time.perf_counter()
-        for ids in encoded:
-            with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=max_tokens, min_new_tokens=min_tokens or None,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            tokens += out.shape[1] - ids.shape[1]
-        return tokens, time.perf_counter() - start
-
-    return timer
+    return answer
 
 
 def merged_model(pair, folder: Path):
@@ -102,20 +101,17 @@ def merged_model(pair, folder: Path):
                       pair.spec.lora.scale)
 
 
-def engine_timer(engine, ref, prompts: list[str], max_tokens: int, min_tokens: int = 0) -> Timer:
+def engine_answer(engine, ref, max_tokens: int, min_tokens: int = 0) -> Answer:
     from models.chat_engine import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, min_tokens=min_tokens, temperature=0)
 
-    def timer() -> tuple[int, float]:
-        tokens, start = 0, time.perf_counter()
-        for prompt in prompts:
-            generation = engine.generate(engine.prompt_ids([{"role": "user", "content": prompt}]), params, ref)
-            generation.text()
-            tokens += generation.completion_tokens
-        return tokens, time.perf_counter() - start
+    def answer(prompt: str) -> int:
+        generation = engine.generate(engine.prompt_ids([{"role": "user", "content": prompt}]), params, ref)
+        generation.text()
+        return generation.completion_tokens
 
-    return timer
+    return answer
 
 
 def peft_model(pair, folders: list[Path]) -> tuple[object, float]:
@@ -168,21 +164,17 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def endpoint_timer(client: httpx.Client, model: str, prompts: list[str], max_tokens: int,
-                   min_tokens: int = 0) -> Timer:
-    def timer() -> tuple[int, float]:
-        tokens, start = 0, time.perf_counter()
-        for prompt in prompts:
-            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
-                    "max_tokens": max_tokens}
-            if min_tokens:
-                body["min_tokens"] = min_tokens
-            response = client.post("/v1/chat/completions", json=body)
-            response.raise_for_status()
-            tokens += response.json()["usage"]["completion_tokens"]
-        return tokens, time.perf_counter() - start
+def endpoint_answer(client: httpx.Client, model: str, max_tokens: int, min_tokens: int = 0) -> Answer:
+    def answer(prompt: str) -> int:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                "max_tokens": max_tokens}
+        if min_tokens:
+            body["min_tokens"] = min_tokens
+        response = client.post("/v1/chat/completions", json=body)
+        response.raise_for_status()
+        return response.json()["usage"]["completion_tokens"]
 
-    return timer
+    return answer
 
 
 def request_cost(client: httpx.Client, model: str, engine, ref, n: int = 200) -> dict:
@@ -278,31 +270,31 @@ def _run(pair, task: str, prompts: list[str], work: Path, lengths: tuple[int, in
     folders = [upgraded, *variants(upgraded, pair, work, 19)]
     results: dict = {"pair": pair.id, "task": task, "prompts": len(prompts), "max_tokens": lengths[0],
                      "long": {"max_tokens": lengths[1], "min_tokens": lengths[1]},
-                     "torch_threads": torch.get_num_threads(), "rounds": rounds}
+                     "torch_threads": torch.get_num_threads(), "rounds": rounds,
+                     "load_average_1m": {"start": os.getloadavg()[0]}}
     results["engine_memory_switch"] = engine_memory_and_switch(pair, folders)
     merged, (peft, peft_switch_s) = merged_model(pair, upgraded), peft_model(pair, folders)
     tokenizer = pair.load_tokenizer("llm")
     engine, ref = ChatEngine.from_pair(pair), AdapterRef("u", upgraded / "adapter_model.safetensors")
 
-    def timers(endpoint: Timer, max_tokens: int, min_tokens: int, with_peft: bool) -> dict[str, Timer]:
-        chosen = {"merged_generate": generate_timer(merged, tokenizer, prompts, max_tokens, min_tokens),
-                  "engine_in_process": engine_timer(engine, ref, prompts, max_tokens, min_tokens),
-                  "endpoint": endpoint}
-        if with_peft:
-            chosen["peft_multi_adapter"] = generate_timer(peft, tokenizer, prompts, max_tokens, min_tokens)
+    def answerers(client: httpx.Client, model: str, max_tokens: int, min_tokens: int) -> dict[str, Answer]:
+        chosen = {"merged_generate": generate_answer(merged, tokenizer, max_tokens, min_tokens),
+                  "engine_in_process": engine_answer(engine, ref, max_tokens, min_tokens),
+                  "endpoint": endpoint_answer(client, model, max_tokens, min_tokens)}
+        if not min_tokens:  # PEFT's speed only matters beside the engine's, measured once
+            chosen["peft_multi_adapter"] = generate_answer(peft, tokenizer, max_tokens)
         return chosen
 
     with endpoint_client(pair, task, folders, work, port) as (client, deltas, proc):
         first_token_s(client, deltas[0])  # loads the base model
         rss_1 = rss_bytes(proc.pid)
-        toy = endpoint_timer(client, deltas[0], prompts, lengths[0])
-        results.update(interleaved(timers(toy, lengths[0], 0, with_peft=True), rounds))
+        results.update(interleaved(answerers(client, deltas[0], lengths[0], 0), prompts, rounds))
         results["peft_multi_adapter"]["switch_ms"] = 1000 * peft_switch_s
-        long = endpoint_timer(client, deltas[0], prompts, lengths[1], lengths[1])
-        results["long"].update(interleaved(timers(long, lengths[1], lengths[1], with_peft=False), rounds))
+        results["long"].update(interleaved(answerers(client, deltas[0], lengths[1], lengths[1]), prompts, rounds))
         results["request_cost"] = request_cost(client, deltas[0], engine, ref)
         results["endpoint_switch"] = endpoint_switch(client, deltas)
         results["endpoint_rss"] = {"bytes_1": rss_1, "bytes_20": rss_bytes(proc.pid)}
+    results["load_average_1m"]["end"] = os.getloadavg()[0]  # the machine is shared: how busy it was
     return results
 
 
@@ -349,8 +341,10 @@ def report(r: dict) -> None:
     q, e, s, c = r["ratios"], r["endpoint_switch"], r["engine_memory_switch"], r["request_cost"]
     long = r["long"]
     per_answer = r["endpoint"]["tokens"] / (r["prompts"] * r["rounds"])
+    load = r["load_average_1m"]
     print(f"pair {r['pair']}, task {r['task']}: {r['prompts']} prompts, greedy, torch threads {r['torch_threads']}, "
-          f"{r['rounds']} rounds taking turns")
+          f"{r['rounds']} passes taking turns; load average {load['start']:.1f} -> {load['end']:.1f} "
+          f"on {os.cpu_count()} cores")
     print(f"tokens/s, the toy's answers (max_tokens {r['max_tokens']}; {per_answer:.1f} tokens each):")
     print(f"          merged generate() {r['merged_generate']['tokens_per_s']:8.0f}")
     print(f"          engine in process {r['engine_in_process']['tokens_per_s']:8.0f}  "
