@@ -178,9 +178,9 @@ def endpoint_answer(client: httpx.Client, model: str, max_tokens: int, min_token
     return answer
 
 
-def request_cost(client: httpx.Client, model: str, engine, ref, n: int = 200) -> dict:
+def request_cost(client: httpx.Client, model: str, engine, ref, passes: int = 10, per_pass: int = 20) -> dict:
     """Median milliseconds of one request for one token through the endpoint and in process, and of a
-    bare /healthz, taking turns."""
+    bare /healthz; each answers `per_pass` in a row, taking turns pass by pass (as `interleaved`)."""
     from models.chat_engine import SamplingParams
 
     body = {"model": model, "messages": [{"role": "user", "content": PROBE}], "temperature": 0, "max_tokens": 1}
@@ -189,12 +189,13 @@ def request_cost(client: httpx.Client, model: str, engine, ref, n: int = 200) ->
              "in_process_ms": lambda: engine.generate(engine.prompt_ids(prompt), params, ref).text(),
              "healthz_ms": lambda: client.get("/healthz").raise_for_status()}
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for i in range(n + 5):
+    for i in range(passes + 1):  # the first pass warms up
         for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            if i >= 5:
-                times[name].append(time.perf_counter() - start)
+            for _ in range(per_pass):
+                start = time.perf_counter()
+                call()
+                if i:
+                    times[name].append(time.perf_counter() - start)
     return {name: 1000 * _median(values) for name, values in times.items()}
 
 
