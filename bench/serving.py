@@ -43,21 +43,28 @@ Answer = Callable[[str], int]  # answers one prompt greedily; returns how many t
 
 
 def interleaved(answerers: dict[str, Answer], prompts: list[str], rounds: int) -> dict[str, dict]:
-    """Tokens/s of each answerer over `rounds` passes through the prompts, after one warm-up pass each.
-    The answerers take turns pass by pass, so load that comes and goes falls on all of them; within a
-    pass each answers every prompt in a row, as a server answers requests back to back. (Turns at every
-    prompt gave the endpoint 0.84-0.91x merged where whole passes gave 0.83-1.03x, on the same busy
-    machine: probably the API process refilling its CPU caches after each of the bench's own models ran.)"""
+    """Tokens/s of each answerer over `rounds` passes through the prompts, after one warm-up pass each:
+    the median of its passes (a burst of load from other processes spoils a pass or two, not the figure),
+    and overall. The answerers take turns pass by pass, so load that comes and goes falls on all of them;
+    within a pass each answers every prompt in a row, as a server answers requests back to back. (Turns
+    at every prompt gave the endpoint 0.84-0.91x merged where whole passes gave 0.83-1.03x, on the same
+    busy machine: probably the API process refilling its CPU caches after each of the bench's models ran.)"""
     for answer in answerers.values():
         for prompt in prompts:
             answer(prompt)
-    totals = {name: [0, 0.0] for name in answerers}
+    passes: dict[str, list[tuple[int, float]]] = {name: [] for name in answerers}
     for _ in range(rounds):
         for name, answer in answerers.items():
             start = time.perf_counter()
-            totals[name][0] += sum(answer(prompt) for prompt in prompts)
-            totals[name][1] += time.perf_counter() - start
-    return {name: {"tokens": t, "seconds": s, "tokens_per_s": t / s} for name, (t, s) in totals.items()}
+            tokens = sum(answer(prompt) for prompt in prompts)
+            passes[name].append((tokens, time.perf_counter() - start))
+    results = {}
+    for name, runs in passes.items():
+        tokens, seconds = sum(t for t, _ in runs), sum(s for _, s in runs)
+        results[name] = {"tokens": tokens, "seconds": seconds, "tokens_per_s_overall": tokens / seconds,
+                         "tokens_per_s": _median([t / s for t, s in runs]),
+                         "tokens_per_s_passes": [t / s for t, s in runs]}
+    return results
 
 
 def variants(base_folder: Path, pair, out: Path, count: int) -> list[Path]:
@@ -345,8 +352,8 @@ def report(r: dict) -> None:
     per_answer = r["endpoint"]["tokens"] / (r["prompts"] * r["rounds"])
     load = r["load_average_1m"]
     print(f"pair {r['pair']}, task {r['task']}: {r['prompts']} prompts, greedy, torch threads {r['torch_threads']}, "
-          f"{r['rounds']} passes taking turns; load average {load['start']:.1f} -> {load['end']:.1f} "
-          f"on {os.cpu_count()} cores")
+          f"{r['rounds']} passes taking turns (medians of passes); load average {load['start']:.1f} -> "
+          f"{load['end']:.1f} on {os.cpu_count()} cores")
     print(f"tokens/s, the toy's answers (max_tokens {r['max_tokens']}; {per_answer:.1f} tokens each):")
     print(f"          merged generate() {r['merged_generate']['tokens_per_s']:8.0f}")
     print(f"          engine in process {r['engine_in_process']['tokens_per_s']:8.0f}  "
@@ -380,7 +387,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--long-tokens", type=int, default=40,
                         help="tokens per long answer (the toy LLM has 64 positions; its prompts take 21)")
-    parser.add_argument("--rounds", type=int, default=8, help="passes through the prompts per side")
+    parser.add_argument("--rounds", type=int, default=10, help="passes through the prompts per side")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--out", type=Path, default=Path("bench/results/serving.json"))
     args = parser.parse_args()
