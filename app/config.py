@@ -12,6 +12,8 @@ GRADLIFT_JOB_LEASE_S         a running job whose worker sent no heartbeat for th
 GRADLIFT_VISIBILITY_TIMEOUT_S Redis redelivers an unacknowledged task after this long (2 x time limit)
 GRADLIFT_CHAT_MAX_ADAPTERS   generated adapters the chat engine keeps in memory per pair, LRU (32)
 GRADLIFT_CHAT_TORCH_THREADS  torch threads of the API process, which decodes chat requests (1; 0: torch's default)
+GRADLIFT_AUTH_CACHE_S        seconds the API reuses a checked API key (and the model a chat request names)
+                             before asking the database again (10; 0: every request)
 GRADLIFT_LOG_LEVEL           INFO
 
 The organization's command line (`gradlift finetune/upload/upgrade/download/chat`) reads its own three:
@@ -47,6 +49,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 0
     chat_max_adapters: int = Field(default=32, ge=1)
     chat_torch_threads: int = Field(default=1, ge=0)
+    auth_cache_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -29,4 +29,5 @@ def create_app() -> FastAPI:
     install_error_handler(app)
     for module in (health, organizations, pairs, checkpoints, collaborations, upgrades, deltas, models, chat):
         app.include_router(module.router)
+    app.openapi = chat.openapi_with_400(app)  # type: ignore[method-assign]
     return app

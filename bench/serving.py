@@ -1,13 +1,18 @@
 """Serving speed of the chat endpoint on the toy pair, printed as ratios and written as JSON:
 
     tokens/s through the endpoint  vs  generate() on the merged model in process     (target >= 0.9x)
+        on the toy's own answers (about 9 tokens each: per-request cost dominates), and on long answers
+        (`min_tokens` = `max_tokens` = --long-tokens, the end token held back as transformers'
+        `min_new_tokens` does, on both sides)
+    per-request cost: max_tokens 1 through the endpoint vs in process, and a bare /healthz
     adapter switch latency (resident and cold), endpoint and in process              (target <= 50 ms)
     tensor memory with 20 resident adapters vs 1                                     (target < 1.10x)
     the engine's own LoRA application vs PEFT's multi-adapter model, in process
 
     python -m bench.serving --data-dir data --out bench/results/serving.json
 
-Builds the toy pair first if it is missing; runs the API (`gradlift api`) in a subprocess.
+Builds the toy pair first if it is missing; runs the API (`gradlift api`) in a subprocess. The machine is
+shared, so the sides of every speed comparison take turns pass by pass (see `interleaved`).
 """
 
 from __future__ import annotations
@@ -20,63 +25,46 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import torch
 
 from app.config import Settings
-from app.storage import BlobStore
+from app.delta_import import import_delta
 
 log = logging.getLogger("bench.serving")
 BIN = Path(sys.executable).parent
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "update.safetensors")
+PROBE = "rol ?: abcdefgh #### "
+
+Answer = Callable[[str], int]  # answers one prompt greedily; returns how many tokens it generated
 
 
-
-def greedy_generate_timed(model, tokenizer, prompts: list[str], max_tokens: int, rounds: int) -> tuple[int, float]:
-    """New tokens and seconds of `generate()` over the prompts, one at a time, after one warm-up round."""
-    from models.textdata import prompt_ids
-
-    tokens, start = 0, 0.0
-    for r in range(rounds + 1):
-        if r == 1:
-            tokens, start = 0, time.perf_counter()
+def interleaved(answerers: dict[str, Answer], prompts: list[str], rounds: int) -> dict[str, dict]:
+    """Tokens/s of each answerer over `rounds` passes through the prompts, after one warm-up pass each:
+    the median of its passes (a burst of load from other processes spoils a pass or two, not the figure),
+    and overall. The answerers take turns pass by pass, so load that comes and goes falls on all of them;
+    within a pass each answers every prompt in a row, as a server answers requests back to back. (Turns
+    at every prompt gave the endpoint 0.84-0.91x merged where whole passes gave 0.83-1.03x, on the same
+    busy machine: probably the API process refilling its CPU caches after each of the bench's models ran.)"""
+    for answer in answerers.values():
         for prompt in prompts:
-            ids = torch.tensor([prompt_ids(tokenizer, prompt)])
-            with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=tokenizer.eos_token_id)
-            tokens += out.shape[1] - ids.shape[1]
-    return tokens, time.perf_counter() - start
-
-def register_delta(settings: Settings, org_name: str, folder: Path, pair: str, task: str | None = None) -> str:
-    """Store a PEFT folder made in process (e.g. by `models.upgrade.run_upgrade`) as a delta of the
-    organization, as a finished upgrade job would; returns the delta id."""
-    from sqlalchemy import select
-
-    from app.db.session import new_session
-    from app.db.tables import Delta, Job, JobStatus, Organization, utcnow
-
-    store = BlobStore(settings.blobs_dir, settings.tmp_dir)
-    files = {}
-    for name in ADAPTER_FILES:
-        sha256, size = store.put_file(folder / name)
-        files[name] = {"sha256": sha256, "bytes": size}
-    with new_session(settings.database_url) as session, session.begin():
-        org = session.scalar(select(Organization).where(Organization.name == org_name))
-        if org is None:
-            raise LookupError(f"no organization {org_name!r}; make a key for it first")
-        job = Job(org_id=org.id, pair=pair, task=task, gt_id="all", inputs=[], status=JobStatus.succeeded.value,
-                  progress=1.0, stage="succeeded", attempts=1, finished_at=utcnow())
-        session.add(job)
-        session.flush()
-        delta = Delta(org_id=org.id, job_id=job.id, pair=pair, task=task, gt_id="all", gt_version="bench",
-                      sources=[], files=files, verification={})
-        session.add(delta)
-        session.flush()
-        return delta.id
+            answer(prompt)
+    passes: dict[str, list[tuple[int, float]]] = {name: [] for name in answerers}
+    for _ in range(rounds):
+        for name, answer in answerers.items():
+            start = time.perf_counter()
+            tokens = sum(answer(prompt) for prompt in prompts)
+            passes[name].append((tokens, time.perf_counter() - start))
+    results = {}
+    for name, runs in passes.items():
+        tokens, seconds = sum(t for t, _ in runs), sum(s for _, s in runs)
+        results[name] = {"tokens": tokens, "seconds": seconds, "tokens_per_s_overall": tokens / seconds,
+                         "tokens_per_s": _median([t / s for t, s in runs]),
+                         "tokens_per_s_passes": [t / s for t, s in runs]}
+    return results
 
 
 def variants(base_folder: Path, pair, out: Path, count: int) -> list[Path]:
@@ -98,50 +86,56 @@ def variants(base_folder: Path, pair, out: Path, count: int) -> list[Path]:
 
 # ---- in process ----
 
-def merged_generate_rate(pair, folder: Path, prompts: list[str], max_tokens: int, rounds: int) -> dict:
-    """generate() on a plain model with the adapter merged into its weights: tokens/s, one prompt at a time."""
+def generate_answer(model, tokenizer, max_tokens: int, min_tokens: int = 0) -> Answer:
+    """`generate()` on one prompt (greedy; `min_new_tokens` as the endpoint's min_tokens)."""
+    from models.textdata import prompt_ids
+
+    def answer(prompt: str) -> int:
+        ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_tokens, min_new_tokens=min_tokens or None,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        return out.shape[1] - ids.shape[1]
+
+    return answer
+
+
+def merged_model(pair, folder: Path):
+    """A plain model with the adapter merged into its weights."""
     from models.update import merge_into, read_adapter
 
-    model = merge_into(pair.load_model("llm"), read_adapter(folder / "adapter_model.safetensors"),
-                       pair.spec.lora.scale)
-    tokenizer = pair.load_tokenizer("llm")
-    tokens, seconds = greedy_generate_timed(model, tokenizer, prompts, max_tokens, rounds)
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+    return merge_into(pair.load_model("llm"), read_adapter(folder / "adapter_model.safetensors"),
+                      pair.spec.lora.scale)
 
 
-def engine_rate(engine, ref, prompts: list[str], max_tokens: int, rounds: int) -> dict:
+def engine_answer(engine, ref, max_tokens: int, min_tokens: int = 0) -> Answer:
     from models.chat_engine import SamplingParams
 
-    params = SamplingParams(max_tokens=max_tokens, temperature=0)
-    tokens, start = 0, 0.0
-    for r in range(rounds + 1):
-        if r == 1:
-            tokens, start = 0, time.perf_counter()
-        for prompt in prompts:
-            generation = engine.generate(engine.prompt_ids([{"role": "user", "content": prompt}]), params, ref)
-            generation.text()
-            tokens += generation.completion_tokens
-    seconds = time.perf_counter() - start
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+    params = SamplingParams(max_tokens=max_tokens, min_tokens=min_tokens, temperature=0)
+
+    def answer(prompt: str) -> int:
+        generation = engine.generate(engine.prompt_ids([{"role": "user", "content": prompt}]), params, ref)
+        generation.text()
+        return generation.completion_tokens
+
+    return answer
 
 
-def peft_multi_adapter(pair, folders: list[Path], prompts: list[str], max_tokens: int, rounds: int) -> dict:
-    """PEFT's own multi-adapter model: every adapter loaded, `set_adapter` per request, generate()."""
+def peft_model(pair, folders: list[Path]) -> tuple[object, float]:
+    """PEFT's own multi-adapter model with every adapter loaded, and its median `set_adapter` seconds."""
     from peft import PeftModel
-
 
     model = PeftModel.from_pretrained(pair.load_model("llm"), str(folders[0]), adapter_name="a0").eval()
     for i, folder in enumerate(folders[1:], 1):
         model.load_adapter(str(folder), adapter_name=f"a{i}")
-    tokenizer = pair.load_tokenizer("llm")
     switches = []
     for i in range(40):
         start = time.perf_counter()
         model.set_adapter(f"a{i % len(folders)}")
         switches.append(time.perf_counter() - start)
     model.set_adapter("a0")
-    tokens, seconds = greedy_generate_timed(model, tokenizer, prompts, max_tokens, rounds)
-    return {"tokens_per_s": tokens / seconds, "switch_ms": 1000 * sorted(switches)[len(switches) // 2]}
+    return model, _median(switches)
 
 
 def engine_memory_and_switch(pair, folders: list[Path]) -> dict:
@@ -157,7 +151,7 @@ def engine_memory_and_switch(pair, folders: list[Path]) -> dict:
         if ref is refs[0]:
             one = engine.memory_bytes()
     twenty = engine.memory_bytes()
-    prompt = engine.prompt_ids([{"role": "user", "content": "rol ?: abcdefgh #### "}])
+    prompt = engine.prompt_ids([{"role": "user", "content": PROBE}])
     params = SamplingParams(max_tokens=1, temperature=0)
     first_token = {}
     for label, order in (("same", [refs[0]] * 40), ("alternating", [refs[i % 2] for i in range(40)])):
@@ -166,9 +160,9 @@ def engine_memory_and_switch(pair, folders: list[Path]) -> dict:
             start = time.perf_counter()
             engine.generate(prompt, params, ref).text()
             times.append(time.perf_counter() - start)
-        first_token[label] = sorted(times)[len(times) // 2]
+        first_token[label] = _median(times)
     return {"bytes_1": one["total"], "bytes_20": twenty["total"], "base_bytes": one["base"],
-            "cold_load_ms": 1000 * sorted(cold)[len(cold) // 2],
+            "cold_load_ms": 1000 * _median(cold),
             "resident_switch_ms": 1000 * (first_token["alternating"] - first_token["same"])}
 
 
@@ -178,24 +172,43 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def endpoint_rate(client: httpx.Client, model: str, prompts: list[str], max_tokens: int, rounds: int) -> dict:
-    tokens, start = 0, 0.0
-    for r in range(rounds + 1):
-        if r == 1:
-            tokens, start = 0, time.perf_counter()
-        for prompt in prompts:
-            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
-                    "max_tokens": max_tokens}
-            response = client.post("/v1/chat/completions", json=body)
-            response.raise_for_status()
-            tokens += response.json()["usage"]["completion_tokens"]
-    seconds = time.perf_counter() - start
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+def endpoint_answer(client: httpx.Client, model: str, max_tokens: int, min_tokens: int = 0) -> Answer:
+    def answer(prompt: str) -> int:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                "max_tokens": max_tokens}
+        if min_tokens:
+            body["min_tokens"] = min_tokens
+        response = client.post("/v1/chat/completions", json=body)
+        response.raise_for_status()
+        return response.json()["usage"]["completion_tokens"]
+
+    return answer
+
+
+def request_cost(client: httpx.Client, model: str, engine, ref, passes: int = 10, per_pass: int = 20) -> dict:
+    """Median milliseconds of one request for one token through the endpoint and in process, and of a
+    bare /healthz; each answers `per_pass` in a row, taking turns pass by pass (as `interleaved`)."""
+    from models.chat_engine import SamplingParams
+
+    body = {"model": model, "messages": [{"role": "user", "content": PROBE}], "temperature": 0, "max_tokens": 1}
+    params, prompt = SamplingParams(max_tokens=1, temperature=0), [{"role": "user", "content": PROBE}]
+    calls = {"endpoint_ms": lambda: client.post("/v1/chat/completions", json=body).raise_for_status(),
+             "in_process_ms": lambda: engine.generate(engine.prompt_ids(prompt), params, ref).text(),
+             "healthz_ms": lambda: client.get("/healthz").raise_for_status()}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(passes + 1):  # the first pass warms up
+        for name, call in calls.items():
+            for _ in range(per_pass):
+                start = time.perf_counter()
+                call()
+                if i:
+                    times[name].append(time.perf_counter() - start)
+    return {name: 1000 * _median(values) for name, values in times.items()}
 
 
 def first_token_s(client: httpx.Client, model: str) -> float:
     """Seconds from sending a streamed request to its first content chunk."""
-    body = {"model": model, "messages": [{"role": "user", "content": "rol ?: abcdefgh #### "}],
+    body = {"model": model, "messages": [{"role": "user", "content": PROBE}],
             "temperature": 0, "max_tokens": 4, "stream": True}
     start, elapsed = time.perf_counter(), None
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -241,7 +254,7 @@ def start_api(env: dict[str, str], port: int, log_path: Path) -> subprocess.Pope
     raise TimeoutError(f"the API did not start; see {log_path}")
 
 
-def run(data_dir: Path, prompts_n: int, max_tokens: int, rounds: int, port: int) -> dict:
+def run(data_dir: Path, prompts_n: int, max_tokens: int, long_tokens: int, rounds: int, port: int) -> dict:
     from models.tasks import get_task, make_splits
     from models.toy import ensure_toy_ready
 
@@ -250,10 +263,11 @@ def run(data_dir: Path, prompts_n: int, max_tokens: int, rounds: int, port: int)
     task = pair.spec.tasks[0]
     prompts = [ex.prompt for ex in make_splits(get_task(task), seed=pair.spec.seed).test[:prompts_n]]
     with tempfile.TemporaryDirectory(prefix="gradlift-serving-") as tmp:
-        return _run(pair, task, prompts, Path(tmp), max_tokens, rounds, port)
+        return _run(pair, task, prompts, Path(tmp), (max_tokens, long_tokens), rounds, port)
 
 
-def _run(pair, task: str, prompts: list[str], work: Path, max_tokens: int, rounds: int, port: int) -> dict:
+def _run(pair, task: str, prompts: list[str], work: Path, lengths: tuple[int, int], rounds: int,
+         port: int) -> dict:
     from models.chat_engine import AdapterRef, ChatEngine
     from models.finetune import finetune_adapter
     from models.pairs import ALL_TASKS
@@ -263,24 +277,42 @@ def _run(pair, task: str, prompts: list[str], work: Path, max_tokens: int, round
     upgraded = work / "upgraded"
     run_upgrade(pair, ALL_TASKS, [tiny / "adapter_model.safetensors"], upgraded)
     folders = [upgraded, *variants(upgraded, pair, work, 19)]
-
-    results: dict = {"pair": pair.id, "task": task, "prompts": len(prompts), "max_tokens": max_tokens,
-                     "torch_threads": torch.get_num_threads()}
-    results["merged_generate"] = merged_generate_rate(pair, upgraded, prompts, max_tokens, rounds)
-    engine = ChatEngine.from_pair(pair)
-    results["engine_in_process"] = engine_rate(engine, AdapterRef("u", upgraded / "adapter_model.safetensors"),
-                                               prompts, max_tokens, rounds)
-    results["peft_multi_adapter"] = peft_multi_adapter(pair, folders, prompts, max_tokens, rounds)
+    results: dict = {"pair": pair.id, "task": task, "prompts": len(prompts), "max_tokens": lengths[0],
+                     "long": {"max_tokens": lengths[1], "min_tokens": lengths[1]},
+                     "torch_threads": torch.get_num_threads(), "rounds": rounds,
+                     "load_average_1m": {"start": os.getloadavg()[0]}}
     results["engine_memory_switch"] = engine_memory_and_switch(pair, folders)
-    results.update(through_endpoint(pair, task, folders, prompts, work, max_tokens, rounds, port))
+    merged, (peft, peft_switch_s) = merged_model(pair, upgraded), peft_model(pair, folders)
+    tokenizer = pair.load_tokenizer("llm")
+    engine, ref = ChatEngine.from_pair(pair), AdapterRef("u", upgraded / "adapter_model.safetensors")
+
+    def answerers(client: httpx.Client, model: str, max_tokens: int, min_tokens: int) -> dict[str, Answer]:
+        chosen = {"merged_generate": generate_answer(merged, tokenizer, max_tokens, min_tokens),
+                  "engine_in_process": engine_answer(engine, ref, max_tokens, min_tokens),
+                  "endpoint": endpoint_answer(client, model, max_tokens, min_tokens)}
+        if not min_tokens:  # PEFT's speed only matters beside the engine's, measured once
+            chosen["peft_multi_adapter"] = generate_answer(peft, tokenizer, max_tokens)
+        return chosen
+
+    with endpoint_client(pair, task, folders, work, port) as (client, deltas, proc):
+        first_token_s(client, deltas[0])  # loads the base model
+        rss_1 = rss_bytes(proc.pid)
+        results.update(interleaved(answerers(client, deltas[0], lengths[0], 0), prompts, rounds))
+        results["peft_multi_adapter"]["switch_ms"] = 1000 * peft_switch_s
+        results["long"].update(interleaved(answerers(client, deltas[0], lengths[1], lengths[1]), prompts, rounds))
+        results["request_cost"] = request_cost(client, deltas[0], engine, ref)
+        results["endpoint_switch"] = endpoint_switch(client, deltas)
+        results["endpoint_rss"] = {"bytes_1": rss_1, "bytes_20": rss_bytes(proc.pid)}
+    results["load_average_1m"]["end"] = os.getloadavg()[0]  # the machine is shared: how busy it was
     return results
 
 
-def through_endpoint(pair, task: str, folders: list[Path], prompts: list[str], work: Path, max_tokens: int,
-                     rounds: int, port: int) -> dict:
-    """The same measurements through `gradlift api` in a subprocess, with the adapters stored as deltas."""
+@contextmanager
+def endpoint_client(pair, task: str, folders: list[Path], work: Path,
+                    port: int) -> Iterator[tuple[httpx.Client, list[str], subprocess.Popen[bytes]]]:
+    """`gradlift api` in a subprocess with the adapters stored as deltas of an organization: (a client
+    with its key, the delta ids, the API process)."""
     pairs_dir = pair.root.parent
-    results = {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLIFT_")}
     env.update(GRADLIFT_DATA_DIR=str(work / "data"), GRADLIFT_PAIRS_DIR=str(pairs_dir), HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
@@ -289,45 +321,56 @@ def through_endpoint(pair, task: str, folders: list[Path], prompts: list[str], w
         key = subprocess.run([str(BIN / "gradlift"), "keys", "create", "--org", "bench"], env=env, check=True,
                              capture_output=True, text=True, timeout=120).stdout.strip().splitlines()[-1]
         settings = Settings(data_dir=work / "data", pairs_dir=pairs_dir)
-        deltas = [register_delta(settings, "bench", f, pair.id, task) for f in folders]
+        deltas = [import_delta(settings, "bench", f, pair.id, task, gt_version="bench") for f in folders]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
                           headers={"Authorization": f"Bearer {key}"}) as client:
-            first_token_s(client, deltas[0])  # loads the base model
-            rss_1 = rss_bytes(proc.pid)
-            results["endpoint"] = endpoint_rate(client, deltas[0], prompts, max_tokens, rounds)
-            results["endpoint_switch"] = endpoint_switch(client, deltas)
-            results["endpoint_rss"] = {"bytes_1": rss_1, "bytes_20": rss_bytes(proc.pid)}
+            yield client, deltas, proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return results
 
 
 def ratios(r: dict) -> dict:
-    mem = r["engine_memory_switch"]
+    mem, merged = r["engine_memory_switch"], r["merged_generate"]["tokens_per_s"]
     return {
-        "endpoint_vs_merged_generate_tokens_per_s":
-            r["endpoint"]["tokens_per_s"] / r["merged_generate"]["tokens_per_s"],
-        "engine_vs_merged_generate_tokens_per_s":
-            r["engine_in_process"]["tokens_per_s"] / r["merged_generate"]["tokens_per_s"],
+        "endpoint_vs_merged_generate_tokens_per_s": r["endpoint"]["tokens_per_s"] / merged,
+        "engine_vs_merged_generate_tokens_per_s": r["engine_in_process"]["tokens_per_s"] / merged,
         "engine_vs_peft_multi_adapter_tokens_per_s":
             r["engine_in_process"]["tokens_per_s"] / r["peft_multi_adapter"]["tokens_per_s"],
+        "long_endpoint_vs_merged_generate_tokens_per_s":
+            r["long"]["endpoint"]["tokens_per_s"] / r["long"]["merged_generate"]["tokens_per_s"],
+        "long_engine_vs_merged_generate_tokens_per_s":
+            r["long"]["engine_in_process"]["tokens_per_s"] / r["long"]["merged_generate"]["tokens_per_s"],
         "tensor_memory_20_vs_1_adapters": mem["bytes_20"] / mem["bytes_1"],
         "process_rss_20_vs_1_adapters": r["endpoint_rss"]["bytes_20"] / r["endpoint_rss"]["bytes_1"],
     }
 
 
 def report(r: dict) -> None:
-    q, e, s = r["ratios"], r["endpoint_switch"], r["engine_memory_switch"]
-    print(f"pair {r['pair']}, task {r['task']}: {r['prompts']} prompts, greedy, max_tokens {r['max_tokens']}, "
-          f"torch threads {r['torch_threads']}")
-    print(f"tokens/s  merged generate() {r['merged_generate']['tokens_per_s']:8.0f}")
+    q, e, s, c = r["ratios"], r["endpoint_switch"], r["engine_memory_switch"], r["request_cost"]
+    long = r["long"]
+    per_answer = r["endpoint"]["tokens"] / (r["prompts"] * r["rounds"])
+    load = r["load_average_1m"]
+    print(f"pair {r['pair']}, task {r['task']}: {r['prompts']} prompts, greedy, torch threads {r['torch_threads']}, "
+          f"{r['rounds']} passes taking turns (medians of passes); load average {load['start']:.1f} -> "
+          f"{load['end']:.1f} on {os.cpu_count()} cores")
+    print(f"tokens/s, the toy's answers (max_tokens {r['max_tokens']}; {per_answer:.1f} tokens each):")
+    print(f"          merged generate() {r['merged_generate']['tokens_per_s']:8.0f}")
     print(f"          engine in process {r['engine_in_process']['tokens_per_s']:8.0f}  "
           f"({q['engine_vs_merged_generate_tokens_per_s']:.2f}x merged)")
     print(f"          PEFT multi-adapter{r['peft_multi_adapter']['tokens_per_s']:9.0f}  "
           f"(engine is {q['engine_vs_peft_multi_adapter_tokens_per_s']:.2f}x PEFT)")
     print(f"          endpoint          {r['endpoint']['tokens_per_s']:8.0f}  "
           f"({q['endpoint_vs_merged_generate_tokens_per_s']:.2f}x merged; target >= 0.90x)")
+    print(f"tokens/s, long answers (min_tokens = max_tokens = {long['max_tokens']}, end token held back on "
+          "both sides):")
+    print(f"          merged generate() {long['merged_generate']['tokens_per_s']:8.0f}")
+    print(f"          engine in process {long['engine_in_process']['tokens_per_s']:8.0f}  "
+          f"({q['long_engine_vs_merged_generate_tokens_per_s']:.2f}x merged)")
+    print(f"          endpoint          {long['endpoint']['tokens_per_s']:8.0f}  "
+          f"({q['long_endpoint_vs_merged_generate_tokens_per_s']:.2f}x merged; target >= 0.90x)")
+    print(f"request   max_tokens 1: endpoint {c['endpoint_ms']:.2f} ms, in process {c['in_process_ms']:.2f} ms; "
+          f"bare /healthz {c['healthz_ms']:.2f} ms (medians)")
     print(f"switch    endpoint resident {e['resident_switch_ms']:6.1f} ms, cold (read from disk) "
           f"{e['cold_switch_ms']:6.1f} ms  (target <= 50 ms)")
     print(f"          in process resident {s['resident_switch_ms']:6.2f} ms, cold {s['cold_load_ms']:6.2f} ms; "
@@ -342,13 +385,15 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds pairs/ (built if missing)")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--long-tokens", type=int, default=40,
+                        help="tokens per long answer (the toy LLM has 64 positions; its prompts take 21)")
+    parser.add_argument("--rounds", type=int, default=10, help="passes through the prompts per side")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--out", type=Path, default=Path("bench/results/serving.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # as the API runs (GRADLIFT_CHAT_TORCH_THREADS=1)
-    results = run(args.data_dir, args.prompts, args.max_tokens, args.rounds, args.port)
+    results = run(args.data_dir, args.prompts, args.max_tokens, args.long_tokens, args.rounds, args.port)
     results["ratios"] = ratios(results)
     report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

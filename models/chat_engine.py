@@ -12,8 +12,9 @@ requests on different adapters; `python -m bench.serving` measures both.) Adapte
 safetensors files on first use and kept in a bounded least-recently-used cache.
 
 A request is a `Generation`: an iterator of text pieces, decoded one token at a time with a KV cache
-(greedy at temperature 0, else seeded temperature / top-p sampling), ending on the end token, a stop
-string, `max_tokens` or the context limit, or when `cancel()` is called from any thread.
+(greedy at temperature 0, else seeded temperature / top-p sampling), ending on the end token (never
+before `min_tokens`), a stop string, `max_tokens` or the context limit, or when it is cancelled from any
+thread.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class AdapterRef:
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int | None = None  # None: until the end token or the context limit
+    min_tokens: int = 0  # the end token is not chosen before this many tokens (as vLLM's min_tokens)
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
@@ -126,6 +128,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
             raise RequestError(f"max_tokens must be at least 1, not {self.max_tokens}")
+        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
+            raise RequestError(f"min_tokens must be in [0, max_tokens], not {self.min_tokens}")
         if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
             raise RequestError(f"temperature must be in [0, 2] and top_p in (0, 1]: {self}")
         if any(not s for s in self.stop):
@@ -151,16 +155,17 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
 class Generation:
     """An iterator of text pieces for one request; `finish_reason` and the token counts are set as it runs.
 
-    Not thread-safe to iterate from two threads at once; `cancel()` may be called from any thread.
+    Not thread-safe to iterate from two threads at once; `cancel()` (or setting the `cancel` event it
+    was made with) may be done from any thread.
     """
 
     def __init__(self, engine: ChatEngine, prompt_ids: list[int], params: SamplingParams,
-                 factors: LoraFactors | None) -> None:
+                 factors: LoraFactors | None, cancel: threading.Event | None = None) -> None:
         self.engine, self.params, self.factors = engine, params, factors
         self.prompt_ids = prompt_ids
         self.prompt_tokens, self.completion_tokens = len(prompt_ids), 0
         self.finish_reason: str | None = None  # "stop", "length", or "cancelled"
-        self._cancel = threading.Event()
+        self._cancel = cancel if cancel is not None else threading.Event()
         self._pieces = self._run()
 
     def cancel(self) -> None:
@@ -194,6 +199,8 @@ class Generation:
         hold = max((len(s) for s in stop), default=1) - 1  # text that may still grow into a stop string
         while not self._cancel.is_set():
             logits = engine.forward(ids, cache, self.factors)  # [vocab]
+            if self.completion_tokens < params.min_tokens:  # as transformers' min_new_tokens does
+                logits = logits.index_fill(0, engine.eos_index, float("-inf"))
             token = pick_token(logits, params, generator)
             self.completion_tokens += 1
             if token == engine.eos_token_id:
@@ -239,6 +246,7 @@ class ChatEngine:
         self.shapes = make_switchable(self.model, targets)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         self.eos_token_id = tokenizer.eos_token_id
+        self.eos_index = torch.tensor([] if self.eos_token_id is None else [self.eos_token_id], dtype=torch.long)
         self._adapters: OrderedDict[str, LoraFactors] = OrderedDict()
         self._lock = threading.Lock()
         self.adapter_loads = 0  # reads from disk: a cache miss each
@@ -290,9 +298,10 @@ class ChatEngine:
         text = "\n".join(m["content"] for m in messages)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams,
-                 adapter: AdapterRef | None = None) -> Generation:
-        """Start a request (nothing runs until it is iterated); RequestError if it cannot fit."""
+    def generate(self, prompt_ids: list[int], params: SamplingParams, adapter: AdapterRef | None = None,
+                 cancel: threading.Event | None = None) -> Generation:
+        """Start a request (nothing runs until it is iterated; setting `cancel` stops it at the next
+        token); RequestError if it cannot fit."""
         if not prompt_ids:
             raise RequestError("the prompt is empty")
         wanted = len(prompt_ids) + (params.max_tokens or 1)
@@ -301,7 +310,7 @@ class ChatEngine:
                                f"prompt has {len(prompt_ids)} and max_tokens asks for {params.max_tokens or 1} "
                                "more")
         factors = self.adapter(adapter) if adapter is not None else None
-        return Generation(self, prompt_ids, params, factors)
+        return Generation(self, prompt_ids, params, factors, cancel)
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: DynamicCache, factors: LoraFactors | None) -> torch.Tensor:

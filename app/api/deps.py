@@ -1,5 +1,8 @@
 """Dependencies as `Annotated` aliases: settings, session, the caller's organization, stores, and
-loaders that fetch a row by id for the caller's organization or answer 404."""
+loaders that fetch a row by id for the caller's organization or answer 404.
+
+The ones every request needs are coroutines and touch no database while their answer is cached, so a
+chat request reaches its handler without a thread hop (FastAPI runs plain functions in its threadpool)."""
 
 from __future__ import annotations
 
@@ -9,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Header
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.api.cache import TtlCache
 from app.config import Settings, get_settings
 from app.db import jobs, queries
 from app.db.session import new_session
@@ -23,7 +28,12 @@ from app.storage import BlobStore
 if TYPE_CHECKING:
     from models.chat_engine import ChatEngines
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+async def current_settings() -> Settings:
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(current_settings)]
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
@@ -39,13 +49,29 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `gradlift ke
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def current_org(session: SessionDep, credentials: Credentials) -> Organization:
+@lru_cache(maxsize=1)
+def _orgs(ttl_s: float) -> TtlCache[tuple[str, str], Organization]:
+    return TtlCache(ttl_s, size=10_000)
+
+
+def _org_for_key(database_url: str, key: str) -> Organization | None:
+    with new_session(database_url) as session:
+        return queries.org_for_key(session, key)  # detached when the session closes, attributes loaded
+
+
+async def current_org(credentials: Credentials, settings: SettingsDep) -> Organization:
+    """The organization of the request's API key. A key found valid is trusted for `auth_cache_s`
+    seconds without asking the database again (so a revoked key goes on working that long at most)."""
     if credentials is None:
         raise ApiError(Code.missing_api_key, "You didn't provide an API key. Send `Authorization: Bearer "
                        "<key>`; make a key with `gradlift keys create --org NAME`.")
-    org = queries.org_for_key(session, credentials.credentials)
+    cache, cache_key = _orgs(settings.auth_cache_s), (settings.database_url, queries.hash_key(credentials.credentials))
+    org = cache.get(cache_key)
     if org is None:
-        raise ApiError(Code.invalid_api_key, "Incorrect API key provided.")
+        org = await run_in_threadpool(_org_for_key, settings.database_url, credentials.credentials)
+        if org is None:
+            raise ApiError(Code.invalid_api_key, "Incorrect API key provided.")
+        cache.put(cache_key, org)
     return org
 
 
@@ -57,14 +83,14 @@ def _store(blobs_dir: Path, tmp_dir: Path) -> BlobStore:
     return BlobStore(blobs_dir, tmp_dir)
 
 
-def get_store(settings: SettingsDep) -> BlobStore:
+async def get_store(settings: SettingsDep) -> BlobStore:
     return _store(settings.blobs_dir, settings.tmp_dir)
 
 
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 
 
-def get_pairs(settings: SettingsDep) -> PairCatalog:
+async def get_pairs(settings: SettingsDep) -> PairCatalog:
     assert settings.pairs_dir is not None  # filled in by Settings
     return PairCatalog(settings.pairs_dir)
 
@@ -79,9 +105,12 @@ def _chat_engines(pairs_dir: Path, max_adapters: int, torch_threads: int) -> Cha
     return ChatEngines(pairs_dir, max_adapters, torch_threads)
 
 
-def get_chat_engines(settings: SettingsDep) -> ChatEngines:
+async def get_chat_engines(settings: SettingsDep) -> ChatEngines:
     assert settings.pairs_dir is not None  # filled in by Settings
-    return _chat_engines(settings.pairs_dir, settings.chat_max_adapters, settings.chat_torch_threads)
+    args = (settings.pairs_dir, settings.chat_max_adapters, settings.chat_torch_threads)
+    if _chat_engines.cache_info().currsize:
+        return _chat_engines(*args)
+    return await run_in_threadpool(_chat_engines, *args)  # importing torch takes seconds: off the event loop
 
 
 ChatDep = Annotated["ChatEngines", Depends(get_chat_engines)]

@@ -34,6 +34,8 @@ class ChatCompletionCreate(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, description="The newer name of max_tokens.")
+    min_tokens: int = Field(default=0, ge=0, description="vLLM's extension: the end token is not chosen before "
+                            "this many tokens (stop strings still end the text).")
     temperature: float = Field(default=1.0, ge=0, le=2, description="0 decodes greedily.")
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: Literal[1] = 1
@@ -49,6 +51,8 @@ class ChatCompletionCreate(BaseModel):
             raise ValueError("stop must not be an empty string")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        if self.token_limit is not None and self.min_tokens > self.token_limit:
+            raise ValueError("min_tokens must not exceed max_tokens")
         return self
 
     @property

@@ -15,7 +15,9 @@ import openai
 import pytest
 
 from app.config import Settings
-from bench.serving import register_delta
+from app.delta_import import import_delta
+from models.pairs import Pair
+from tests.chat.conftest import OTHER_TASK, TASK
 from tests.e2e.services import Services
 
 pytestmark = pytest.mark.slow
@@ -32,18 +34,19 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(toy_pairs_dir: Path, upgraded: Path, upgraded_other: Path,
+def server(chat_pairs_dir: Path, upgraded: Path, upgraded_other: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("chat-data")
-    env = {"GRADLIFT_DATA_DIR": str(data), "GRADLIFT_PAIRS_DIR": str(toy_pairs_dir)}
+    env = {"GRADLIFT_DATA_DIR": str(data), "GRADLIFT_PAIRS_DIR": str(chat_pairs_dir)}
     with Services(env, data / "logs") as services:
         services.migrate()
         services.api()
         key = services.make_key("acme")
         services.make_key("globex")
-        settings = Settings(data_dir=data, pairs_dir=toy_pairs_dir)
-        ids = [register_delta(settings, org, folder, "toy")
-               for org, folder in (("acme", upgraded), ("acme", upgraded_other), ("globex", upgraded))]
+        settings = Settings(data_dir=data, pairs_dir=chat_pairs_dir)
+        ids = [import_delta(settings, org, folder, "toy", task, gt_id=task)
+               for org, folder, task in (("acme", upgraded, TASK), ("acme", upgraded_other, OTHER_TASK),
+                                         ("globex", upgraded, TASK))]
         client = openai.OpenAI(base_url=f"{services.base_url}/v1", api_key=key, timeout=60, max_retries=0)
         yield Server(services, client, *ids)
 
@@ -103,12 +106,48 @@ def test_errors_come_before_any_stream(server: Server) -> None:
     with pytest.raises(openai.AuthenticationError):
         bad_key.models.list()
     for bad in ({"temperature": 3}, {"top_p": 0}, {"max_tokens": 0}, {"max_tokens": 10_000}, {"n": 2},
-                {"stop": ["a", "b", "c", "d", "e"]}, {"extra_body": {"frequency_penalty": 1}}):
+                {"stop": ["a", "b", "c", "d", "e"]}, {"extra_body": {"frequency_penalty": 1}},
+                {"max_tokens": 2, "extra_body": {"min_tokens": 3}}):
         with pytest.raises(openai.BadRequestError) as caught:
             server.client.chat.completions.create(model=server.delta, messages=messages, stream=True, **bad)
         assert caught.value.status_code == 400 and caught.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError):
         server.client.chat.completions.create(model=server.delta, messages=[], stream=True)
+
+
+def test_the_documented_responses_are_the_ones_it_answers(server: Server) -> None:
+    doc = httpx.get(f"{server.services.base_url}/openapi.json", timeout=30).json()
+    responses = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert set(responses) == {"200", "400", "401", "404", "500"}  # not FastAPI's 422
+    for status in ("400", "401", "404", "500"):
+        assert responses[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"}
+    assert set(responses["200"]["content"]) == {"application/json", "text/event-stream"}
+    url, key = f"{server.services.base_url}/v1/chat/completions", server.client.api_key
+    messages = [{"role": "user", "content": "hi"}]
+    answered = {
+        httpx.post(url, json={"model": server.delta, "messages": messages}, timeout=30).status_code,
+        httpx.post(url, json={"model": "gpt-4o", "messages": messages}, timeout=30,
+                   headers={"Authorization": f"Bearer {key}"}).status_code,
+        httpx.post(url, json={"model": server.delta, "messages": messages, "top_p": 7}, timeout=30,
+                   headers={"Authorization": f"Bearer {key}"}).status_code,
+        httpx.post(url, content=b"{not json", timeout=30, headers={"Authorization": f"Bearer {key}",
+                                                                   "Content-Type": "application/json"}).status_code,
+    }
+    assert answered == {401, 404, 400}
+
+
+def test_min_tokens_holds_back_the_end_token(server: Server) -> None:
+    """vLLM's `min_tokens`: answers that would end after ~9 tokens run to max_tokens."""
+    prompt = "rol ?: abcdefgh #### "
+    natural = server.client.chat.completions.create(model=server.delta, temperature=0, max_tokens=30,
+                                                    messages=[{"role": "user", "content": prompt}])
+    assert natural.choices[0].finish_reason == "stop" and natural.usage.completion_tokens < 30
+    long = server.client.chat.completions.create(model=server.delta, temperature=0, max_tokens=30,
+                                                 extra_body={"min_tokens": 30},
+                                                 messages=[{"role": "user", "content": prompt}])
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 30
+    assert long.choices[0].message.content.startswith(natural.choices[0].message.content)
 
 
 def test_two_adapters_in_flight_each_get_their_own(server: Server) -> None:
@@ -137,37 +176,45 @@ def test_two_adapters_in_flight_each_get_their_own(server: Server) -> None:
     assert sum(start < first_end for start, _ in spans.values()) >= 2, "the requests did not overlap"
 
 
-def test_upgraded_accuracy_through_the_endpoint_equals_in_process(server: Server, toy_pairs_dir: Path,
+def test_upgraded_accuracy_through_the_endpoint_equals_in_process(server: Server, chat_pair: Pair,
                                                                   upgraded: Path) -> None:
-    """Same greedy decoding as bench.quality (merged weights, `models.evaluate.accuracy`), 20 questions."""
-    from models.evaluate import accuracy, answers
-    from models.pairs import PairStore
+    """The generated update scored as `bench.quality` scores it (merged into the LLM, batched greedy
+    `models.evaluate.accuracy`), and the same questions asked through the endpoint: the same answer to
+    every question, so the same accuracy, well above the base model's."""
+    from models.evaluate import answers
+    from models.experiment import Scorer
     from models.tasks import get_task, make_splits
-    from models.update import merge_into, read_adapter
+    from models.update import add, merge_into, read_adapter
 
-    pair = PairStore(toy_pairs_dir).get("toy")
-    examples = make_splits(get_task(pair.spec.tasks[0]), seed=pair.spec.seed).test[:20]
-    tokenizer = pair.load_tokenizer("llm")
+    examples = make_splits(get_task(TASK), seed=chat_pair.spec.seed).test[:50]
+    scorer, tokenizer = Scorer(chat_pair), chat_pair.load_tokenizer("llm")
+    update_tokens = scorer.layout.to_tokens(read_adapter(upgraded / "update.safetensors"))
+    in_process_accuracy = scorer.llm_accuracy(update_tokens, examples)
+    # The answers behind that score: `accuracy` decodes the longest answer's tokens + 2 (the end token).
     limit = max(len(tokenizer(ex.answer, add_special_tokens=False)["input_ids"]) for ex in examples) + 2
-    merged = merge_into(pair.load_model("llm"), read_adapter(upgraded / "adapter_model.safetensors"),
-                        pair.spec.lora.scale)
+    merged = merge_into(chat_pair.load_model("llm"), add(scorer.init, scorer.layout.from_tokens(update_tokens)),
+                        chat_pair.spec.lora.scale)
+    in_process = answers(merged, tokenizer, [ex.prompt for ex in examples], limit)
+
     served = [ask(server.client, server.delta, ex.prompt, max_tokens=limit).strip() for ex in examples]
-    assert served == answers(merged, tokenizer, [ex.prompt for ex in examples], limit)
+    assert served == in_process
     served_accuracy = sum(s == ex.answer for s, ex in zip(served, examples, strict=True)) / len(examples)
-    assert served_accuracy == accuracy(merged, tokenizer, examples)
+    assert served_accuracy == in_process_accuracy
+
     base = [ask(server.client, BASE, ex.prompt, max_tokens=limit).strip() for ex in examples]
-    assert any(b != s for b, s in zip(base, served, strict=True)), "the upgrade changes no answer"
+    base_accuracy = sum(b == ex.answer for b, ex in zip(base, examples, strict=True)) / len(examples)
+    assert base_accuracy == scorer.llm_accuracy(None, examples)
+    assert served_accuracy >= 0.8 and served_accuracy - base_accuracy >= 0.5, (served_accuracy, base_accuracy)
 
 
-def test_a_client_that_leaves_cancels_its_generation(toy_pairs_dir: Path) -> None:
+def test_a_client_that_leaves_cancels_its_generation(chat_pair: Pair) -> None:
     """The route's bridge: a disconnect, or a consumer that stops reading, cancels the generation."""
     from starlette.requests import Request
 
     from app.api.routes.chat import _pieces
     from models.chat_engine import ChatEngine, SamplingParams
-    from models.pairs import PairStore
 
-    engine = ChatEngine.from_pair(PairStore(toy_pairs_dir).get("toy"))
+    engine = ChatEngine.from_pair(chat_pair)
     prompt = engine.prompt_ids([{"role": "user", "content": "rol ?: abcdefgh #### "}])
 
     async def consume_one(disconnect: bool) -> bool:

@@ -11,15 +11,15 @@ import torch
 
 from models.chat_engine import AdapterRef, ChatEngine, RequestError, SamplingParams, pick_token
 from models.errors import AdapterError
-from models.pairs import Pair, PairStore
+from models.pairs import Pair
 from models.tasks import get_task, make_splits
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
 
 
 @pytest.fixture(scope="module")
-def pair(toy_pairs_dir: Path) -> Pair:
-    return PairStore(toy_pairs_dir).get("toy")
+def pair(chat_pair: Pair) -> Pair:
+    return chat_pair
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,29 @@ def test_stop_max_tokens_and_context_limit(pair: Pair, engine: ChatEngine, upgra
         engine.generate([5] * engine.context_length, SamplingParams(max_tokens=1))
     with pytest.raises(RequestError):
         SamplingParams(temperature=3)
+
+
+def test_min_tokens_holds_back_the_end_token_as_min_new_tokens_does(pair: Pair, engine: ChatEngine,
+                                                                     upgraded: Path) -> None:
+    from models.textdata import prompt_ids
+
+    prompt = prompts(pair)[0]
+    ids = engine.prompt_ids([{"role": "user", "content": prompt}])
+    held = SamplingParams(max_tokens=30, min_tokens=30, temperature=0)
+    for adapter in (ref(upgraded), None):
+        generation = engine.generate(ids, held, adapter)
+        text = generation.text()
+        assert generation.completion_tokens == 30 and generation.finish_reason == "length"
+        assert text.startswith(complete(engine, prompt, adapter))
+    # On the base weights (nothing merged, so no rounding apart) the tokens equal transformers' own.
+    inputs = torch.tensor([prompt_ids(engine.tokenizer, prompt)])
+    out = pair.load_model("llm").generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
+                                          max_new_tokens=30, min_new_tokens=30,
+                                          pad_token_id=engine.tokenizer.pad_token_id,
+                                          eos_token_id=engine.tokenizer.eos_token_id)
+    assert text == engine.tokenizer.decode(out[0, inputs.shape[1]:], skip_special_tokens=True)
+    with pytest.raises(RequestError):
+        SamplingParams(max_tokens=2, min_tokens=3)
 
 
 def test_sampling_is_seeded_and_top_p_near_zero_is_greedy(pair: Pair, engine: ChatEngine) -> None:

@@ -1,8 +1,10 @@
 """OpenAI-compatible chat completions on a pair's LLM, with or without one of the caller's deltas.
 
 Everything that can be refused is refused before the first byte (404 model, 400 parameters); a failure
-after a stream started is sent in-band as `data: {"error": …}` before `[DONE]`. Each request decodes in
-its own thread; a client that goes away cancels its generation at the next token.
+after a stream started is sent in-band as `data: {"error": …}` before `[DONE]`. Each request decodes off
+the event loop (one executor call for a completion, a thread of its own for a stream); a client that goes
+away cancels its generation at the next token. A warm request touches no database: the key's organization
+and the model are cached for `auth_cache_s` (see `app.api.cache`).
 """
 
 from __future__ import annotations
@@ -16,18 +18,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
-from sqlalchemy.orm import Session
 
-from app.api.deps import ChatDep, CurrentOrg, PairsDep, SessionDep, StoreDep
-from app.api.routes.models import ChatModel, resolve_model
-from app.db.tables import Organization
+from app.api.deps import ChatDep, CurrentOrg, PairsDep, SettingsDep, StoreDep
+from app.api.routes.models import ChatModel, chat_model
 from app.errors import ApiError, Code
-from app.pairs import PairCatalog
 from app.schemas.chat import (
     AssistantMessage,
     ChatCompletion,
@@ -39,7 +38,6 @@ from app.schemas.chat import (
     Usage,
 )
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse
-from app.storage import BlobStore
 
 if TYPE_CHECKING:
     from models.chat_engine import ChatEngines, Generation
@@ -68,57 +66,78 @@ class BadRequestRoute(APIRoute):
 
 _STREAM = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
            "description": "With `stream: true`: `chat.completion.chunk` events, then `data: [DONE]`."}
-router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute,
-                   responses={**ERROR_RESPONSES, 400: {"model": ErrorResponse, "description": "Invalid parameters"}})
+_ERRORS = {**{status: spec for status, spec in ERROR_RESPONSES.items() if status != 422},
+           400: {"model": ErrorResponse, "description": "Invalid parameters"},
+           500: {"model": ErrorResponse, "description": "The server failed (before a stream started)"}}
+router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute, responses=_ERRORS)
 
 
-@router.post("/completions", responses={200: _STREAM})
-async def create_chat_completion(body: ChatCompletionCreate, request: Request, session: SessionDep,
-                                 org: CurrentOrg, store: StoreDep, pairs: PairsDep,
-                                 engines: ChatDep) -> ChatCompletion:
+def openapi_with_400(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """`app.openapi` for the app that includes this router: FastAPI documents its own 422 for every route
+    that takes parameters, and these routes answer 400 instead."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            paths = generate()["paths"]
+            for route in router.routes:
+                assert isinstance(route, BadRequestRoute)
+                for method in route.methods:
+                    paths[route.path_format][method.lower()]["responses"].pop("422", None)
+        return app.openapi_schema  # type: ignore[return-value]  # set by generate()
+
+    return openapi
+
+
+@router.post("/completions", response_model=ChatCompletion, responses={200: _STREAM})
+async def create_chat_completion(body: ChatCompletionCreate, request: Request, org: CurrentOrg,
+                                 settings: SettingsDep, store: StoreDep, pairs: PairsDep,
+                                 engines: ChatDep) -> Response:
     """A chat completion from a base LLM or a delta on it; streamed as server-sent events if asked."""
-    generation = await run_in_threadpool(_prepare, body, session, org, store, pairs, engines)
+    model = await chat_model(body.model, settings, org, store, pairs)
     completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     if body.stream:
+        generation = await run_in_threadpool(_start, engines, model, body)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         events = _events(generation, request, completion_id, created, body.model, include_usage)
-        return StreamingResponse(events, media_type="text/event-stream",  # type: ignore[return-value]
+        return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, generation))
+    cancel = threading.Event()
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel.set))
     try:
-        text = await run_in_threadpool(generation.text)
+        generation, text = await run_in_threadpool(_complete, engines, model, body, cancel)
     finally:
         watcher.cancel()
     if generation.finish_reason == "cancelled":
-        return Response(status_code=CLIENT_CLOSED_REQUEST)  # type: ignore[return-value]  # nobody reads it
-    return ChatCompletion(id=completion_id, created=created, model=body.model, usage=_usage(generation),
-                          choices=[Choice(message=AssistantMessage(content=text),
-                                          finish_reason=generation.finish_reason)])
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it
+    completion = ChatCompletion(id=completion_id, created=created, model=body.model, usage=_usage(generation),
+                                choices=[Choice(message=AssistantMessage(content=text),
+                                                finish_reason=generation.finish_reason)])
+    # Serialised by pydantic directly: FastAPI's response_model path validates and encodes it again.
+    return Response(completion.model_dump_json(), media_type="application/json")
 
 
-def _prepare(body: ChatCompletionCreate, session: Session, org: Organization, store: BlobStore,
-             pairs: PairCatalog, engines: ChatEngines) -> Generation:
-    """Resolve the model and start its generation (404 and 400 come from here), in one thread hop."""
-    try:
-        model = resolve_model(body.model, session, org, store, pairs)
-    finally:
-        # End the transaction now, not when a long stream ends: on SQLite it holds the write lock.
-        session.close()
-    return _start(engines, model, body)
-
-
-def _start(engines: ChatEngines, model: ChatModel, body: ChatCompletionCreate) -> Generation:
-    """Load what the request needs and check it fits; no tokens are decoded yet."""
+def _start(engines: ChatEngines, model: ChatModel, body: ChatCompletionCreate,
+           cancel: threading.Event | None = None) -> Generation:
+    """Load what the request needs and check it fits (400 from here); no tokens are decoded yet."""
     from models.chat_engine import RequestError, SamplingParams
 
     engine = engines.get(model.pair)
     try:
-        params = SamplingParams(max_tokens=body.token_limit, temperature=body.temperature, top_p=body.top_p,
-                                stop=body.stop_list, seed=body.seed)
+        params = SamplingParams(max_tokens=body.token_limit, min_tokens=body.min_tokens,
+                                temperature=body.temperature, top_p=body.top_p, stop=body.stop_list,
+                                seed=body.seed)
         prompt = engine.prompt_ids([{"role": m.role, "content": m.text()} for m in body.messages])
-        return engine.generate(prompt, params, model.adapter)
+        return engine.generate(prompt, params, model.adapter, cancel)
     except RequestError as exc:
         raise ApiError(Code.invalid_request, str(exc)) from None
+
+
+def _complete(engines: ChatEngines, model: ChatModel, body: ChatCompletionCreate,
+              cancel: threading.Event) -> tuple[Generation, str]:
+    """Start the generation and decode it to the end, in one thread hop."""
+    generation = _start(engines, model, body, cancel)
+    return generation, generation.text()
 
 
 def _usage(generation: Generation) -> Usage:
@@ -150,7 +169,7 @@ async def _pieces(generation: Generation, request: Request) -> AsyncIterator[str
             post(exc)
 
     threading.Thread(target=produce, name="chat-generation", daemon=True).start()
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, generation))
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, generation.cancel))
     try:
         while (item := await queue.get()) is not _END:
             if isinstance(item, Exception):
@@ -161,11 +180,11 @@ async def _pieces(generation: Generation, request: Request) -> AsyncIterator[str
         watcher.cancel()
 
 
-async def _cancel_on_disconnect(request: Request, generation: Generation) -> None:
+async def _cancel_on_disconnect(request: Request, cancel: Callable[[], None]) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-    log.info("chat client disconnected; generation cancelled after %d tokens", generation.completion_tokens)
-    generation.cancel()
+    log.info("chat client disconnected; generation cancelled")
+    cancel()
 
 
 def _sse(payload: dict[str, Any] | str) -> str:

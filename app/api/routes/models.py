@@ -4,14 +4,18 @@ use (its own, and the pooled deltas of collaborations it has joined)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
+from app.api.cache import TtlCache
 from app.api.deps import CurrentOrg, PairsDep, SessionDep, StoreDep
+from app.config import Settings
 from app.db import queries
+from app.db.session import new_session
 from app.db.tables import Organization
 from app.errors import Code, not_found
 from app.pairs import PairCatalog
@@ -59,6 +63,29 @@ def resolve_model(model_id: str, session: Session, org: Organization, store: Blo
     if model_id.endswith(BASE_SUFFIX) and pair_id in pairs.ids():
         return ChatModel(model_id, pair_id, None)
     raise missing
+
+
+@lru_cache(maxsize=1)
+def _resolved(ttl_s: float) -> TtlCache[tuple[str, str, str], ChatModel]:
+    return TtlCache(ttl_s, size=10_000)
+
+
+def _resolve_in_new_session(model_id: str, settings: Settings, org: Organization, store: BlobStore,
+                            pairs: PairCatalog) -> ChatModel:
+    with new_session(settings.database_url) as session:
+        return resolve_model(model_id, session, org, store, pairs)
+
+
+async def chat_model(model_id: str, settings: Settings, org: Organization, store: BlobStore,
+                     pairs: PairCatalog) -> ChatModel:
+    """`resolve_model`, remembered for `auth_cache_s` seconds: a delta's content never changes, so only
+    its removal could be seen that late. Unknown ids are looked up every time."""
+    cache, key = _resolved(settings.auth_cache_s), (settings.database_url, org.id, model_id)
+    model = cache.get(key)
+    if model is None:
+        model = await run_in_threadpool(_resolve_in_new_session, model_id, settings, org, store, pairs)
+        cache.put(key, model)
+    return model
 
 
 def _list(session: Session, org: Organization, pairs: PairCatalog) -> list[ModelPublic]:

@@ -1,0 +1,52 @@
+"""The expiring cache behind the API key and chat model lookups, and what it means for a revoked key."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import update
+
+from app.api.cache import TtlCache
+from app.db.session import session_scope
+from app.db.tables import ApiKey, utcnow
+from tests.app.api.conftest import Api
+from tests.conftest import use_settings
+
+
+def test_entries_expire_and_the_oldest_go_when_full() -> None:
+    now = [100.0]
+    cache: TtlCache[str, int] = TtlCache(ttl_s=10, size=2, clock=lambda: now[0])
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # "b" is now the least recently used
+    cache.put("c", 3)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (1, None, 3)
+    now[0] += 9.9
+    assert cache.get("a") == 1
+    now[0] += 0.1
+    assert cache.get("a") is None and cache.get("c") is None
+
+
+def test_a_ttl_of_zero_stores_nothing() -> None:
+    cache: TtlCache[str, int] = TtlCache(ttl_s=0, size=10)
+    cache.put("a", 1)
+    assert cache.get("a") is None
+
+
+@pytest.mark.parametrize("cache_s", [0.0, 0.5])
+def test_a_revoked_key_works_at_most_auth_cache_s_longer(api: Api, monkeypatch: pytest.MonkeyPatch,
+                                                         cache_s: float) -> None:
+    use_settings(monkeypatch, auth_cache_s=str(cache_s))
+    headers = api.auth("acme")
+    assert api.client.get("/v1/checkpoints", headers=headers).status_code == 200
+    with session_scope() as session:
+        session.execute(update(ApiKey).values(revoked_at=utcnow()))
+    revoked_at = time.monotonic()
+    still = api.client.get("/v1/checkpoints", headers=headers).status_code
+    if cache_s == 0:
+        assert still == 401
+    elif time.monotonic() - revoked_at < cache_s:  # a slow machine may take longer than the entry lasts
+        assert still == 200
+    time.sleep(cache_s)
+    assert api.client.get("/v1/checkpoints", headers=headers).status_code == 401
