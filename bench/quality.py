@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from models.baselines import Ridge
-from models.experiment import Recipe, Scorer, private_run, recipe_for, score_task
+from models.experiment import Recipe, Scorer, cached_private_run, recipe_for, score_task
 from models.grad_transformer import GradientTransformer, GTConfig
 from models.gt_checkpoint import data_hash, save_gt
 from models.gt_train import GTTrainConfig, train_gt
@@ -109,7 +109,7 @@ def main() -> None:
     timings["shadow_runs"] = len(all_plans) * recipe.shadow_k
 
     scorer = Scorer(pair)
-    private = {t: private_run(pair, scorer, t, recipe.tiny, recipe.llm) for t in tasks + c_test}
+    private = {t: cached_private_run(pair, scorer, t, recipe.tiny, recipe.llm) for t in tasks + c_test}
     timings["llm_finetune_private"] = sum(r.llm_seconds for r in private.values()) / len(private)
 
     cfg = replace(recipe.gt, steps=args.gt_steps) if args.gt_steps else recipe.gt

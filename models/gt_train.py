@@ -33,14 +33,22 @@ class GTTrainConfig:
     n_dec: int = 2
     d_ff: int = 512
     dropout: float = 0.1
+    route: bool = False  # start from the shadow runs' updates nearest the input (GTConfig.prototypes)
+    refit: bool = True  # train the chosen step count again on every run (see train_gt)
 
 
 def split_runs(data: ShadowSet, share: float, seed: int) -> tuple[ShadowSet, ShadowSet]:
-    """Train/validation split by run; with fewer than 5 runs every run trains and validates."""
+    """Train/validation split by whole runs, the same share of every task's runs (at least one each), so
+    validation asks about every task; with fewer than 5 runs every run trains and validates."""
     runs = sorted(set(data.run.tolist()))
     if len(runs) < 5:
         return data, data
-    held = set(random.Random(seed).sample(runs, max(1, round(share * len(runs)))))
+    task_of = {r: t for r, t in zip(data.run.tolist(), data.task, strict=True)}
+    rng, held = random.Random(seed), set()
+    for task in sorted(set(data.task)):
+        own = [r for r in runs if task_of[r] == task]
+        if len(own) > 1:
+            held |= set(rng.sample(own, max(1, round(share * len(own)))))
     mask = torch.tensor([r in held for r in data.run.tolist()])
     return data.select(~mask), data.select(mask)
 
@@ -53,20 +61,40 @@ def free_running_loss(model: GradientTransformer, data: ShadowSet) -> float:
 
 
 def train_gt(data: ShadowSet, cfg: GTTrainConfig, progress: bool = True) -> tuple[GradientTransformer, dict]:
-    """Returns the model with the best free-running validation loss, and its training history."""
-    torch.manual_seed(cfg.seed)
+    """The model with the best free-running validation loss, and its training history. When validation
+    held runs out, the step count it chose is then trained again on every run (`refit`; zero steps still
+    takes statistics and prototypes from every run): with a few runs per task, the held-out ones are too
+    many to leave out of the final model."""
     train, val = split_runs(data, cfg.val_runs, cfg.seed)
-    _, l_s, d_s = data.src.shape
-    _, l_t, d_t = data.tgt.shape
+    model, info = _fit(train, val, cfg, cfg.steps, progress)
+    if cfg.refit and val is not data:
+        model, _ = _fit(data, None, cfg, info["best_step"], progress)
+        info["refit_pairs"] = len(data.task)
+    return model, info
+
+
+def n_prototypes(data: ShadowSet, cfg: GTTrainConfig) -> int:
+    """One prototype per shadow run when routing a GT for several tasks (one task: its mean suffices)."""
+    return len(set(data.run.tolist())) if cfg.route and len(set(data.task)) > 1 else 0
+
+
+def _fit(train: ShadowSet, val: ShadowSet | None, cfg: GTTrainConfig, steps: int, progress: bool
+         ) -> tuple[GradientTransformer, dict]:
+    """`steps` steps of the cfg.steps-step schedule; with `val`, the best checkpoint by free-running loss."""
+    torch.manual_seed(cfg.seed)
+    _, l_s, d_s = train.src.shape
+    _, l_t, d_t = train.tgt.shape
     model = GradientTransformer(GTConfig(l_s, d_s, l_t, d_t, cfg.d_model, cfg.n_heads, cfg.n_enc, cfg.n_dec,
-                                         cfg.d_ff, cfg.dropout))
+                                         cfg.d_ff, cfg.dropout, n_prototypes(train, cfg)))
     model.set_statistics(train.src, train.tgt)
+    if model.cfg.prototypes:
+        model.set_prototypes(train.src, train.tgt, train.run.tolist())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
-    best = (free_running_loss(model, val), copy.deepcopy(model.state_dict()), 0)  # step 0 = the mean update
-    history = [{"step": 0, "val_free_running": best[0]}]
-    bar = tqdm(range(1, cfg.steps + 1), desc="GT training", disable=not progress)
+    best = (free_running_loss(model, val) if val is not None else float("nan"), copy.deepcopy(model.state_dict()), 0)
+    history = [{"step": 0, "val_free_running": best[0]}]  # step 0 = the mean update
+    bar = tqdm(range(1, steps + 1), desc="GT training" if val is not None else "GT refit", disable=not progress)
     for step in bar:
         model.train()
         idx = torch.randint(len(train.task), (min(cfg.batch_size, len(train.task)),), generator=gen)
@@ -76,7 +104,7 @@ def train_gt(data: ShadowSet, cfg: GTTrainConfig, progress: bool = True) -> tupl
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if val is not None and (step % cfg.eval_every == 0 or step == steps):
             val_loss = free_running_loss(model, val)
             history.append({"step": step, "train_loss": loss.item(), "val_free_running": val_loss})
             bar.set_postfix(train=f"{loss.item():.3f}", val=f"{val_loss:.3f}")
@@ -84,8 +112,9 @@ def train_gt(data: ShadowSet, cfg: GTTrainConfig, progress: bool = True) -> tupl
                 best = (val_loss, copy.deepcopy(model.state_dict()), step)
             elif step - best[2] >= cfg.patience * cfg.eval_every:
                 break
-    model.load_state_dict(best[1])
+    if val is not None:
+        model.load_state_dict(best[1])
     model.eval()
     bar.close()
     return model, {"history": history, "best_val_free_running": best[0], "best_step": best[2],
-                   "train_pairs": len(train.task), "val_pairs": len(val.task)}
+                   "train_pairs": len(train.task), "val_pairs": len(val.task) if val is not None else 0}

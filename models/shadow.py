@@ -8,7 +8,8 @@ killed build resumes where it stopped; subsets run in parallel worker processes.
 A plan may carry an organization's privacy settings, as the paper trains GTs for DP clients: the TinyLM
 runs are then DP-SGD fine-tunes (`dp`) and/or their snapshots are clipped and perturbed (`update_noise`),
 exactly as a client's upload would be. The LLM runs stay plain: their updates are the targets, the best
-LLM update for the data, and the provider's public data needs no protection. Shadow runs use seeded
+LLM update for the data, and the provider's public data needs no protection; they are read from the
+plain plan's files when those exist. Shadow runs use seeded
 noise (public data), so a rebuilt run is identical.
 """
 
@@ -73,6 +74,10 @@ class ShadowPlan:
         return {"dp_sgd": self.dp.describe() if self.dp else None,
                 "update_noise": self.update_noise.describe() if self.update_noise else None}
 
+    def plain(self) -> ShadowPlan:
+        """The same plan without the privacy settings: its LLM runs are this plan's LLM runs."""
+        return replace(self, dp=None, update_noise=None)
+
     def folder(self, pair: Pair) -> Path:
         return pair.shadow_dir / self.task / self.key()
 
@@ -99,7 +104,11 @@ def run_subset(pair_root: str, plan: ShadowPlan, index: int) -> str:
     task = get_task(plan.task)
     examples = subset(make_splits(task, seed=pair.spec.seed).public, plan.subset_size, plan.seed, index)
     tokens = {}
-    for side in ("tiny", "llm"):
+    plain = plan.plain().run_path(pair, index)
+    if plan.privacy() is not None and plain.is_file():
+        with safe_open(str(plain), "pt") as f:  # the LLM side of a private plan is its plain plan's, bit for bit
+            tokens["llm"] = f.get_tensor("tgt")
+    for side in [s for s in ("tiny", "llm") if s not in tokens]:
         cfg = FinetuneConfig(**{**asdict(plan.side_finetune(side)), "seed": plan.seed * 100_003 + index,
                                 "keep_last": plan.keep_last})
         model, tokenizer = _model(pair, side)

@@ -72,3 +72,40 @@ def test_inconsistent_configs_fail_when_built():
         GTConfig(2, 24, 5, 40, d_model=30, n_heads=4)
     with pytest.raises(ConfigError):
         GTConfig(0, 24, 5, 40)
+
+
+def routed_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Three tasks, each with its own TinyLM direction and LLM update, plus run noise."""
+    gen = torch.Generator().manual_seed(seed)
+    src_dirs, tgt_dirs = torch.randn(3, 2, 24, generator=gen), torch.randn(3, 5, 40, generator=gen)
+    labels = [f"task-{i % 3}" for i in range(30)]
+    src = torch.stack([src_dirs[i % 3] for i in range(30)]) + 0.1 * torch.randn(30, 2, 24, generator=gen)
+    tgt = torch.stack([tgt_dirs[i % 3] for i in range(30)]) + 0.1 * torch.randn(30, 5, 40, generator=gen)
+    return src, tgt, labels
+
+
+def test_an_untrained_routed_model_outputs_the_prototype_nearest_its_input():
+    src, tgt, labels = routed_data()
+    model = GradientTransformer(GTConfig(2, 24, 5, 40, d_model=32, n_heads=4, d_ff=64, prototypes=3)).eval()
+    model.set_statistics(src, tgt)
+    model.set_prototypes(src, tgt, labels)
+    out = model.generate(src[:3])  # one input of each task
+    for i in range(3):
+        own = tgt[[j for j, label in enumerate(labels) if label == labels[i]]].mean(0)
+        others = [tgt[[j for j, label in enumerate(labels) if label == t]].mean(0) for t in set(labels) - {labels[i]}]
+        assert torch.dist(out[i], own) < 0.2 * min(torch.dist(out[i], o) for o in others)
+    plain = GradientTransformer(CFG).eval()
+    plain.set_statistics(src, tgt)  # without prototypes: the mean of all tasks, whatever the input
+    assert torch.allclose(plain.generate(src[:3]), tgt.mean(0).expand(3, -1, -1), atol=1e-5)
+
+
+def test_a_routed_checkpoint_keeps_its_prototypes(tmp_path):
+    src, tgt, labels = routed_data()
+    model = GradientTransformer(GTConfig(2, 24, 5, 40, d_model=32, n_heads=4, d_ff=64, prototypes=3)).eval()
+    model.set_statistics(src, tgt)
+    model.set_prototypes(src, tgt, labels)
+    save_gt(model, tmp_path / "gt", {"pair": "test"})
+    loaded, _ = load_gt(tmp_path / "gt")
+    assert torch.equal(loaded.generate(src[:3]), model.generate(src[:3]))
+    with pytest.raises(ConfigError, match="3 prototypes; the data has 2 groups"):
+        model.set_prototypes(src[:2], tgt[:2], labels[:2])

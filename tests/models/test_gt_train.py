@@ -1,0 +1,45 @@
+"""Training a GT: validation by whole runs of every task, then a refit on every run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from models.gt_train import GTTrainConfig, split_runs, train_gt
+from models.shadow import ShadowSet
+
+
+def shadow_set(tasks: int, runs_per_task: int, snapshots: int = 3) -> ShadowSet:
+    """Each task's TinyLM and LLM updates lie around a direction of its own."""
+    gen = torch.Generator().manual_seed(0)
+    n = tasks * runs_per_task * snapshots
+    run = torch.arange(tasks * runs_per_task).repeat_interleave(snapshots)
+    task = run // runs_per_task
+    src_dirs, tgt_dirs = torch.randn(tasks, 2, 8, generator=gen), torch.randn(tasks, 3, 12, generator=gen)
+    src = src_dirs[task] + 0.3 * torch.randn(n, 2, 8, generator=gen)
+    tgt = tgt_dirs[task] + 0.1 * torch.randn(n, 3, 12, generator=gen)
+    return ShadowSet(src, tgt, run, [f"task-{int(t)}" for t in task])
+
+
+def test_validation_holds_out_whole_runs_of_every_task():
+    data = shadow_set(tasks=4, runs_per_task=4)
+    train, val = split_runs(data, share=0.1, seed=0)
+    assert sorted(set(val.task)) == sorted(set(data.task))  # every task asked about
+    assert not set(train.run.tolist()) & set(val.run.tolist())  # no run on both sides
+    assert len(set(val.run.tolist())) == 4 and len(train.task) + len(val.task) == len(data.task)
+    small = shadow_set(tasks=1, runs_per_task=4)
+    assert split_runs(small, 0.1, 0)[1] is small  # under 5 runs, every run trains and validates
+
+
+def test_the_chosen_step_count_is_trained_again_on_every_run():
+    data = shadow_set(tasks=2, runs_per_task=4)
+    cfg = GTTrainConfig(steps=60, eval_every=10, batch_size=8, d_model=16, n_heads=2, d_ff=32, lr=3e-3)
+    model, info = train_gt(data, cfg, progress=False)
+    assert info["train_pairs"] + info["val_pairs"] == len(data.task)
+    assert info["best_step"] > 0 and info["refit_pairs"] == len(data.task)
+    again, _ = train_gt(data, cfg, progress=False)
+    assert torch.equal(again.generate(data.src[:2]), model.generate(data.src[:2]))  # deterministic
+    routed, info = train_gt(data, replace(cfg, route=True), progress=False)
+    assert info["refit_pairs"] == len(data.task)  # zero steps chosen or not, the final model sees every run
+    assert model.cfg.prototypes == 0 and routed.cfg.prototypes == len(set(data.run.tolist()))
