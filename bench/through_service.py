@@ -6,8 +6,8 @@ the chat endpoint beside the base model's:
     -> wait for the delta -> POST /v1/chat/completions on the task's test questions, delta and base
 
     gradlift serve &                                  # GRADLIFT_DEFAULT_PAIR=smol, the default
-    python -m bench.through_service --url http://127.0.0.1:8000 --key "$KEY" --pair smol --task pick-2 \\
-        --out bench/results/through-service-smol.json
+    python -m bench.through_service --url http://127.0.0.1:8000 --key "$KEY" --pair smol \\
+        --task pick-2 pick-4 omit-1 initial-2 --out bench/results/through-service-smol.json
 
 The key comes from `gradlift keys create`. Prints a table and writes JSON.
 """
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--key", required=True)
     parser.add_argument("--pair", default="smol")
-    parser.add_argument("--task", default="pick-2")
+    parser.add_argument("--task", nargs="+", default=["pick-2"], help="one or more of the pair's tasks")
     parser.add_argument("--pairs-dir", type=Path, default=Path("data/pairs"), help="where the pair is built")
     parser.add_argument("--n", type=int, default=200, help="test questions")
     parser.add_argument("--clients", type=int, default=4)
@@ -79,37 +79,44 @@ def main() -> None:
     torch.set_num_threads(1)
 
     pair = PairStore(args.pairs_dir).get(args.pair)
-    recipe = recipe_for(pair)
+    client = httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {args.key}"}, timeout=600)
+    base_model = next(m["id"] for m in client.get("/v1/models").json()["data"]
+                      if m["pair"] == pair.id and m["parent"] is None)
+    results = [one_task(client, pair, task, base_model, args) for task in args.task]
+    print(f"\n{args.pair}: test questions through /v1/chat/completions (task not given to the upgrade)")
+    for r in results:
+        print(f"  {r['task']:<10} upgraded {r['upgraded']['accuracy']:>6.1%}   base {r['base']['accuracy']:>6.1%}"
+              f"   ({r['n_test']} questions; TinyLM fine-tune {r['timings_s']['tiny_finetune']:.0f}s,"
+              f" upload + upgrade {r['timings_s']['upgrade']:.0f}s)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"pair": args.pair, "tasks": results}, indent=2, sort_keys=True))
+    print(f"wrote {args.out}")
+
+
+def one_task(client: httpx.Client, pair, task: str, base_model: str, args: argparse.Namespace) -> dict:
+    """The organization's path for one task, then the delta's and the base model's accuracy."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = finetune_adapter(pair, args.task, Path(tmp) / "adapter", cfg=recipe.tiny)
+        adapter = finetune_adapter(pair, task, Path(tmp) / "adapter", cfg=recipe_for(pair).tiny)
         finetune_s = time.perf_counter() - start
-        client = httpx.Client(base_url=args.url, headers={"Authorization": f"Bearer {args.key}"}, timeout=600)
         start = time.perf_counter()
         delta = upgrade(client, pair.id, adapter, None, args.upgrade_timeout)
         upgrade_s = time.perf_counter() - start
-    test = make_splits(get_task(args.task), seed=pair.spec.seed).test[: args.n]
+    test = make_splits(get_task(task), seed=pair.spec.seed).test[: args.n]
     prompts = [ex.prompt for ex in test]
-    budget = 16
     rows = {}
-    base_model = next(m["id"] for m in client.get("/v1/models").json()["data"]
-                      if m["pair"] == pair.id and m["parent"] is None)
     for name, model in (("upgraded", delta), ("base", base_model)):
         start = time.perf_counter()
-        got = chat_answers(client, model, prompts, budget, args.clients)
+        got = chat_answers(client, model, prompts, ANSWER_TOKENS, args.clients)
         right = sum(g == ex.answer for g, ex in zip(got, test, strict=True))
         rows[name] = {"model": model, "accuracy": right / len(test), "seconds": time.perf_counter() - start,
                       "sample": [{"prompt": ex.prompt, "expected": ex.answer, "answer": g}
                                  for ex, g in zip(test[:5], got[:5], strict=True)]}
-    print(f"\n{args.pair} / {args.task}: {len(test)} test questions through /v1/chat/completions")
-    for name, row in rows.items():
-        print(f"  {name:<9} {row['model']:<40} accuracy {row['accuracy']:.1%}  ({row['seconds']:.0f}s)")
-    print(f"  TinyLM fine-tune {finetune_s:.0f}s, upload + upgrade {upgrade_s:.0f}s")
-    result = {"pair": args.pair, "task": args.task, "n_test": len(test), "delta": delta,
-              "timings_s": {"tiny_finetune": finetune_s, "upgrade": upgrade_s}, **rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
-    print(f"wrote {args.out}")
+    return {"task": task, "n_test": len(test), "delta": delta,
+            "timings_s": {"tiny_finetune": finetune_s, "upgrade": upgrade_s}, **rows}
+
+
+ANSWER_TOKENS = 16
 
 
 if __name__ == "__main__":

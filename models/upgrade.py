@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -82,7 +83,11 @@ def generate_update(pair: Pair, gt_id: str, tiny_updates: list[Update]) -> tuple
 
 
 def probe_prompt(pair: Pair) -> str:
-    return get_task(pair.spec.tasks[0]).example("abcdefghijkl"[:5]).prompt if pair.spec.tasks else "Hello"
+    """A prompt in the format of the pair's first task (its input drawn as the task draws inputs)."""
+    if not pair.spec.tasks:
+        return "Hello"
+    task = get_task(pair.spec.tasks[0])
+    return task.example(task.family.sample_input(random.Random(0))).prompt
 
 
 @torch.no_grad()

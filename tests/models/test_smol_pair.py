@@ -73,3 +73,15 @@ def test_the_published_results_reproduce_on_a_sample(smol: Pair) -> None:
         assert got == row["gt_sample"], f"setting {setting}, {task}"
         right = sum(a["answer"] == a["expected"] for a in got)
         assert right / len(got) >= row["p_gt"] - 0.5  # the sample is in line with the published accuracy
+
+
+def test_an_upgrade_on_the_smol_pair_passes_verification(smol: Pair, tmp_path: Path) -> None:
+    """The worker's path with the shipped pair-wide GT: adapter in, verified SmolLM2 adapter out."""
+    from models.finetune import finetune_adapter
+    from models.pairs import ALL_TASKS
+    from models.upgrade import run_upgrade
+
+    adapter = finetune_adapter(smol, "pick-2", tmp_path / "tiny", steps=3)
+    result = run_upgrade(smol, ALL_TASKS, [adapter / "adapter_model.safetensors"], tmp_path / "llm")
+    assert result.verification["probe_max_logit_change"] > 0 and result.verification["layers_nonzero"] == 30
+    assert (tmp_path / "llm" / "adapter_config.json").is_file()
