@@ -92,8 +92,9 @@ def _fit(train: ShadowSet, val: ShadowSet | None, cfg: GTTrainConfig, steps: int
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
-    best = (free_running_loss(model, val) if val is not None else float("nan"), copy.deepcopy(model.state_dict()), 0)
-    history = [{"step": 0, "val_free_running": best[0]}]  # step 0 = the mean update
+    best = (free_running_loss(model, val), copy.deepcopy(model.state_dict()), 0) if val is not None else \
+        (float("nan"), None, 0)
+    history = [{"step": 0, "val_free_running": best[0]}]  # step 0: the mean update, or the routed start
     bar = tqdm(range(1, steps + 1), desc="GT training" if val is not None else "GT refit", disable=not progress)
     for step in bar:
         model.train()
