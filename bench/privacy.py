@@ -32,10 +32,10 @@ import torch
 from bench.quality import fit
 from models.baselines import Ridge, mean_update, nearest
 from models.evaluate import accuracy, cosine, pgr
-from models.experiment import Recipe, Scorer, finetune_side, private_run, recipe_for
+from models.experiment import PrivateRun, Recipe, Scorer, cached_private_run, finetune_side, recipe_for
 from models.pairs import Pair, ensure_pair
 from models.privacy import DPConfig, UpdateNoise
-from models.shadow import ShadowPlan, build_shadow, load_shadow
+from models.shadow import build_shadow
 from models.tasks import get_task, make_splits
 from models.update import LoraLayout, add, merge_into
 
@@ -53,14 +53,13 @@ def protections(clip: float) -> list[tuple[str, float, dict]]:
     return out
 
 
-def median_norm(pair: Pair, plans: list[ShadowPlan]) -> float:
-    """The median L2 norm of the plain shadow TinyLM updates (every snapshot)."""
-    return float(load_shadow(pair, plans).src.flatten(1).norm(dim=1).median())
-
-
-def protected_update(pair: Pair, task: str, recipe: Recipe, settings: dict) -> tuple[torch.Tensor, float, dict]:
-    """The organization's protected TinyLM update as tokens, its TinyLM's test accuracy, and accounting."""
-    splits = make_splits(get_task(task), seed=pair.spec.seed)
+def protected_update(pair: Pair, run: PrivateRun, recipe: Recipe, settings: dict
+                     ) -> tuple[torch.Tensor, float, dict]:
+    """The organization's protected TinyLM update as tokens, its TinyLM's test accuracy, and accounting
+    (unprotected: the plain private run's own)."""
+    if not settings:
+        return run.tiny_tokens, run.p_s, {}
+    splits = make_splits(get_task(run.task), seed=pair.spec.seed)
     dp = replace(settings["dp"], seed=PRIVATE_SEED) if "dp" in settings else None
     update, model, _ = finetune_side(pair, "tiny", splits.private, recipe.tiny, dp=dp)
     info = {"dp_sgd": dp.describe()} if dp else {}
@@ -90,22 +89,22 @@ def main() -> None:
     tasks = list(pair.spec.tasks)
     plain_plans = [recipe.plan(t) for t in tasks]
     build_shadow(pair, plain_plans, workers=args.workers)  # first: the private plans reuse their LLM runs
-    clip = median_norm(pair, plain_plans)
     scorer = Scorer(pair)
-    plain = {t: private_run(pair, scorer, t, recipe.tiny, recipe.llm) for t in tasks}
+    plain = {t: cached_private_run(pair, scorer, t, recipe.tiny, recipe.llm) for t in tasks}
     timings: dict = {}
-    plain_gt, _ = fit(pair, plain_plans, None, "all", recipe.gt, timings)
+    plain_gt, plain_data = fit(pair, plain_plans, None, "all", recipe.gt, timings)
+    clip = float(plain_data.src.flatten(1).norm(dim=1).median())  # median norm of the plain TinyLM updates
 
     rows = []
     for mechanism, epsilon, settings in protections(clip):
         plans = [replace(p, **settings) for p in plain_plans]
         build_shadow(pair, plans, workers=args.workers)
-        matched_gt, data = (plain_gt, load_shadow(pair, plans)) if not settings else \
+        matched_gt, data = (plain_gt, plain_data) if not settings else \
             fit(pair, plans, None, "all", recipe.gt, timings)
         ridge = Ridge(data)
         for task in tasks:
             run = plain[task]
-            tokens, p_private_tiny, info = protected_update(pair, task, recipe, settings)
+            tokens, p_private_tiny, info = protected_update(pair, run, recipe, settings)
             candidates = {"plain_gt": plain_gt.generate(tokens[None])[0],
                           "matched_gt": matched_gt.generate(tokens[None])[0],
                           "ridge": ridge.predict(tokens), "mean_update": mean_update(data),

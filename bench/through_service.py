@@ -26,8 +26,10 @@ import torch
 
 from models.experiment import recipe_for
 from models.finetune import finetune_adapter
-from models.pairs import PairStore
+from models.pairs import Pair, PairStore
 from models.tasks import get_task, make_splits
+
+ANSWER_TOKENS = 16  # enough for every smol and toy answer
 
 
 def upgrade(client: httpx.Client, pair: str, adapter: Path, task: str | None, timeout_s: float) -> str:
@@ -93,7 +95,7 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def one_task(client: httpx.Client, pair, task: str, base_model: str, args: argparse.Namespace) -> dict:
+def one_task(client: httpx.Client, pair: Pair, task: str, base_model: str, args: argparse.Namespace) -> dict:
     """The organization's path for one task, then the delta's and the base model's accuracy."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,9 +116,6 @@ def one_task(client: httpx.Client, pair, task: str, base_model: str, args: argpa
                                  for ex, g in zip(test[:5], got[:5], strict=True)]}
     return {"task": task, "n_test": len(test), "delta": delta,
             "timings_s": {"tiny_finetune": finetune_s, "upgrade": upgrade_s}, **rows}
-
-
-ANSWER_TOKENS = 16
 
 
 if __name__ == "__main__":
