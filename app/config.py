@@ -10,6 +10,8 @@ GRADLIFT_UPGRADE_QUEUE       the Celery queue upgrade tasks go to (upgrades; one
 GRADLIFT_JOB_TIME_LIMIT_S    hard time limit of one upgrade (3600)
 GRADLIFT_JOB_LEASE_S         a running job whose worker sent no heartbeat for this long is requeued (60)
 GRADLIFT_VISIBILITY_TIMEOUT_S Redis redelivers an unacknowledged task after this long (2 x time limit)
+GRADLIFT_DEVICE              where the API's chat engines and the workers' upgrades run: auto (the first CUDA GPU
+                             torch sees, else the CPU), cpu, cuda or cuda:N
 GRADLIFT_CHAT_MAX_ADAPTERS   generated adapters the chat engine keeps in memory per pair, LRU (32)
 GRADLIFT_CHAT_TORCH_THREADS  torch threads of the API process, which decodes chat requests (1; 0: torch's default)
 GRADLIFT_AUTH_CACHE_S        seconds the API reuses a checked API key (and the model a chat request names)
@@ -31,6 +33,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _DATABASE_SCHEMES = ("sqlite", "postgresql")
+# models.device.DEVICE_PATTERN, repeated: the API starts without importing the ML core (tests/app/test_imports.py).
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 _BROKER_SCHEMES = ("sqla+sqlite", "sqla+postgresql", "redis", "rediss")
 
 
@@ -47,6 +51,7 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(default=3600, gt=0)
     job_lease_s: float = Field(default=60.0, gt=0)
     visibility_timeout_s: int = 0
+    device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     chat_max_adapters: int = Field(default=32, ge=1)
     chat_torch_threads: int = Field(default=1, ge=0)
     auth_cache_s: float = Field(default=10.0, ge=0)

@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI
 
+from app.api.openapi import with_exact_errors
 from app.api.routes import (
     chat,
     checkpoints,
@@ -27,7 +28,9 @@ def create_app() -> FastAPI:
     app = FastAPI(title="gradlift", version="0.1.0",
                   description="Lift a TinyLM LoRA update to an LLM adapter with a Gradient Transformer.")
     install_error_handler(app)
-    for module in (health, organizations, pairs, checkpoints, collaborations, upgrades, deltas, models, chat):
-        app.include_router(module.router)
-    app.openapi = chat.openapi_with_400(app)  # type: ignore[method-assign]
+    routers = [m.router for m in (health, organizations, pairs, checkpoints, collaborations, upgrades, deltas,
+                                  models, chat)]
+    for router in routers:
+        app.include_router(router)
+    app.openapi = with_exact_errors(app, routers)  # type: ignore[method-assign]
     return app

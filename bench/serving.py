@@ -1,4 +1,4 @@
-"""Serving speed of the chat endpoint on the toy pair, printed as ratios and written as JSON:
+"""Serving speed of the chat endpoint on a pair (toy or smol), printed as ratios and written as JSON:
 
     tokens/s through the endpoint  vs  generate() on the merged model in process     (target >= 0.9x)
         on the toy's own answers (about 9 tokens each: per-request cost dominates), and on long answers
@@ -10,9 +10,12 @@
     the engine's own LoRA application vs PEFT's multi-adapter model, in process
 
     python -m bench.serving --data-dir data --out bench/results/serving.json
+    python -m bench.serving --pair smol --prompts 10 --rounds 6 --long-tokens 64 --out ...
+    python -m bench.serving --pair smol --device cuda --random-llm twin-smol --out ...   (see bench.twin)
 
-Builds the toy pair first if it is missing; runs the API (`gradlift api`) in a subprocess. The machine is
-shared, so the sides of every speed comparison take turns pass by pass (see `interleaved`).
+Builds the pair first if it is missing; runs the API (`gradlift api`, with GRADLIFT_DEVICE = --device) in a
+subprocess; every side runs on --device. The machine is shared, so the sides of every speed comparison take
+turns pass by pass (see `interleaved`).
 """
 
 from __future__ import annotations
@@ -34,10 +37,16 @@ import torch
 
 from app.config import Settings
 from app.delta_import import import_delta
+from models.device import resolve_device, synchronize
 
 log = logging.getLogger("bench.serving")
 BIN = Path(sys.executable).parent
 PROBE = "rol ?: abcdefgh #### "
+DEVICE = torch.device("cpu")  # every side's; set from --device
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
 
 Answer = Callable[[str], int]  # answers one prompt greedily; returns how many tokens it generated
 
@@ -87,15 +96,24 @@ def variants(base_folder: Path, pair, out: Path, count: int) -> list[Path]:
 # ---- in process ----
 
 def generate_answer(model, tokenizer, max_tokens: int, min_tokens: int = 0) -> Answer:
-    """`generate()` on one prompt (greedy; `min_new_tokens` as the endpoint's min_tokens)."""
-    from models.textdata import prompt_ids
+    """`generate()` on one prompt, with the chat template where the tokenizer has one, as the endpoint
+    applies it (greedy; `min_new_tokens` as the endpoint's min_tokens)."""
+    from models.textdata import prompt_ids, uses_chat
+
+    device = model.device
 
     def answer(prompt: str) -> int:
-        ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+        if uses_chat(tokenizer):
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                                tokenize=True, return_dict=False)
+        else:
+            ids = prompt_ids(tokenizer, prompt)
+        ids = torch.tensor([ids], device=device)
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                  max_new_tokens=max_tokens, min_new_tokens=min_tokens or None,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        synchronize(device)
         return out.shape[1] - ids.shape[1]
 
     return answer
@@ -105,8 +123,9 @@ def merged_model(pair, folder: Path):
     """A plain model with the adapter merged into its weights."""
     from models.update import merge_into, read_adapter
 
-    return merge_into(pair.load_model("llm"), read_adapter(folder / "adapter_model.safetensors"),
-                      pair.spec.lora.scale)
+    merged = merge_into(pair.load_model("llm"), read_adapter(folder / "adapter_model.safetensors"),
+                        pair.spec.lora.scale)
+    return merged.to(DEVICE)
 
 
 def engine_answer(engine, ref, max_tokens: int, min_tokens: int = 0) -> Answer:
@@ -126,7 +145,7 @@ def peft_model(pair, folders: list[Path]) -> tuple[object, float]:
     """PEFT's own multi-adapter model with every adapter loaded, and its median `set_adapter` seconds."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(pair.load_model("llm"), str(folders[0]), adapter_name="a0").eval()
+    model = PeftModel.from_pretrained(pair.load_model("llm", DEVICE), str(folders[0]), adapter_name="a0").eval()
     for i, folder in enumerate(folders[1:], 1):
         model.load_adapter(str(folder), adapter_name=f"a{i}")
     switches = []
@@ -141,7 +160,7 @@ def peft_model(pair, folders: list[Path]) -> tuple[object, float]:
 def engine_memory_and_switch(pair, folders: list[Path]) -> dict:
     from models.chat_engine import AdapterRef, ChatEngine, SamplingParams
 
-    engine = ChatEngine.from_pair(pair, max_adapters=len(folders))
+    engine = ChatEngine.from_pair(pair, max_adapters=len(folders), device=DEVICE)
     refs = [AdapterRef(f"v{i}", f / "adapter_model.safetensors") for i, f in enumerate(folders)]
     cold = []
     for ref in refs:
@@ -254,12 +273,26 @@ def start_api(env: dict[str, str], port: int, log_path: Path) -> subprocess.Pope
     raise TimeoutError(f"the API did not start; see {log_path}")
 
 
-def run(data_dir: Path, prompts_n: int, max_tokens: int, long_tokens: int, rounds: int, port: int) -> dict:
-    from models.tasks import get_task, make_splits
+def ready_pair(data_dir: Path, pair_id: str, random_llm: Path | None):
+    """The pair, built if missing: the toy with its quick GT, smol converted, or smol's stand-in."""
+    from models.pairs import ensure_pair
     from models.toy import ensure_toy_ready
 
+    if random_llm is not None:
+        if pair_id != "smol":
+            raise SystemExit("--random-llm stands in for the smol pair's LLM only")
+        from bench.twin import ensure_twin
+
+        return ensure_twin((data_dir / "stand-in-pairs").resolve(), random_llm)
     pairs_dir = (data_dir / "pairs").resolve()
-    pair = ensure_toy_ready(pairs_dir)
+    return ensure_toy_ready(pairs_dir) if pair_id == "toy" else ensure_pair(pairs_dir, pair_id)
+
+
+def run(data_dir: Path, pair_id: str, random_llm: Path | None, prompts_n: int, max_tokens: int, long_tokens: int,
+        rounds: int, port: int) -> dict:
+    from models.tasks import get_task, make_splits
+
+    pair = ready_pair(data_dir, pair_id, random_llm)
     task = pair.spec.tasks[0]
     prompts = [ex.prompt for ex in make_splits(get_task(task), seed=pair.spec.seed).test[:prompts_n]]
     with tempfile.TemporaryDirectory(prefix="gradlift-serving-") as tmp:
@@ -278,13 +311,15 @@ def _run(pair, task: str, prompts: list[str], work: Path, lengths: tuple[int, in
     run_upgrade(pair, ALL_TASKS, [tiny / "adapter_model.safetensors"], upgraded)
     folders = [upgraded, *variants(upgraded, pair, work, 19)]
     results: dict = {"pair": pair.id, "task": task, "prompts": len(prompts), "max_tokens": lengths[0],
+                     "device": device_name(), "stand_in_llm": (pair.llm_dir / "STAND-IN.txt").is_file(),
                      "long": {"max_tokens": lengths[1], "min_tokens": lengths[1]},
                      "torch_threads": torch.get_num_threads(), "rounds": rounds,
                      "load_average_1m": {"start": os.getloadavg()[0]}}
     results["engine_memory_switch"] = engine_memory_and_switch(pair, folders)
     merged, (peft, peft_switch_s) = merged_model(pair, upgraded), peft_model(pair, folders)
     tokenizer = pair.load_tokenizer("llm")
-    engine, ref = ChatEngine.from_pair(pair), AdapterRef("u", upgraded / "adapter_model.safetensors")
+    engine = ChatEngine.from_pair(pair, device=DEVICE)
+    ref = AdapterRef("u", upgraded / "adapter_model.safetensors")
 
     def answerers(client: httpx.Client, model: str, max_tokens: int, min_tokens: int) -> dict[str, Answer]:
         chosen = {"merged_generate": generate_answer(merged, tokenizer, max_tokens, min_tokens),
@@ -315,7 +350,7 @@ def endpoint_client(pair, task: str, folders: list[Path], work: Path,
     pairs_dir = pair.root.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLIFT_")}
     env.update(GRADLIFT_DATA_DIR=str(work / "data"), GRADLIFT_PAIRS_DIR=str(pairs_dir), HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+               TOKENIZERS_PARALLELISM="false", GRADLIFT_DEVICE=str(DEVICE))
     proc = start_api(env, port, work / "api.log")
     try:
         key = subprocess.run([str(BIN / "gradlift"), "keys", "create", "--org", "bench"], env=env, check=True,
@@ -351,10 +386,12 @@ def report(r: dict) -> None:
     long = r["long"]
     per_answer = r["endpoint"]["tokens"] / (r["prompts"] * r["rounds"])
     load = r["load_average_1m"]
-    print(f"pair {r['pair']}, task {r['task']}: {r['prompts']} prompts, greedy, torch threads {r['torch_threads']}, "
+    stand_in = " (stand-in LLM: random weights)" if r["stand_in_llm"] else ""
+    print(f"pair {r['pair']}{stand_in} on {r['device']}, task {r['task']}: {r['prompts']} prompts, greedy, "
+          f"torch threads {r['torch_threads']}, "
           f"{r['rounds']} passes taking turns (medians of passes); load average {load['start']:.1f} -> "
           f"{load['end']:.1f} on {os.cpu_count()} cores")
-    print(f"tokens/s, the toy's answers (max_tokens {r['max_tokens']}; {per_answer:.1f} tokens each):")
+    print(f"tokens/s, the task's answers (max_tokens {r['max_tokens']}; {per_answer:.1f} tokens each):")
     print(f"          merged generate() {r['merged_generate']['tokens_per_s']:8.0f}")
     print(f"          engine in process {r['engine_in_process']['tokens_per_s']:8.0f}  "
           f"({q['engine_vs_merged_generate_tokens_per_s']:.2f}x merged)")
@@ -383,6 +420,10 @@ def report(r: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="holds pairs/ (built if missing)")
+    parser.add_argument("--pair", default="toy", choices=["toy", "smol"])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N, for every side")
+    parser.add_argument("--random-llm", type=Path, help="smol only: a folder of SmolLM2's files without its "
+                        "weights (python -m bench.twin); the LLM gets seeded random weights (speed only)")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--long-tokens", type=int, default=40,
@@ -393,7 +434,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # as the API runs (GRADLIFT_CHAT_TORCH_THREADS=1)
-    results = run(args.data_dir, args.prompts, args.max_tokens, args.long_tokens, args.rounds, args.port)
+    global DEVICE
+    DEVICE = resolve_device(args.device)
+    results = run(args.data_dir, args.pair, args.random_llm, args.prompts, args.max_tokens, args.long_tokens,
+                  args.rounds, args.port)
     results["ratios"] = ratios(results)
     report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

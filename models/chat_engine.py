@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from models.device import resolve_device
 from models.errors import AdapterError, GradliftError
 from models.pairs import Pair, PairStore
 from models.textdata import uses_chat
@@ -80,8 +81,9 @@ def make_switchable(model: torch.nn.Module, targets: tuple[str, ...]) -> dict[st
     return shapes
 
 
-def read_factors(path: Path, shapes: dict[str, tuple[int, int]], scale: float) -> LoraFactors:
-    """An adapter's PEFT safetensors file as per-module factors, checked against the base model."""
+def read_factors(path: Path, shapes: dict[str, tuple[int, int]], scale: float,
+                 device: torch.device | str = "cpu") -> LoraFactors:
+    """An adapter's PEFT safetensors file as per-module factors on `device`, checked against the base model."""
     tensors = load_file(str(path))
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
@@ -98,7 +100,7 @@ def read_factors(path: Path, shapes: dict[str, tuple[int, int]], scale: float) -
         if a.shape[1] != in_features or b.shape[0] != out_features or a.shape[0] != b.shape[1]:
             raise AdapterError(f"adapter {module!r}: A {tuple(a.shape)}, B {tuple(b.shape)} do not fit "
                                f"a Linear of {in_features} -> {out_features}")
-        factors[module] = (a.contiguous(), (scale * b).contiguous())
+        factors[module] = (a.contiguous().to(device), (scale * b).contiguous().to(device))
     return factors
 
 
@@ -140,7 +142,8 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     """The next token from last-position logits [vocab]: argmax at temperature 0, else top-p sampling."""
     if params.temperature == 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    # Sampled on the CPU with the request's CPU generator, wherever the logits were computed.
+    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
     if params.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
@@ -191,11 +194,11 @@ class Generation:
         if params.max_tokens is not None:
             budget = min(budget, params.max_tokens)
         generator = None
-        if params.temperature > 0:
+        if params.temperature > 0:  # on the CPU: the same seed samples the same tokens on every device
             generator = torch.Generator().manual_seed(params.seed if params.seed is not None
                                                       else int(time.time_ns() % 2**63))
         cache = DynamicCache(config=engine.model.config)
-        ids, completion, emitted = torch.tensor([self.prompt_ids]), [], 0
+        ids, completion, emitted = torch.tensor([self.prompt_ids], device=engine.device), [], 0
         hold = max((len(s) for s in stop), default=1) - 1  # text that may still grow into a stop string
         while not self._cancel.is_set():
             logits = engine.forward(ids, cache, self.factors)  # [vocab]
@@ -223,7 +226,7 @@ class Generation:
             if ready > emitted:
                 yield text[emitted:ready]
                 emitted = ready
-            ids = torch.tensor([[token]])
+            ids = torch.tensor([[token]], device=engine.device)
         else:
             self.finish_reason = "cancelled"
             return
@@ -239,21 +242,24 @@ class ChatEngine:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: tuple[str, ...],
                  scale: float, max_adapters: int = 32, model_id: str = "base") -> None:
+        """`model` stays on its device; adapters and requests follow it there."""
         if max_adapters < 1:
             raise RequestError(f"max_adapters must be at least 1, not {max_adapters}")
         self.model, self.tokenizer, self.scale, self.model_id = model.eval(), tokenizer, scale, model_id
+        self.device = next(model.parameters()).device
         self.max_adapters = max_adapters
         self.shapes = make_switchable(self.model, targets)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         self.eos_token_id = tokenizer.eos_token_id
-        self.eos_index = torch.tensor([] if self.eos_token_id is None else [self.eos_token_id], dtype=torch.long)
+        self.eos_index = torch.tensor([] if self.eos_token_id is None else [self.eos_token_id], dtype=torch.long,
+                                      device=self.device)
         self._adapters: OrderedDict[str, LoraFactors] = OrderedDict()
         self._lock = threading.Lock()
         self.adapter_loads = 0  # reads from disk: a cache miss each
 
     @classmethod
-    def from_pair(cls, pair: Pair, max_adapters: int = 32) -> ChatEngine:
-        return cls(pair.load_model("llm"), pair.load_tokenizer("llm"), pair.spec.lora.targets,
+    def from_pair(cls, pair: Pair, max_adapters: int = 32, device: torch.device | str = "cpu") -> ChatEngine:
+        return cls(pair.load_model("llm", device), pair.load_tokenizer("llm"), pair.spec.lora.targets,
                    pair.spec.lora.scale, max_adapters, model_id=pair.id)
 
     # adapters
@@ -265,7 +271,7 @@ class ChatEngine:
             if factors is not None:
                 self._adapters.move_to_end(ref.id)
                 return factors
-        factors = read_factors(ref.path, self.shapes, self.scale)  # outside the lock: other requests go on
+        factors = read_factors(ref.path, self.shapes, self.scale, self.device)  # outside the lock: other requests go on
         with self._lock:
             self.adapter_loads += 1
             self._adapters[ref.id] = factors
@@ -332,9 +338,10 @@ def active(factors: LoraFactors | None) -> Iterator[None]:
 class ChatEngines:
     """One engine per pair, each built on its first request."""
 
-    def __init__(self, pairs_dir: Path, max_adapters: int = 32, torch_threads: int | None = None) -> None:
+    def __init__(self, pairs_dir: Path, max_adapters: int = 32, torch_threads: int | None = None,
+                 device: str = "auto") -> None:
         self.pairs = PairStore(Path(pairs_dir))
-        self.max_adapters = max_adapters
+        self.max_adapters, self.device = max_adapters, resolve_device(device)
         self._engines: dict[str, ChatEngine] = {}
         self._lock = threading.Lock()
         if torch_threads:
@@ -346,6 +353,7 @@ class ChatEngines:
         with self._lock:
             if pair_id not in self._engines:
                 start = time.perf_counter()
-                self._engines[pair_id] = ChatEngine.from_pair(self.pairs.get(pair_id), self.max_adapters)
-                log.info("chat engine for pair %s loaded in %.1fs", pair_id, time.perf_counter() - start)
+                self._engines[pair_id] = ChatEngine.from_pair(self.pairs.get(pair_id), self.max_adapters, self.device)
+                log.info("chat engine for pair %s loaded on %s in %.1fs", pair_id, self.device,
+                         time.perf_counter() - start)
             return self._engines[pair_id]

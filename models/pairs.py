@@ -113,12 +113,12 @@ class Pair:
     def model_dir(self, side: str) -> Path:
         return self.tiny_dir if side == "tiny" else self.llm_dir
 
-    def load_model(self, side: str) -> PreTrainedModel:
+    def load_model(self, side: str, device: torch.device | str = "cpu") -> PreTrainedModel:
         import torch
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(self.model_dir(side), dtype=torch.float32)
-        return model.eval()
+        return model.to(device).eval()
 
     def load_tokenizer(self, side: str = "llm") -> PreTrainedTokenizerBase:
         from transformers import AutoTokenizer

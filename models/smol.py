@@ -71,7 +71,13 @@ def build_smol(out: Path, seed: int = 0) -> None:
 
     if seed != 0:
         raise ValueError("the smol pair ships built with seed 0; rebuild its assets with `python -m models.smol`")
-    staging = out.with_name(out.name + ".building")
+    staging = copy_bundle(out.with_name(out.name + ".building"))
+    convert(staging / "llm")
+    staging.rename(out)
+
+
+def copy_bundle(staging: Path) -> Path:
+    """A new folder holding the shipped part of the pair (everything but the LLM)."""
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for name in BUNDLE:
@@ -82,8 +88,7 @@ def build_smol(out: Path, seed: int = 0) -> None:
             shutil.copy2(source, staging / name)
     if not (staging / "pair.json").is_file():
         raise FileNotFoundError(f"the smol pair's assets are missing from {ASSETS}")
-    convert(staging / "llm")
-    staging.rename(out)
+    return staging
 
 
 def main() -> None:

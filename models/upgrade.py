@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 FILES = ("adapter_config.json", "adapter_model.safetensors", "update.safetensors")
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -58,27 +59,31 @@ def _stamp(path: Path) -> int:
 
 
 @lru_cache(maxsize=8)
-def _gt(gt_dir: Path, stamp: int) -> tuple:
-    return load_gt(gt_dir)
+def _gt(gt_dir: Path, stamp: int, device: torch.device) -> tuple:
+    model, meta = load_gt(gt_dir)
+    return model.to(device), meta
 
 
 @lru_cache(maxsize=2)
-def _base_llm(pair_root: Path, stamp: int):
+def _base_llm(pair_root: Path, stamp: int, device: torch.device):
     """One LLM per pair and worker process, loaded on first use; verify() hands it back unchanged."""
-    return Pair(pair_root).load_model("llm")
+    return Pair(pair_root).load_model("llm", device)
 
 
 def lift(pair: Pair, model: GradientTransformer, tiny_updates: list[Update]) -> Update:
-    """The LLM update a GT generates for the element-wise average of one or more TinyLM updates."""
+    """The LLM update a GT generates for the element-wise average of one or more TinyLM updates (the GT runs
+    on its own device; the update comes back on the CPU)."""
     src = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).to_tokens(mean(tiny_updates))  # [L_S, D_S]
-    tgt = model.generate(src[None])[0]  # [L_T, D_T]
+    device = next(model.parameters()).device
+    tgt = model.generate(src[None].to(device))[0].cpu()  # [L_T, D_T]
     return LoraLayout(pair.init("llm"), pair.spec.lora.targets).from_tokens(tgt)
 
 
-def generate_update(pair: Pair, gt_id: str, tiny_updates: list[Update]) -> tuple[Update, str]:
+def generate_update(pair: Pair, gt_id: str, tiny_updates: list[Update],
+                    device: torch.device = CPU) -> tuple[Update, str]:
     """The LLM update the pair's GT `gt_id` generates for the TinyLM updates, and the GT's version."""
     gt_dir = pair.gt_dir(gt_id)
-    model, meta = _gt(gt_dir, _stamp(gt_dir / "config.json"))
+    model, meta = _gt(gt_dir, _stamp(gt_dir / "config.json"), device)
     return lift(pair, model, tiny_updates), meta["weights_sha256"][:12]
 
 
@@ -91,7 +96,7 @@ def probe_prompt(pair: Pair) -> str:
 
 
 @torch.no_grad()
-def verify(pair: Pair, folder: Path, update: Update) -> dict:
+def verify(pair: Pair, folder: Path, update: Update, device: torch.device = CPU) -> dict:
     """Load the folder with PEFT onto the LLM and check it really changes the model; raise otherwise."""
     from peft import PeftModel
 
@@ -101,9 +106,9 @@ def verify(pair: Pair, folder: Path, update: Update) -> dict:
     zero = [i for i, n in enumerate(per_layer.tolist()) if n == 0 or n != n]
     if zero:
         raise VerificationError(f"the generated update is zero or NaN in LLM layers {zero}")
-    base = _base_llm(pair.root, _stamp(pair.llm_dir / "config.json"))
+    base = _base_llm(pair.root, _stamp(pair.llm_dir / "config.json"), device)
     tokenizer = pair.load_tokenizer("llm")
-    batch = encode_prompts(tokenizer, [probe_prompt(pair)])
+    batch = {k: v.to(device) for k, v in encode_prompts(tokenizer, [probe_prompt(pair)]).items()}
     base_logits = base(**batch).logits[0, -1]
     peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
     try:
@@ -123,14 +128,15 @@ def verify(pair: Pair, folder: Path, update: Update) -> dict:
 
 
 def run_upgrade(pair: Pair, gt_id: str, adapter_paths: list[Path], out_dir: Path,
-                on_progress: Progress | None = None) -> UpgradeResult:
-    """Turn uploaded TinyLM adapters into a verified LLM adapter folder in out_dir."""
+                on_progress: Progress | None = None, device: torch.device = CPU) -> UpgradeResult:
+    """Turn uploaded TinyLM adapters into a verified LLM adapter folder in out_dir; the GT and the
+    verification's LLM run on `device`."""
     report = on_progress or (lambda fraction, stage: None)
     report(0.05, "reading adapters")
     tiny_init = pair.init("tiny")
     tiny_updates = [subtract(read_adapter(Path(p)), tiny_init) for p in adapter_paths]
     report(0.2, "generating update")
-    update, gt_version = generate_update(pair, gt_id, tiny_updates)
+    update, gt_version = generate_update(pair, gt_id, tiny_updates, device)
     report(0.5, "writing adapter")
     out_dir = Path(out_dir)
     sources = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in adapter_paths]
@@ -138,6 +144,6 @@ def run_upgrade(pair: Pair, gt_id: str, adapter_paths: list[Path], out_dir: Path
     write_adapter_folder(out_dir, pair.spec.lora, str(pair.llm_dir), add(pair.init("llm"), update), meta)
     save_update(update, out_dir / "update.safetensors", metadata=meta)
     report(0.7, "verifying")
-    checks = verify(pair, out_dir, update)
+    checks = verify(pair, out_dir, update, device)
     report(1.0, "done")
     return UpgradeResult({name: out_dir / name for name in FILES}, checks, gt_version, update)

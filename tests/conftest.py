@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +19,15 @@ REDIS_URL = "redis://127.0.0.1:6379"
 
 @pytest.fixture(scope="session")
 def toy_pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pairs folder holding the toy pair and a quickly trained GT "all", built once per session."""
+    """A pairs folder holding the toy pair and a quickly trained GT "all", built once per session, or
+    copied from GRADLIFT_TEST_PAIRS/toy where that names one built the same way (`ensure_toy_ready`, as
+    `bench.serving` leaves it in data/pairs): for machines where building costs scarce time."""
     from models.toy import ensure_toy_ready
 
     root = tmp_path_factory.mktemp("pairs")
+    prebuilt = os.environ.get("GRADLIFT_TEST_PAIRS")
+    if prebuilt:
+        shutil.copytree(Path(prebuilt) / "toy", root / "toy", ignore=shutil.ignore_patterns("*.lock"))
     ensure_toy_ready(root, profile="test")
     return root
 

@@ -113,6 +113,7 @@ def run_job(job_id: str, worker: str) -> None:
 
 def _generate(claim: jobs.Claim, store: BlobStore, out_dir: Path, reporter: Reporter) -> Delta:
     """Run the GT on the job's inputs and put the verified files in the store; the Delta row, unsaved."""
+    from models.device import resolve_device
     from models.errors import NotFoundError
     from models.pairs import PairStore
     from models.upgrade import run_upgrade
@@ -124,7 +125,8 @@ def _generate(claim: jobs.Claim, store: BlobStore, out_dir: Path, reporter: Repo
     missing = [item["id"] for item, path in zip(claim.inputs, paths, strict=True) if not path.is_file()]
     if missing:
         raise NotFoundError(f"the stored adapter of checkpoint {missing[0]!r} is missing")
-    result = run_upgrade(pair, claim.gt_id, paths, out_dir, on_progress=reporter)
+    result = run_upgrade(pair, claim.gt_id, paths, out_dir, on_progress=reporter,
+                         device=resolve_device(settings.device))
     files = {}
     for name, path in sorted(result.files.items()):
         sha256, size = store.put_file(Path(path))

@@ -99,18 +99,23 @@ PairsDep = Annotated[PairCatalog, Depends(get_pairs)]
 
 
 @lru_cache(maxsize=1)
-def _chat_engines(pairs_dir: Path, max_adapters: int, torch_threads: int) -> ChatEngines:
+def _chat_engines(pairs_dir: Path, max_adapters: int, torch_threads: int, device: str) -> ChatEngines:
     from models.chat_engine import ChatEngines  # torch loads on the first chat request, not at start
 
-    return ChatEngines(pairs_dir, max_adapters, torch_threads)
+    return ChatEngines(pairs_dir, max_adapters, torch_threads, device)
 
 
 async def get_chat_engines(settings: SettingsDep) -> ChatEngines:
     assert settings.pairs_dir is not None  # filled in by Settings
-    args = (settings.pairs_dir, settings.chat_max_adapters, settings.chat_torch_threads)
+    args = (settings.pairs_dir, settings.chat_max_adapters, settings.chat_torch_threads, settings.device)
     if _chat_engines.cache_info().currsize:
         return _chat_engines(*args)
-    return await run_in_threadpool(_chat_engines, *args)  # importing torch takes seconds: off the event loop
+    from models.device import DeviceError
+
+    try:
+        return await run_in_threadpool(_chat_engines, *args)  # importing torch takes seconds: off the event loop
+    except DeviceError as exc:  # GRADLIFT_DEVICE names a GPU this machine lacks
+        raise ApiError(Code.not_ready, f"Chat is unavailable: {exc}.") from None
 
 
 ChatDep = Annotated["ChatEngines", Depends(get_chat_engines)]

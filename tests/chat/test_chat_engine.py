@@ -15,6 +15,7 @@ from models.pairs import Pair
 from models.tasks import get_task, make_splits
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +183,17 @@ def test_chat_template_is_used_when_the_tokenizer_has_one(pair: Pair) -> None:
     assert engine.tokenizer.decode(plain) == "be brief\nrol ?: abc #### "
     engine.tokenizer.chat_template = "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}a:"
     assert engine.tokenizer.decode(engine.prompt_ids(messages)) == "s:be brief\nu:rol ?: abc #### \na:"
+
+
+@needs_cuda
+def test_on_a_gpu_the_engine_answers_as_on_the_cpu(pair: Pair, engine: ChatEngine, upgraded: Path,
+                                                   upgraded_other: Path) -> None:
+    gpu = ChatEngine.from_pair(pair, max_adapters=4, device="cuda")
+    assert gpu.device.type == "cuda" and gpu.eos_index.device.type == "cuda"
+    texts = prompts(pair)
+    for adapter in (ref(upgraded), ref(upgraded_other), None):
+        assert [complete(gpu, p, adapter) for p in texts] == [complete(engine, p, adapter) for p in texts]
+    factors = gpu.adapter(ref(upgraded))
+    assert all(a.device.type == "cuda" and b.device.type == "cuda" for a, b in factors.values())
+    hot = SamplingParams(max_tokens=20, temperature=1.5, seed=7)  # sampled on the CPU from the GPU's logits
+    assert complete(gpu, texts[1], None, hot) == complete(gpu, texts[1], None, hot)

@@ -105,8 +105,22 @@ def test_upgrades_in_one_process_share_the_base_llm_and_leave_it_clean(toy_pair:
     second = run_upgrade(toy_pair, ALL_TASKS, [toy_adapter / "adapter_model.safetensors"], tmp_path / "two")
     assert _base_llm.cache_info().hits >= 1
     assert first.verification == second.verification
-    base = _base_llm(toy_pair.root, (toy_pair.llm_dir / "config.json").stat().st_mtime_ns)
+    base = _base_llm(toy_pair.root, (toy_pair.llm_dir / "config.json").stat().st_mtime_ns, torch.device("cpu"))
     assert not any("lora" in name for name, _ in base.named_modules())
     fresh = toy_pair.load_model("llm")
     assert all(torch.equal(a, b) for a, b in zip(base.state_dict().values(), fresh.state_dict().values(),
                                                   strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_an_upgrade_on_a_gpu_equals_the_one_on_the_cpu(toy_pair: Pair, toy_adapter: Path, tmp_path: Path):
+    paths = [toy_adapter / "adapter_model.safetensors"]
+    cpu = run_upgrade(toy_pair, ALL_TASKS, paths, tmp_path / "cpu")
+    gpu = run_upgrade(toy_pair, ALL_TASKS, paths, tmp_path / "gpu", device=torch.device("cuda"))
+    assert gpu.update.keys() == cpu.update.keys()
+    for name, tensor in gpu.update.items():
+        assert tensor.device.type == "cpu"
+        torch.testing.assert_close(tensor, cpu.update[name], rtol=1e-4, atol=1e-5)
+    assert gpu.verification["modules"] == cpu.verification["modules"]
+    assert gpu.verification["probe_max_logit_change"] == pytest.approx(cpu.verification["probe_max_logit_change"],
+                                                                       rel=1e-3)

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -68,25 +68,10 @@ _STREAM = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
            "description": "With `stream: true`: `chat.completion.chunk` events, then `data: [DONE]`."}
 _ERRORS = {**{status: spec for status, spec in ERROR_RESPONSES.items() if status != 422},
            400: {"model": ErrorResponse, "description": "Invalid parameters"},
-           500: {"model": ErrorResponse, "description": "The server failed (before a stream started)"}}
+           500: {"model": ErrorResponse, "description": "The server failed (before a stream started)"},
+           503: {"model": ErrorResponse, "description": "The model cannot be loaded here (GRADLIFT_DEVICE names "
+                                                        "a GPU this machine lacks)"}}
 router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute, responses=_ERRORS)
-
-
-def openapi_with_400(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """`app.openapi` for the app that includes this router: FastAPI documents its own 422 for every route
-    that takes parameters, and these routes answer 400 instead."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            paths = generate()["paths"]
-            for route in router.routes:
-                assert isinstance(route, BadRequestRoute)
-                for method in route.methods:
-                    paths[route.path_format][method.lower()]["responses"].pop("422", None)
-        return app.openapi_schema  # type: ignore[return-value]  # set by generate()
-
-    return openapi
 
 
 @router.post("/completions", response_model=ChatCompletion, responses={200: _STREAM})

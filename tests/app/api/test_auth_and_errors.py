@@ -114,3 +114,15 @@ def test_readyz_names_what_is_down(api: Api, monkeypatch: pytest.MonkeyPatch) ->
     ready = api.client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["broker"].startswith("error") and ready.json()["checks"]["database"] == "ok"
+
+
+def test_openapi_lists_422_only_where_validation_can_fail(api: Api) -> None:
+    paths = api.client.get("/openapi.json").json()["paths"]
+    for path, method in [("/v1/models/{model_id}", "get"), ("/v1/deltas/{delta_id}", "get"),
+                         ("/v1/upgrades/{upgrade_id}/cancel", "post"), ("/v1/chat/completions", "post")]:
+        assert "422" not in paths[path][method]["responses"], path
+    for path, method in [("/v1/upgrades", "post"), ("/v1/checkpoints", "get"), ("/v1/collaborations", "post")]:
+        assert "422" in paths[path][method]["responses"], path
+    # What the document leaves out is really not answered: an odd id is a 404, not a 422.
+    assert api.client.get("/v1/models/%20odd%3Fid", headers=api.auth()).status_code == 404
+    assert api.client.get("/v1/checkpoints?limit=nope", headers=api.auth()).status_code == 422
