@@ -43,6 +43,12 @@ log = logging.getLogger("bench.serving")
 BIN = Path(sys.executable).parent
 PROBE = "rol ?: abcdefgh #### "
 DEVICE = torch.device("cpu")  # every side's; set from --device
+STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """A line on stderr as each stage ends, so a run cut short still tells what it measured."""
+    print(f"[{time.perf_counter() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def device_name() -> str:
@@ -69,6 +75,7 @@ def interleaved(answerers: dict[str, Answer], prompts: list[str], rounds: int) -
             passes[name].append((tokens, time.perf_counter() - start))
     results = {}
     for name, runs in passes.items():
+        progress(f"{name}: {_median([t / s for t, s in runs]):.0f} tokens/s (median of {len(runs)} passes)")
         tokens, seconds = sum(t for t, _ in runs), sum(s for _, s in runs)
         results[name] = {"tokens": tokens, "seconds": seconds, "tokens_per_s_overall": tokens / seconds,
                          "tokens_per_s": _median([t / s for t, s in runs]),
@@ -315,7 +322,9 @@ def _run(pair, task: str, prompts: list[str], work: Path, lengths: tuple[int, in
                      "long": {"max_tokens": lengths[1], "min_tokens": lengths[1]},
                      "torch_threads": torch.get_num_threads(), "rounds": rounds,
                      "load_average_1m": {"start": os.getloadavg()[0]}}
+    progress("upgraded; 20 adapters written")
     results["engine_memory_switch"] = engine_memory_and_switch(pair, folders)
+    progress("in-process memory and switch measured")
     merged, (peft, peft_switch_s) = merged_model(pair, upgraded), peft_model(pair, folders)
     tokenizer = pair.load_tokenizer("llm")
     engine = ChatEngine.from_pair(pair, device=DEVICE)
@@ -336,6 +345,7 @@ def _run(pair, task: str, prompts: list[str], work: Path, lengths: tuple[int, in
         results["peft_multi_adapter"]["switch_ms"] = 1000 * peft_switch_s
         results["long"].update(interleaved(answerers(client, deltas[0], lengths[1], lengths[1]), prompts, rounds))
         results["request_cost"] = request_cost(client, deltas[0], engine, ref)
+        progress(f"request cost {results['request_cost']}")
         results["endpoint_switch"] = endpoint_switch(client, deltas)
         results["endpoint_rss"] = {"bytes_1": rss_1, "bytes_20": rss_bytes(proc.pid)}
     results["load_average_1m"]["end"] = os.getloadavg()[0]  # the machine is shared: how busy it was
