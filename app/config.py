@@ -13,6 +13,8 @@ GRADLIFT_VISIBILITY_TIMEOUT_S Redis redelivers an unacknowledged task after this
 GRADLIFT_DEVICE              where the API's chat engines and the workers' upgrades run: auto (the first CUDA GPU
                              torch sees, else the CPU), cpu, cuda or cuda:N
 GRADLIFT_CHAT_MAX_ADAPTERS   generated adapters the chat engine keeps in memory per pair, LRU (32)
+GRADLIFT_CHAT_MAX_BATCH      chat requests of one pair decoded together, one forward per token for all (8; 1: each
+                             request decodes alone in its own thread)
 GRADLIFT_CHAT_TORCH_THREADS  torch threads of the API process, which decodes chat requests (1; 0: torch's default)
 GRADLIFT_AUTH_CACHE_S        seconds the API reuses a checked API key (and the model a chat request names)
                              before asking the database again (10; 0: every request)
@@ -53,6 +55,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 0
     device: str = Field(default="auto", pattern=DEVICE_PATTERN)
     chat_max_adapters: int = Field(default=32, ge=1)
+    chat_max_batch: int = Field(default=8, ge=1)
     chat_torch_threads: int = Field(default=1, ge=0)
     auth_cache_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"

@@ -353,14 +353,15 @@ def _run(pair, task: str, prompts: list[str], work: Path, lengths: tuple[int, in
 
 
 @contextmanager
-def endpoint_client(pair, task: str, folders: list[Path], work: Path,
-                    port: int) -> Iterator[tuple[httpx.Client, list[str], subprocess.Popen[bytes]]]:
+def endpoint_client(pair, task: str, folders: list[Path], work: Path, port: int,
+                    settings: dict[str, str] | None = None
+                    ) -> Iterator[tuple[httpx.Client, list[str], subprocess.Popen[bytes]]]:
     """`gradlift api` in a subprocess with the adapters stored as deltas of an organization: (a client
-    with its key, the delta ids, the API process)."""
+    with its key, the delta ids, the API process). `settings`: more GRADLIFT_* variables for the API."""
     pairs_dir = pair.root.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLIFT_")}
     env.update(GRADLIFT_DATA_DIR=str(work / "data"), GRADLIFT_PAIRS_DIR=str(pairs_dir), HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", GRADLIFT_DEVICE=str(DEVICE))
+               TOKENIZERS_PARALLELISM="false", GRADLIFT_DEVICE=str(DEVICE), **(settings or {}))
     proc = start_api(env, port, work / "api.log")
     try:
         key = subprocess.run([str(BIN / "gradlift"), "keys", "create", "--org", "bench"], env=env, check=True,

@@ -5,11 +5,13 @@ term of whichever adapter is active in the calling thread:
 
     y = x W^T (+ bias) + (x A^T) (scale * B)^T          A: [r, in], B: [out, r]
 
-The active adapter is a context variable set around each forward call, so requests on different
-adapters run at the same time on the same weights without mixing, and switching costs a variable
-assignment. (PEFT's multi-adapter model keeps the active adapter on the model itself, which serializes
-requests on different adapters; `python -m bench.serving` measures both.) Adapters are read from their
-safetensors files on first use and kept in a bounded least-recently-used cache.
+The active adapter is a context variable set around each forward call: one adapter for a request
+decoding alone, or one per group of rows (`RowAdapters`) when the batcher (`models.chat_batch`) decodes
+many requests in one forward. Requests on different adapters thus share the same weights without
+mixing, and switching costs a variable assignment. (PEFT's multi-adapter model keeps the active adapter
+on the model itself, which serializes requests on different adapters; `python -m bench.serving` measures
+both.) Adapters are read from their safetensors files on first use and kept in a bounded
+least-recently-used cache; the base model, the adapters and the decoding run on the model's device.
 
 A request is a `Generation`: an iterator of text pieces, decoded one token at a time with a KV cache
 (greedy at temperature 0, else seeded temperature / top-p sampling), ending on the end token (never
@@ -50,7 +52,15 @@ class RequestError(GradliftError):
 
 LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A [r, in], scale * B [out, r])
 
-_ACTIVE: ContextVar[LoraFactors | None] = ContextVar("gradlift_active_adapter", default=None)
+
+@dataclass(frozen=True)
+class RowAdapters:
+    """A batch's adapters: (row indices, or None for every row; factors) per distinct adapter in it."""
+
+    groups: tuple[tuple[torch.Tensor | None, LoraFactors], ...]
+
+
+_ACTIVE: ContextVar[LoraFactors | RowAdapters | None] = ContextVar("gradlift_active_adapter", default=None)
 
 
 class SwitchableLinear(torch.nn.Module):
@@ -62,8 +72,16 @@ class SwitchableLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
-        factors = _ACTIVE.get()
-        if factors is not None and (ab := factors.get(self.name)) is not None:
+        active = _ACTIVE.get()
+        if isinstance(active, RowAdapters):
+            for rows, factors in active.groups:
+                if (ab := factors.get(self.name)) is None:
+                    continue
+                if rows is None:
+                    out = out + F.linear(F.linear(x, ab[0]), ab[1])
+                else:
+                    out = out.index_add(0, rows, F.linear(F.linear(x[rows], ab[0]), ab[1]))
+        elif active is not None and (ab := active.get(self.name)) is not None:
             out = out + F.linear(F.linear(x, ab[0]), ab[1])
         return out
 
@@ -155,11 +173,38 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
 
 # ---- one request ----
 
+def token_budget(context_length: int, prompt_tokens: int, params: SamplingParams) -> int:
+    """The most tokens a request may generate: max_tokens, or what the context has left."""
+    budget = context_length - prompt_tokens
+    return budget if params.max_tokens is None else min(budget, params.max_tokens)
+
+
+def request_generator(params: SamplingParams) -> torch.Generator | None:
+    """The request's random source, on the CPU, so one seed samples the same tokens on every device."""
+    if params.temperature == 0:
+        return None
+    return torch.Generator().manual_seed(params.seed if params.seed is not None else int(time.time_ns() % 2**63))
+
+
+def next_token(logits: torch.Tensor, engine: ChatEngine, params: SamplingParams, generated: int,
+               generator: torch.Generator | None) -> int:
+    """The next token from one request's last-position logits [vocab]; the end token is held back until
+    `min_tokens` have been generated (as transformers' min_new_tokens does)."""
+    if generated < params.min_tokens:
+        logits = logits.index_fill(0, engine.eos_index, float("-inf"))
+    return pick_token(logits, params, generator)
+
+
+TokenSource = Iterator[int]  # sampled token ids, one request's, ending early only if it was cancelled
+
+
 class Generation:
     """An iterator of text pieces for one request; `finish_reason` and the token counts are set as it runs.
 
-    Not thread-safe to iterate from two threads at once; `cancel()` (or setting the `cancel` event it
-    was made with) may be done from any thread.
+    The tokens come from a source: the request's own decoding loop in the iterating thread, or the
+    engine's batcher (`models.chat_batch`), which decodes every running request together. Not thread-safe
+    to iterate from two threads at once; `cancel()` (or setting the `cancel` event it was made with) may
+    be done from any thread.
     """
 
     def __init__(self, engine: ChatEngine, prompt_ids: list[int], params: SamplingParams,
@@ -167,6 +212,7 @@ class Generation:
         self.engine, self.params, self.factors = engine, params, factors
         self.prompt_ids = prompt_ids
         self.prompt_tokens, self.completion_tokens = len(prompt_ids), 0
+        self.budget = token_budget(engine.context_length, self.prompt_tokens, params)
         self.finish_reason: str | None = None  # "stop", "length", or "cancelled"
         self._cancel = cancel if cancel is not None else threading.Event()
         self._pieces = self._run()
@@ -188,52 +234,54 @@ class Generation:
         """Run to the end; the whole completion."""
         return "".join(self)
 
-    def _run(self) -> Iterator[str]:
-        engine, params, stop = self.engine, self.params, self.params.stop
-        budget = engine.context_length - self.prompt_tokens
-        if params.max_tokens is not None:
-            budget = min(budget, params.max_tokens)
-        generator = None
-        if params.temperature > 0:  # on the CPU: the same seed samples the same tokens on every device
-            generator = torch.Generator().manual_seed(params.seed if params.seed is not None
-                                                      else int(time.time_ns() % 2**63))
+    def _own_tokens(self) -> TokenSource:
+        """Decode alone, in the iterating thread, with a KV cache of its own."""
+        engine, generator = self.engine, request_generator(self.params)
         cache = DynamicCache(config=engine.model.config)
-        ids, completion, emitted = torch.tensor([self.prompt_ids], device=engine.device), [], 0
-        hold = max((len(s) for s in stop), default=1) - 1  # text that may still grow into a stop string
+        ids, generated = torch.tensor([self.prompt_ids], device=engine.device), 0
         while not self._cancel.is_set():
-            logits = engine.forward(ids, cache, self.factors)  # [vocab]
-            if self.completion_tokens < params.min_tokens:  # as transformers' min_new_tokens does
-                logits = logits.index_fill(0, engine.eos_index, float("-inf"))
-            token = pick_token(logits, params, generator)
-            self.completion_tokens += 1
-            if token == engine.eos_token_id:
-                self.finish_reason = "stop"
-                break
-            completion.append(token)
-            text = engine.tokenizer.decode(completion, skip_special_tokens=True)
-            cut = min((i for s in stop if (i := text.find(s, max(0, emitted - hold))) >= 0), default=-1)
-            if cut >= 0:
-                self.finish_reason = "stop"
-                if cut > emitted:
-                    yield text[emitted:cut]
-                return
-            if len(completion) >= budget:
-                self.finish_reason = "length"
-                break
-            ready = len(text) - hold if stop else len(text)
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                ready = min(ready, len(text) - 1)
-            if ready > emitted:
-                yield text[emitted:ready]
-                emitted = ready
+            token = next_token(engine.forward(ids, cache, self.factors), engine, self.params, generated, generator)
+            generated += 1
+            yield token
             ids = torch.tensor([[token]], device=engine.device)
-        else:
-            self.finish_reason = "cancelled"
-            return
+
+    def _run(self) -> Iterator[str]:
+        engine, stop = self.engine, self.params.stop
+        batcher = engine.batcher
+        source = batcher.submit(self) if batcher is not None else self._own_tokens()
+        completion, emitted = [], 0
+        hold = max((len(s) for s in stop), default=1) - 1  # text that may still grow into a stop string
+        try:
+            for token in source:
+                self.completion_tokens += 1
+                if token == engine.eos_token_id:
+                    self.finish_reason = "stop"
+                    break
+                completion.append(token)
+                text = engine.tokenizer.decode(completion, skip_special_tokens=True)
+                cut = min((i for s in stop if (i := text.find(s, max(0, emitted - hold))) >= 0), default=-1)
+                if cut >= 0:
+                    self.finish_reason = "stop"
+                    if cut > emitted:
+                        yield text[emitted:cut]
+                    return
+                if len(completion) >= self.budget:
+                    self.finish_reason = "length"
+                    break
+                ready = len(text) - hold if stop else len(text)
+                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                    ready = min(ready, len(text) - 1)
+                if ready > emitted:
+                    yield text[emitted:ready]
+                    emitted = ready
+            else:
+                self.finish_reason = "cancelled"
+                return
+        finally:
+            source.close()  # a batched request leaves the batch (a stop string, or the consumer went away)
         text = engine.tokenizer.decode(completion, skip_special_tokens=True)
         if len(text) > emitted:
             yield text[emitted:]
-
 
 # ---- the engine ----
 
@@ -241,10 +289,12 @@ class ChatEngine:
     """One base LLM with switchable adapters, shared by every request on its pair."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: tuple[str, ...],
-                 scale: float, max_adapters: int = 32, model_id: str = "base") -> None:
-        """`model` stays on its device; adapters and requests follow it there."""
-        if max_adapters < 1:
-            raise RequestError(f"max_adapters must be at least 1, not {max_adapters}")
+                 scale: float, max_adapters: int = 32, model_id: str = "base", max_batch: int = 1) -> None:
+        """`model` stays on its device; adapters and requests follow it there. With `max_batch` > 1 running
+        requests decode together, up to that many per forward (`models.chat_batch`); with 1 each request
+        decodes alone in the thread that iterates it."""
+        if max_adapters < 1 or max_batch < 1:
+            raise RequestError(f"max_adapters and max_batch must be at least 1, not {max_adapters}, {max_batch}")
         self.model, self.tokenizer, self.scale, self.model_id = model.eval(), tokenizer, scale, model_id
         self.device = next(model.parameters()).device
         self.max_adapters = max_adapters
@@ -256,11 +306,17 @@ class ChatEngine:
         self._adapters: OrderedDict[str, LoraFactors] = OrderedDict()
         self._lock = threading.Lock()
         self.adapter_loads = 0  # reads from disk: a cache miss each
+        self.batcher = None
+        if max_batch > 1:
+            from models.chat_batch import Batcher
+
+            self.batcher = Batcher(self, max_batch)
 
     @classmethod
-    def from_pair(cls, pair: Pair, max_adapters: int = 32, device: torch.device | str = "cpu") -> ChatEngine:
+    def from_pair(cls, pair: Pair, max_adapters: int = 32, device: torch.device | str = "cpu",
+                  max_batch: int = 1) -> ChatEngine:
         return cls(pair.load_model("llm", device), pair.load_tokenizer("llm"), pair.spec.lora.targets,
-                   pair.spec.lora.scale, max_adapters, model_id=pair.id)
+                   pair.spec.lora.scale, max_adapters, model_id=pair.id, max_batch=max_batch)
 
     # adapters
 
@@ -327,7 +383,7 @@ class ChatEngine:
 
 
 @contextmanager
-def active(factors: LoraFactors | None) -> Iterator[None]:
+def active(factors: LoraFactors | RowAdapters | None) -> Iterator[None]:
     token = _ACTIVE.set(factors)
     try:
         yield
@@ -339,9 +395,9 @@ class ChatEngines:
     """One engine per pair, each built on its first request."""
 
     def __init__(self, pairs_dir: Path, max_adapters: int = 32, torch_threads: int | None = None,
-                 device: str = "auto") -> None:
+                 device: str = "auto", max_batch: int = 1) -> None:
         self.pairs = PairStore(Path(pairs_dir))
-        self.max_adapters, self.device = max_adapters, resolve_device(device)
+        self.max_adapters, self.device, self.max_batch = max_adapters, resolve_device(device), max_batch
         self._engines: dict[str, ChatEngine] = {}
         self._lock = threading.Lock()
         if torch_threads:
@@ -353,7 +409,8 @@ class ChatEngines:
         with self._lock:
             if pair_id not in self._engines:
                 start = time.perf_counter()
-                self._engines[pair_id] = ChatEngine.from_pair(self.pairs.get(pair_id), self.max_adapters, self.device)
+                self._engines[pair_id] = ChatEngine.from_pair(self.pairs.get(pair_id), self.max_adapters, self.device,
+                                                              self.max_batch)
                 log.info("chat engine for pair %s loaded on %s in %.1fs", pair_id, self.device,
                          time.perf_counter() - start)
             return self._engines[pair_id]

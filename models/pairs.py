@@ -16,6 +16,7 @@ import fcntl
 import json
 import logging
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -117,13 +118,19 @@ class Pair:
         import torch
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir(side), dtype=torch.float32)
+        with _LOADING:
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir(side), dtype=torch.float32)
         return model.to(device).eval()
 
     def load_tokenizer(self, side: str = "llm") -> PreTrainedTokenizerBase:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(self.model_dir(side))
+
+
+# transformers builds a model on the meta device under a process-wide switch: two threads loading at once
+# can leave one with weights that have no data. Loads take turns.
+_LOADING = threading.Lock()
 
 
 class PairStore:

@@ -6,6 +6,7 @@ chat request reaches its handler without a thread hop (FastAPI runs plain functi
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -98,22 +99,32 @@ async def get_pairs(settings: SettingsDep) -> PairCatalog:
 PairsDep = Annotated[PairCatalog, Depends(get_pairs)]
 
 
+_ENGINES_LOCK = threading.Lock()  # concurrent first chat requests make one ChatEngines, not several
+
+
+def _chat_engines_once(*args: object) -> ChatEngines:
+    with _ENGINES_LOCK:
+        return _chat_engines(*args)  # type: ignore[arg-type]
+
+
 @lru_cache(maxsize=1)
-def _chat_engines(pairs_dir: Path, max_adapters: int, torch_threads: int, device: str) -> ChatEngines:
+def _chat_engines(pairs_dir: Path, max_adapters: int, torch_threads: int, device: str,
+                  max_batch: int) -> ChatEngines:
     from models.chat_engine import ChatEngines  # torch loads on the first chat request, not at start
 
-    return ChatEngines(pairs_dir, max_adapters, torch_threads, device)
+    return ChatEngines(pairs_dir, max_adapters, torch_threads, device, max_batch)
 
 
 async def get_chat_engines(settings: SettingsDep) -> ChatEngines:
     assert settings.pairs_dir is not None  # filled in by Settings
-    args = (settings.pairs_dir, settings.chat_max_adapters, settings.chat_torch_threads, settings.device)
+    args = (settings.pairs_dir, settings.chat_max_adapters, settings.chat_torch_threads, settings.device,
+            settings.chat_max_batch)
     if _chat_engines.cache_info().currsize:
         return _chat_engines(*args)
     from models.device import DeviceError
 
     try:
-        return await run_in_threadpool(_chat_engines, *args)  # importing torch takes seconds: off the event loop
+        return await run_in_threadpool(_chat_engines_once, *args)  # importing torch takes seconds: off the loop
     except DeviceError as exc:  # GRADLIFT_DEVICE names a GPU this machine lacks
         raise ApiError(Code.not_ready, f"Chat is unavailable: {exc}.") from None
 

@@ -11,7 +11,7 @@ import torch
 
 from models.chat_engine import AdapterRef, ChatEngine, RequestError, SamplingParams, pick_token
 from models.errors import AdapterError
-from models.pairs import Pair
+from models.pairs import Pair, PairStore
 from models.tasks import get_task, make_splits
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
@@ -197,3 +197,81 @@ def test_on_a_gpu_the_engine_answers_as_on_the_cpu(pair: Pair, engine: ChatEngin
     assert all(a.device.type == "cuda" and b.device.type == "cuda" for a, b in factors.values())
     hot = SamplingParams(max_tokens=20, temperature=1.5, seed=7)  # sampled on the CPU from the GPU's logits
     assert complete(gpu, texts[1], None, hot) == complete(gpu, texts[1], None, hot)
+
+
+@pytest.fixture(scope="module")
+def batched(pair: Pair) -> ChatEngine:
+    return ChatEngine.from_pair(pair, max_adapters=4, max_batch=8)
+
+
+def test_batched_requests_on_different_adapters_answer_as_they_do_alone(pair: Pair, engine: ChatEngine,
+                                                                        batched: ChatEngine, upgraded: Path,
+                                                                        upgraded_other: Path) -> None:
+    adapters = [ref(upgraded), ref(upgraded_other), None]
+    texts = prompts(pair) + ["rol ?: ab #### ", "separate 7 ?: " + "x" * 24]  # prompt lengths differ
+    variants = [GREEDY, SamplingParams(max_tokens=3, temperature=0),
+                SamplingParams(max_tokens=30, min_tokens=30, temperature=0)]
+    jobs = [(p, a, v) for i, p in enumerate(texts) for a in adapters for v in variants[i % 3:i % 3 + 1]]
+    alone = [complete(engine, p, a, v) for p, a, v in jobs]
+    assert len(set(alone)) > len(texts), "the adapters change nothing"
+    barrier, results = threading.Barrier(len(jobs)), {}
+
+    def worker(i: int) -> None:
+        barrier.wait(timeout=30)
+        results[i] = complete(batched, *jobs[i])
+
+    steps_before, rows_before = batched.batcher.steps, batched.batcher.rows_stepped
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [results.get(i) for i in range(len(jobs))] == alone
+    steps, rows = batched.batcher.steps - steps_before, batched.batcher.rows_stepped - rows_before
+    assert rows / steps > 2, f"{rows} rows in {steps} steps: the requests did not share forwards"
+
+
+def test_a_batched_request_leaves_the_batch_when_cancelled_or_stopped(pair: Pair, engine: ChatEngine,
+                                                                       batched: ChatEngine, upgraded: Path) -> None:
+    long = SamplingParams(max_tokens=40, min_tokens=40, temperature=0)
+    prompt = prompts(pair)[0]
+    ids = batched.prompt_ids([{"role": "user", "content": prompt}])
+    full = complete(engine, prompt, ref(upgraded), long)
+    cancelled = batched.generate(ids, long, ref(upgraded))
+    first = next(cancelled)
+    neighbour = batched.generate(ids, long, ref(upgraded))
+    assert next(neighbour) == first
+    cancelled.cancel()
+    assert list(cancelled) == [] and cancelled.finish_reason == "cancelled"  # tokens already decoded are dropped
+    assert first + "".join(neighbour) == full and neighbour.finish_reason == "length"
+    stop = full[5:7]
+    stopped = batched.generate(ids, SamplingParams(max_tokens=40, min_tokens=40, temperature=0, stop=(stop,)),
+                               ref(upgraded))
+    assert stopped.text() == full[:full.index(stop)] and stopped.finish_reason == "stop"
+    assert complete(batched, prompt, ref(upgraded), long) == full  # the batch carries on
+
+
+def test_concurrent_first_requests_load_the_pair_once(chat_pairs_dir: Path) -> None:
+    from models.chat_engine import ChatEngines
+
+    engines, got, barrier = ChatEngines(chat_pairs_dir), {}, threading.Barrier(6)
+
+    def first_request(i: int) -> None:
+        barrier.wait(timeout=30)
+        engine = engines.get("toy")
+        got[i] = (engine, complete(engine, "rol ?: abc #### ", None))
+
+    threads = [threading.Thread(target=first_request, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len({id(engine) for engine, _ in got.values()}) == 1 and len({text for _, text in got.values()}) == 1
+    # Models loaded in several threads at once all get real weights (transformers' meta-device switch is global).
+    pair, models = PairStore(chat_pairs_dir).get("toy"), {}
+    loaders = [threading.Thread(target=lambda i=i: models.__setitem__(i, pair.load_model("llm"))) for i in range(4)]
+    for t in loaders:
+        t.start()
+    for t in loaders:
+        t.join(timeout=120)
+    assert all(not p.is_meta for m in models.values() for p in m.parameters()) and len(models) == 4
