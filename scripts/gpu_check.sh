@@ -9,6 +9,7 @@
 #
 #   OUT=gpu-out scripts/gpu_check.sh                 # all three steps
 #   STEPS=smol SMOL_ARGS="--prompts 4 --rounds 3" scripts/gpu_check.sh
+#   STEPS=tests TESTS="tests/chat/test_chat_engine.py -k gpu" scripts/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 STEPS=" ${STEPS:-tests smol toy} "
@@ -33,8 +34,10 @@ quiet() { grep --line-buffered -v "Loading weights\|Writing model shards\|Future
 
 # 1. Tests: the CUDA ones run (engine answers as on the CPU, an upgrade equals the CPU's), the rest of
 #    these files must still pass on a GPU machine.
+TESTS=${TESTS:-"tests/models/test_device.py tests/chat/test_chat_engine.py tests/models/test_pair_pipeline.py"}
+# shellcheck disable=SC2086  # TESTS is a list of pytest arguments
 [[ $STEPS == *" tests "* ]] && GRADLIFT_TEST_PAIRS=data/pairs OMP_NUM_THREADS=4 timeout 200 $PY -m pytest -q -p no:cacheprovider -rs \
-  tests/models/test_device.py tests/chat/test_chat_engine.py tests/models/test_pair_pipeline.py 2>&1 \
+  $TESTS 2>&1 \
   | quiet | tee "$OUT/pytest.log" | tail -15
 echo "tests done at ${SECONDS}s"
 

@@ -197,6 +197,16 @@ def test_on_a_gpu_the_engine_answers_as_on_the_cpu(pair: Pair, engine: ChatEngin
     assert all(a.device.type == "cuda" and b.device.type == "cuda" for a, b in factors.values())
     hot = SamplingParams(max_tokens=20, temperature=1.5, seed=7)  # sampled on the CPU from the GPU's logits
     assert complete(gpu, texts[1], None, hot) == complete(gpu, texts[1], None, hot)
+    batched = ChatEngine.from_pair(pair, max_adapters=4, device="cuda", max_batch=8)
+    jobs = [(p, a) for p in texts for a in (ref(upgraded), ref(upgraded_other), None)]
+    results: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, complete(batched, *jobs[i])))
+               for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [results.get(i) for i in range(len(jobs))] == [complete(engine, p, a) for p, a in jobs]
 
 
 @pytest.fixture(scope="module")
