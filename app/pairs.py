@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.errors import ApiError, Code
 
@@ -31,13 +31,15 @@ class PairCatalog:
             raise ApiError(Code.pair_not_found, f"No pair {pair_id!r}: {exc}.", param=param) from None
 
     @staticmethod
-    def choose_gt(pair: Pair, task: str | None) -> str:
-        """The GT for a task (its own, else the pair's all-task GT), as the ML core resolves it."""
+    def choose_gt(pair: Pair, task: str | None, privacies: list[dict[str, Any] | None] | None = None) -> str:
+        """The GT for a task (its own, else the pair's all-task GT) and the uploads' privacy settings (the
+        most private of them), as the ML core resolves it."""
         from models.errors import NotFoundError
+        from models.privacy import noisiest
         from models.upgrade import resolve_gt
 
         try:
-            return resolve_gt(pair, task)
+            return resolve_gt(pair, task, noisiest(privacies or []))
         except NotFoundError as exc:
             raise ApiError(Code.no_gradient_transformer, f"{exc}.", param="task") from None
 

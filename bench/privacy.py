@@ -1,6 +1,7 @@
 """Quality of upgrades when organizations protect their TinyLM update, the paper's two ways.
 
     python -m bench.privacy --pair toy --out bench/results/privacy-toy.json
+    python -m bench.privacy --pair toy --out ... --export-gts data/pairs/toy/gts   # ship the matched GTs
 
 For every task of the pair and every protection (none, i.e. epsilon = inf; DP-SGD at epsilon 8, 1 and
 0.1; Gaussian output noise at the same epsilons), the organization fine-tunes the TinyLM on the task's
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path, default=Path("privacy.json"))
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
+    parser.add_argument("--export-gts", type=Path, help="save each matched GT here as all@<mechanism>-eps<e> "
+                        "(a pair's gts/ folder: upgrades of uploads with that privacy then use it)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
@@ -99,8 +102,9 @@ def main() -> None:
     for mechanism, epsilon, settings in protections(clip):
         plans = [replace(p, **settings) for p in plain_plans]
         build_shadow(pair, plans, workers=args.workers)
+        export = args.export_gts / f"all@{mechanism.replace('_', '-')}-eps{epsilon:g}" if args.export_gts else None
         matched_gt, data = (plain_gt, plain_data) if not settings else \
-            fit(pair, plans, None, "all", recipe.gt, timings)
+            fit(pair, plans, export, "all", recipe.gt, timings)
         ridge = Ridge(data)
         for task in tasks:
             run = plain[task]

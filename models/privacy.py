@@ -16,6 +16,7 @@ provider's shadow runs on public data and for tests.
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import warnings
@@ -151,3 +152,54 @@ def clip_norm(vector: torch.Tensor, bound: float, order: int) -> torch.Tensor:
     """`vector` scaled down to norm `bound` if its norm is larger."""
     norm = torch.linalg.vector_norm(vector, ord=order)
     return vector * (bound / norm) if norm > bound else vector
+
+
+# ---- matching an upload's privacy to a GT's shadow runs ----
+
+MISMATCH = 10.0  # distance between different mechanisms (or none and one): worse than any epsilon gap here
+
+
+def adapter_privacy(metadata: dict[str, str]) -> dict[str, Any] | None:
+    """The privacy settings `gradlift finetune` recorded in an adapter file's metadata (None: none recorded,
+    or a plain run). ConfigError if the record is there but unreadable."""
+    if "gradlift" not in metadata:
+        return None
+    try:
+        record = json.loads(metadata["gradlift"])
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"the adapter's `gradlift` metadata is not JSON: {exc}") from None
+    privacy = record.get("privacy") if isinstance(record, dict) else None
+    if privacy is None:
+        return None
+    mechanisms = {k: v for k, v in privacy.items() if v} if isinstance(privacy, dict) else None
+    if mechanisms is None or any(k not in ("dp_sgd", "update_noise") or not _epsilon(v)
+                                 for k, v in mechanisms.items()):
+        raise ConfigError("the adapter's `gradlift` metadata has a `privacy` entry without an epsilon per mechanism")
+    return mechanisms or None
+
+
+def _epsilon(settings: object) -> float | None:
+    value = settings.get("epsilon") if isinstance(settings, dict) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def privacy_distance(upload: dict[str, Any] | None, shadow: dict[str, Any] | None) -> float:
+    """How far a GT's shadow-run privacy is from an upload's: 0 for the same mechanisms at the same
+    epsilons; |ln eps - ln eps'| per shared mechanism; MISMATCH per mechanism only one side has."""
+    a = {k: v for k, v in (upload or {}).items() if v}
+    b = {k: v for k, v in (shadow or {}).items() if v}
+    distance = MISMATCH * len(a.keys() ^ b.keys())
+    for mechanism in a.keys() & b.keys():
+        ea, eb = _epsilon(a[mechanism]), _epsilon(b[mechanism])
+        kinds_differ = a[mechanism].get("kind") != b[mechanism].get("kind")
+        distance += MISMATCH * kinds_differ + (abs(math.log(ea / eb)) if ea and eb else MISMATCH)
+    return distance
+
+
+def noisiest(privacies: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The most private of several uploads' settings (pooled upgrades): the GT is matched to it."""
+    def strength(p: dict[str, Any] | None) -> tuple[int, float]:
+        epsilons = [e for v in (p or {}).values() if (e := _epsilon(v))]
+        return len(epsilons), -min(epsilons, default=math.inf)
+
+    return max(privacies, key=strength, default=None)

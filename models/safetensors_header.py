@@ -13,6 +13,21 @@ from models.errors import AdapterError
 _DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """The header's `__metadata__` (string keys and values), {} if it has none."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8)) if size >= 8 else (0,)
+        try:
+            header = json.loads(handle.read(length)) if 0 < length <= size - 8 else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = {}
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        return {}
+    return metadata
+
+
 def read_header(path: Path) -> dict:
     """The JSON header of a safetensors file, checked against the file's size and offsets."""
     size = path.stat().st_size

@@ -90,13 +90,21 @@ def build_toy_models(out: Path, seed: int = 0) -> dict[str, float]:
     return timings
 
 
+def quick_plans(pair: Pair) -> list:
+    """The shadow plans of the quick test GT: 2 short fine-tunes per task."""
+    from models.finetune import FinetuneConfig
+    from models.shadow import ShadowPlan
+
+    return [ShadowPlan(task, subsets=2, subset_size=200, keep_last=4, finetune=FinetuneConfig(steps=30))
+            for task in pair.spec.tasks]
+
+
 def ensure_toy_ready(root: Path, profile: str = "test") -> Pair:
     """The toy pair with a Gradient Transformer for all its tasks; a small, fast one for `test`."""
-    from models.finetune import FinetuneConfig
     from models.gt_checkpoint import data_hash, save_gt
     from models.gt_train import GTTrainConfig, train_gt
     from models.pairs import ALL_TASKS, ensure_pair, locked
-    from models.shadow import ShadowPlan, build_shadow, load_shadow, shadow_privacy
+    from models.shadow import build_shadow, load_shadow, shadow_privacy
 
     pair = ensure_pair(Path(root), "toy")
     if ALL_TASKS in pair.gt_ids():
@@ -105,8 +113,7 @@ def ensure_toy_ready(root: Path, profile: str = "test") -> Pair:
         raise ValueError(f"unknown profile {profile!r}; the full GTs come from `python -m bench.quality`")
     with locked(Path(root) / ".toy-gt.lock"):
         if ALL_TASKS not in pair.gt_ids():
-            plans = [ShadowPlan(task, subsets=2, subset_size=200, keep_last=4,
-                                finetune=FinetuneConfig(steps=30)) for task in pair.spec.tasks]
+            plans = quick_plans(pair)
             build_shadow(pair, plans, progress=False)
             data = load_shadow(pair, plans)
             model, info = train_gt(data, GTTrainConfig(steps=150, eval_every=50, d_model=64, d_ff=128),

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from models.finetune import write_adapter_folder
 from models.grad_transformer import GradientTransformer
 from models.gt_checkpoint import load_gt
 from models.pairs import ALL_TASKS, Pair
+from models.privacy import privacy_distance
 from models.tasks import get_task
 from models.textdata import encode_prompts
 from models.update import LoraLayout, Update, add, mean, read_adapter, save_update, subtract
@@ -41,16 +43,32 @@ class UpgradeResult:
     update: Update
 
 
-def resolve_gt(pair: Pair, task: str | None) -> str:
-    """The GT to use: the task's own, else the pair's GT for all tasks."""
+def resolve_gt(pair: Pair, task: str | None, privacy: dict | None = None) -> str:
+    """The GT to use: the task's own, else the pair's GT for all tasks; of those (named `<task>` or
+    `<task>@<anything>`), the one whose shadow runs' privacy (its config's `shadow_privacy`) is nearest
+    the upload's (`models.privacy.privacy_distance`; ties: the plainest name first)."""
     ids = pair.gt_ids()
-    if task is not None and task in ids:
-        return task
-    if ALL_TASKS in ids and (task is None or task in pair.spec.tasks):
-        return ALL_TASKS
-    wanted = task or "a task-free upgrade"
-    have = ", ".join(ids) or "none"
-    raise NotFoundError(f"pair {pair.id!r} has no Gradient Transformer for {wanted}; it has: {have}")
+    by_task: dict[str, list[str]] = {}
+    for gt_id in ids:
+        by_task.setdefault(gt_id.split("@", 1)[0], []).append(gt_id)
+    if task is not None and task in by_task:
+        candidates = by_task[task]
+    elif ALL_TASKS in by_task and (task is None or task in pair.spec.tasks):
+        candidates = by_task[ALL_TASKS]
+    else:
+        wanted = task or "a task-free upgrade"
+        have = ", ".join(ids) or "none"
+        raise NotFoundError(f"pair {pair.id!r} has no Gradient Transformer for {wanted}; it has: {have}")
+    if len(candidates) == 1:
+        return candidates[0]
+    return min(candidates, key=lambda gt_id: (privacy_distance(privacy, shadow_privacy(pair, gt_id)), len(gt_id),
+                                              gt_id))
+
+
+def shadow_privacy(pair: Pair, gt_id: str) -> dict | None:
+    """The privacy of the shadow runs the GT learned from (None: plain runs)."""
+    config = json.loads((pair.gt_dir(gt_id) / "config.json").read_text())
+    return config.get("shadow_privacy")
 
 
 def _stamp(path: Path) -> int:

@@ -32,6 +32,35 @@ def toy_pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+DP_GT = "all@dp-sgd-eps1"  # the dp_pairs_dir fixture's second all-task GT
+
+
+@pytest.fixture(scope="session")
+def dp_pairs_dir(toy_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the toy pair with a second all-task GT, trained on DP-SGD (epsilon 1) shadow runs of the
+    quick GT's plans (their LLM runs are the plain plans', already built)."""
+    from dataclasses import replace
+
+    from models.gt_checkpoint import data_hash, save_gt
+    from models.gt_train import GTTrainConfig, train_gt
+    from models.pairs import PairStore
+    from models.privacy import DPConfig
+    from models.shadow import build_shadow, load_shadow, shadow_privacy
+    from models.toy import quick_plans
+
+    root = tmp_path_factory.mktemp("dp-pairs")
+    shutil.copytree(toy_pairs_dir / "toy", root / "toy")
+    pair = PairStore(root).get("toy")
+    plans = [replace(plan, dp=DPConfig(1.0)) for plan in quick_plans(pair)]
+    build_shadow(pair, plans, progress=False)
+    data = load_shadow(pair, plans)
+    model, info = train_gt(data, GTTrainConfig(steps=50, eval_every=50, d_model=64, d_ff=128), progress=False)
+    save_gt(model, pair.gt_dir(DP_GT), {"pair": pair.id, "task": "all", "tasks": list(pair.spec.tasks),
+                                        "data_sha256": data_hash(data.src, data.tgt),
+                                        "shadow_privacy": shadow_privacy(plans), **info})
+    return root
+
+
 @pytest.fixture(scope="session")
 def smol_pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pairs folder holding the smol pair: shipped assets + SmolLM2 converted from its GGUF (~30 s)."""

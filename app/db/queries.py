@@ -190,13 +190,13 @@ def contribute(session: Session, collaboration_id: str, checkpoint: Checkpoint) 
     return row
 
 
-def pooled_inputs(session: Session, collaboration_id: str) -> list[dict[str, str]]:
+def pooled_inputs(session: Session, collaboration_id: str) -> list[dict[str, Any]]:
     """The contributed checkpoints as a job's inputs, in the order they were contributed."""
-    query = (select(Checkpoint.id, Checkpoint.sha256)
+    query = (select(Checkpoint.id, Checkpoint.sha256, Checkpoint.privacy)
              .join(Contribution, Contribution.checkpoint_id == Checkpoint.id)
              .where(Contribution.collaboration_id == collaboration_id)
              .order_by(Contribution.created_at, Contribution.id))
-    return [{"id": row.id, "sha256": row.sha256} for row in session.execute(query)]
+    return [{"id": row.id, "sha256": row.sha256, "privacy": row.privacy} for row in session.execute(query)]
 
 
 def find_idempotent(session: Session, org_id: str, scope: str, key: str) -> IdempotencyRecord | None:

@@ -90,6 +90,8 @@ class Checkpoint(Base):
     bytes: Mapped[int] = mapped_column(Integer)
     filename: Mapped[str] = mapped_column(String(255))
     adapter_config: Mapped[dict[str, Any] | None]
+    # The privacy settings recorded in the file's metadata by `gradlift finetune` (DP-SGD, output noise).
+    privacy: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import UnixTime
 
@@ -19,6 +19,9 @@ class CheckpointPublic(BaseModel):
     bytes: int
     filename: str
     adapter_config: dict[str, Any] | None
+    privacy: dict[str, Any] | None = Field(
+        default=None, description="DP-SGD / output-noise settings recorded in the file's metadata; upgrades "
+                                  "use the GT trained on shadow runs of the nearest privacy")
     created_at: UnixTime
 
 

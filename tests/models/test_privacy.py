@@ -152,3 +152,50 @@ def test_shadow_plans_carry_privacy_to_the_tinylm_runs_only(toy_pair: Pair) -> N
         shadow_privacy([base, private])
     with pytest.raises(ConfigError, match="takes no seed"):
         replace(base, dp=DPConfig(1.0, seed=1))
+
+
+def test_an_adapter_files_privacy_record_is_read_from_its_metadata(toy_pair: Pair, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from models.privacy import adapter_privacy
+    from models.safetensors_header import read_metadata
+
+    examples = make_splits(get_task("rotate-3"), seed=0).private[:16]
+    out = finetune_adapter(toy_pair, "rotate-3", tmp_path / "dp", steps=4, examples=examples,
+                           dp=DPConfig(epsilon=3.0))
+    privacy = adapter_privacy(read_metadata(out / "adapter_model.safetensors"))
+    assert privacy is not None and set(privacy) == {"dp_sgd"} and privacy["dp_sgd"]["epsilon"] == 3.0
+    plain = finetune_adapter(toy_pair, "rotate-3", tmp_path / "plain", steps=2, examples=examples)
+    assert adapter_privacy(read_metadata(plain / "adapter_model.safetensors")) is None
+    assert adapter_privacy({}) is None  # a file from elsewhere: nothing recorded
+    tensors = read_adapter(plain / "adapter_model.safetensors")
+    for bad in ("{not json", json.dumps({"privacy": {"dp_sgd": {"clip": 1.0}}})):  # no epsilon
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"gradlift": bad})
+        with pytest.raises(ConfigError):
+            adapter_privacy(read_metadata(tmp_path / "bad.safetensors"))
+
+
+def test_privacy_distance_prefers_the_same_mechanism_at_the_nearest_epsilon() -> None:
+    from models.privacy import MISMATCH, noisiest, privacy_distance
+
+    dp = lambda e: {"dp_sgd": {"epsilon": e, "delta": 1e-5}, "update_noise": None}  # noqa: E731
+    assert privacy_distance(None, None) == 0 and privacy_distance(dp(1.0), dp(1.0)) == 0
+    assert privacy_distance(dp(1.0), dp(8.0)) == pytest.approx(math.log(8))
+    assert privacy_distance(dp(1.0), None) == MISMATCH == privacy_distance(None, dp(0.1))
+    assert privacy_distance(dp(0.1), dp(8.0)) < MISMATCH  # any DP GT is nearer a DP upload than a plain one
+    noise = {"update_noise": {"kind": "gaussian", "epsilon": 1.0}}
+    assert privacy_distance(noise, dp(1.0)) == 2 * MISMATCH
+    assert noisiest([None, dp(8.0), dp(0.5), None]) == dp(0.5) and noisiest([None, None]) is None
+
+
+def test_an_upgrade_picks_the_gt_trained_on_shadow_runs_of_the_uploads_privacy(dp_pairs_dir: Path) -> None:
+    from models.pairs import ALL_TASKS, PairStore
+    from models.upgrade import resolve_gt
+    from tests.conftest import DP_GT
+
+    pair = PairStore(dp_pairs_dir).get("toy")
+    assert set(pair.gt_ids()) == {ALL_TASKS, DP_GT}
+    dp = lambda e: {"dp_sgd": {"epsilon": e, "delta": 1e-5}}  # noqa: E731
+    assert resolve_gt(pair, None, None) == ALL_TASKS
+    assert resolve_gt(pair, None, dp(1.0)) == DP_GT == resolve_gt(pair, "rotate-6", dp(8.0))
+    assert resolve_gt(pair, None, {"update_noise": {"kind": "gaussian", "epsilon": 1.0}}) == ALL_TASKS

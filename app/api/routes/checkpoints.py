@@ -59,7 +59,9 @@ async def create_checkpoint(request: Request, session: SessionDep, org: CurrentO
 
 def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, pairs: PairCatalog,
                       key: str | None) -> CheckpointPublic:
-    from models.errors import AdapterError
+    from models.errors import AdapterError, ConfigError
+    from models.privacy import adapter_privacy
+    from models.safetensors_header import read_metadata
     from models.update import validate_adapter_file
 
     upload = form.files.get("file")
@@ -76,12 +78,13 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
     config = _read_config(form, pair.spec.lora.r)
     try:
         validate_adapter_file(upload.blob.path, pairs.tiny_adapter_shapes(pair))
-    except AdapterError as exc:
+        privacy = adapter_privacy(read_metadata(upload.blob.path))
+    except (AdapterError, ConfigError) as exc:
         raise _invalid(f"Invalid adapter for pair {pair.id!r}: {exc}.", "file") from None
     sha256, size = upload.blob.sha256, upload.blob.size
     upload.blob.commit()  # the blob exists before any row points at it
     row = Checkpoint(org_id=org.id, pair=pair.id, sha256=sha256, bytes=size, adapter_config=config,
-                     filename=upload.filename or "adapter_model.safetensors")
+                     privacy=privacy, filename=upload.filename or "adapter_model.safetensors")
     session.add(row)
     session.flush()
     public = CheckpointPublic.model_validate(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Query
 from sqlalchemy.exc import IntegrityError
@@ -54,11 +55,11 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
     if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
         return UpgradePublic.model_validate(stored)
     pair = pairs.get(body.pair)
-    gt_id = pairs.choose_gt(pair, body.task)
     if body.collaboration_id is not None:
         inputs = _pooled_inputs(session, org, body.collaboration_id, pair.id)
     else:
         inputs = _own_inputs(session, org, body.checkpoint_ids or [], pair.id)
+    gt_id = pairs.choose_gt(pair, body.task, [item["privacy"] for item in inputs])
     job = jobs.create_job(session, org.id, pair.id, body.task, gt_id, inputs, body.collaboration_id)
     public = to_public(session, job)
     idempotency.remember(session, org.id, SCOPE, key, print_, public)
@@ -74,7 +75,7 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
 
 
 def _own_inputs(session: Session, org: Organization, checkpoint_ids: list[str], pair_id: str
-                ) -> list[dict[str, str]]:
+                ) -> list[dict[str, Any]]:
     """The caller's own checkpoints, in the order given."""
     if len(set(checkpoint_ids)) != len(checkpoint_ids):
         raise ApiError(Code.invalid_request, "A checkpoint is listed twice.", param="checkpoint_ids")
@@ -87,12 +88,12 @@ def _own_inputs(session: Session, org: Organization, checkpoint_ids: list[str], 
         if checkpoint.pair != pair_id:
             raise ApiError(Code.invalid_request, f"Checkpoint {checkpoint_id!r} was made for pair "
                            f"{checkpoint.pair!r}, not {pair_id!r}.", param=param)
-        inputs.append({"id": checkpoint.id, "sha256": checkpoint.sha256})
+        inputs.append({"id": checkpoint.id, "sha256": checkpoint.sha256, "privacy": checkpoint.privacy})
     return inputs
 
 
 def _pooled_inputs(session: Session, org: Organization, collaboration_id: str, pair_id: str
-                   ) -> list[dict[str, str]]:
+                   ) -> list[dict[str, Any]]:
     """Every contribution of a collaboration the caller has joined, from at least two organizations."""
     collaboration = joined_collaboration(session, org, collaboration_id, param="collaboration_id")
     if collaboration.pair != pair_id:

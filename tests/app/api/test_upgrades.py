@@ -74,3 +74,31 @@ def test_idempotency_key(toy_api: Api, checkpoint_id: str) -> None:
     assert_error(create(toy_api, body | {"task": "other"}, key="retry-1"), 409, "idempotency_key_reused")
     assert create(toy_api, body, key="retry-1", org="acme").json()["id"] == first["id"]
     assert toy_api.client.get("/v1/upgrades", headers=toy_api.auth()).json()["count"] == 1
+
+
+@pytest.fixture
+def dp_api(service_env, dp_pairs_dir: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001, ANN201
+    from tests.app.api.conftest import _api
+    from tests.conftest import use_settings
+
+    yield from _api(use_settings(monkeypatch, pairs_dir=str(dp_pairs_dir)))
+
+
+def test_a_dp_upload_is_upgraded_by_the_gt_of_matching_dp_shadow_runs(dp_api: Api, dp_pairs_dir: Path) -> None:
+    import json
+
+    from tests.conftest import DP_GT
+
+    init = load_file(str(dp_pairs_dir / "toy" / "tiny_lora_init.safetensors"))
+    record = {"pair": "toy", "privacy": {"dp_sgd": {"epsilon": 2.0, "delta": 1e-5, "clip": 1.0,
+                                                    "epsilon_spent": 1.97}, "update_noise": None}}
+    private = upload(dp_api, save(adapter(init), metadata={"gradlift": json.dumps(record)})).json()
+    assert private["privacy"] == {"dp_sgd": record["privacy"]["dp_sgd"]}
+    plain = upload(dp_api, save(adapter(init, seed=1))).json()
+    assert plain["privacy"] is None
+    assert create(dp_api, {"pair": "toy", "checkpoint_ids": [private["id"]]}).json()["gt_id"] == DP_GT
+    assert create(dp_api, {"pair": "toy", "checkpoint_ids": [plain["id"]]}).json()["gt_id"] == "all"
+    # Several uploads: the GT matches the most private of them.
+    assert create(dp_api, {"pair": "toy", "checkpoint_ids": [plain["id"], private["id"]]}).json()["gt_id"] == DP_GT
+    unreadable = upload(dp_api, save(adapter(init, seed=2), metadata={"gradlift": "{oops"}))
+    assert "metadata is not JSON" in assert_error(unreadable, 422, "invalid_adapter")["message"]
