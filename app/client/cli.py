@@ -6,6 +6,7 @@
     gradlift watch UPGRADE                                 a progress bar until the upgrade ends
     gradlift download DELTA --out DIR                      the LLM adapter (resumed if interrupted)
     gradlift chat MODEL                                    a streamed conversation, one turn per line
+    gradlift whoami / gradlift collab ACTION ...           pooled upgrades (see app/client/collab.py)
 
 The service and key come from --url / --api-key, else GRADLIFT_URL / GRADLIFT_API_KEY. Results go to
 stdout, the id alone on the last line; progress and errors to stderr; a failure exits 1.
@@ -18,12 +19,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.client import collab
 from app.client.http import Api, ClientError, client_settings
 
 if TYPE_CHECKING:
     from models.privacy import DPConfig, UpdateNoise
 
-COMMANDS = ("finetune", "upload", "upgrade", "watch", "download", "chat")
+COMMANDS = ("finetune", "upload", "upgrade", "watch", "download", "chat", "whoami", "collab")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -52,6 +54,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     talk.add_argument("--system", help="a system message opening the conversation")
     talk.add_argument("--max-tokens", type=int)
     talk.add_argument("--temperature", type=float)
+    collab.add_commands(commands, service)
 
 
 def _add_finetune(commands: argparse._SubParsersAction, service: argparse.ArgumentParser) -> None:
@@ -157,14 +160,15 @@ def _upgrade(api: Api, args: argparse.Namespace) -> int:
         print(job["id"])
         return 0
     print(f"upgrade {job['id']} queued", file=sys.stderr)
-    return _follow(api, job["id"], args.timeout)
+    return follow(api, job["id"], args.timeout)
 
 
 def _watch(api: Api, args: argparse.Namespace) -> int:
-    return _follow(api, args.upgrade, args.timeout)
+    return follow(api, args.upgrade, args.timeout)
 
 
-def _follow(api: Api, upgrade_id: str, timeout_s: float | None) -> int:
+def follow(api: Api, upgrade_id: str, timeout_s: float | None) -> int:
+    """Follow an upgrade with a progress bar; print its delta id when it succeeds."""
     from app.client.jobs import watch
 
     job = watch(api, upgrade_id, timeout_s)
@@ -188,4 +192,5 @@ def _chat(api: Api, args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-_HANDLERS = {"upload": _upload, "upgrade": _upgrade, "watch": _watch, "download": _download, "chat": _chat}
+_HANDLERS = {"upload": _upload, "upgrade": _upgrade, "watch": _watch, "download": _download, "chat": _chat,
+             "whoami": collab.whoami, "collab": collab.collab}

@@ -48,6 +48,9 @@ class Api:
     def post(self, path: str, **kwargs: Any) -> Any:
         return self._json(self.request("POST", path, **kwargs))
 
+    def delete(self, path: str) -> Any:
+        return self._json(self.request("DELETE", path))
+
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A checked response: errors (4xx/5xx) and unreachable services raise ClientError."""
         try:

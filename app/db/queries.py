@@ -90,6 +90,21 @@ def checkpoint_in_use(session: Session, checkpoint: Checkpoint) -> bool:
     return any(item["id"] == checkpoint.id for job in session.scalars(active) for item in job.inputs)
 
 
+def contribution_in_use(session: Session, contribution: Contribution) -> bool:
+    """Whether a queued or running pooled job of the contribution's collaboration reads it."""
+    active = select(Job).where(Job.collaboration_id == contribution.collaboration_id,
+                               Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
+    return any(item["id"] == contribution.checkpoint_id for job in session.scalars(active) for item in job.inputs)
+
+
+def collaboration_outputs(session: Session, collaboration_id: str) -> tuple[int, int]:
+    """(pooled deltas, upgrades queued or running) of a collaboration."""
+    deltas = session.scalar(select(func.count()).select_from(Delta).where(Delta.collaboration_id == collaboration_id))
+    active = session.scalar(select(func.count()).select_from(Job).where(
+        Job.collaboration_id == collaboration_id, Job.status.in_([JobStatus.queued.value, JobStatus.running.value])))
+    return int(deltas or 0), int(active or 0)
+
+
 def blob_referenced(session: Session, sha256: str) -> bool:
     """Whether any checkpoint still points at a blob (blobs are shared by identical uploads)."""
     query = select(func.count()).select_from(Checkpoint).where(Checkpoint.sha256 == sha256)

@@ -48,6 +48,14 @@ class ContributionDeleted(BaseModel):
     deleted: bool = True
 
 
+class Removed(BaseModel):
+    """A member that left or was removed (`id`: the organization), or a deleted collaboration."""
+
+    id: str
+    object: Literal["collaboration", "collaboration.member"]
+    deleted: bool = True
+
+
 class CollaborationPublic(BaseModel):
     """Organizations pooling checkpoints into one upgrade; `owner` opened it and invites the others."""
 

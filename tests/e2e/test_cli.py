@@ -36,11 +36,13 @@ def server(toy_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def gradlift(server: tuple[Services, dict], *args: object, stdin: str | None = None,
-             timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+             timeout_s: float = 300, key: str | None = None) -> subprocess.CompletedProcess[str]:
     services, client_env = server
     # The organization's machine knows the service's URL and its key, nothing of the server's settings.
     env = {k: v for k, v in services.env.items() if not k.startswith("GRADLIFT_")}
     env |= {k: v for k, v in client_env.items() if k != "GRADLIFT_DATA_DIR"}
+    if key is not None:
+        env["GRADLIFT_API_KEY"] = key
     return subprocess.run([str(BIN / "gradlift"), *map(str, args)], env=env, cwd=REPO, input=stdin,
                           capture_output=True, text=True, timeout=timeout_s)
 
@@ -136,3 +138,33 @@ def test_an_interrupted_download_resumes_and_checks_sha256(server: tuple[Service
         part.write_bytes(b"\0" * 5000)  # a damaged partial file: resumed, fails the check, fetched whole
         assert fetch(api, path, dest, item["sha256"], progress=False) == item["bytes"] - 5000 + item["bytes"]
         assert hashlib.sha256(dest.read_bytes()).hexdigest() == item["sha256"]
+
+
+def test_two_organizations_pool_their_checkpoints_from_the_command_line(server: tuple[Services, dict],
+                                                                        toy_adapter: Path, tmp_path: Path) -> None:
+    from models.finetune import finetune_adapter
+    from models.pairs import PairStore
+
+    services, env = server
+    pair = PairStore(Path(services.env["GRADLIFT_PAIRS_DIR"])).get("toy")
+    theirs = finetune_adapter(pair, pair.spec.tasks[0], tmp_path / "globex", steps=30, seed=1)
+    globex = services.make_key("globex")
+    collab = last_line(gradlift(server, "collab", "open", "shared rotations", "--pair", "toy"))
+    globex_id = last_line(gradlift(server, "whoami", key=globex))
+    assert last_line(gradlift(server, "collab", "invite", collab, globex_id)).startswith(f"invited {globex_id}")
+    assert "you: joined" in gradlift(server, "collab", "join", collab, key=globex).stdout
+    for adapter, key in ((toy_adapter, None), (theirs, globex)):
+        checkpoint = last_line(gradlift(server, "upload", adapter, key=key))
+        assert last_line(gradlift(server, "collab", "contribute", collab, checkpoint, key=key)).startswith("contrib_")
+    shown = gradlift(server, "collab", "show", collab, key=globex).stdout
+    assert shown.count("contribution contrib_") == 2 and shown.count(": joined") == 2
+    delta = last_line(gradlift(server, "collab", "upgrade", collab, "--watch", "--timeout", 300, key=globex))
+    assert delta.startswith("delta_")
+    out = last_line(gradlift(server, "download", delta, "--out", tmp_path / "pooled"))  # the opener reads it too
+    assert (Path(out) / "adapter_model.safetensors").is_file()
+    refused = gradlift(server, "collab", "delete", collab)
+    assert refused.returncode == 1 and "1 pooled delta(s)" in refused.stderr
+    left = last_line(gradlift(server, "collab", "leave", collab, key=globex))
+    assert left == f"deleted collaboration.member {globex_id}"
+    gone = gradlift(server, "download", delta, "--out", tmp_path / "after", key=globex)  # left: no access
+    assert gone.returncode == 1 and f"No delta with id {delta!r}" in gone.stderr

@@ -4,6 +4,11 @@ The organization that opens a collaboration invites others by id; an invited org
 joined member may contribute one of its own checkpoints, and only its owner can (that is the consent).
 A member starts the pooled upgrade with `POST /v1/upgrades {"collaboration_id": ...}`. Outsiders get 404
 for everything here, as for any other organization's resource.
+
+Consent can be taken back: a member leaves (or declines an invitation) with `DELETE .../members/{its id}`,
+the opener removes a member the same way; either withdraws that member's contribution and ends its access
+to the collaboration's pooled upgrades and deltas. The opener deletes a collaboration that has no pooled
+delta and no upgrade in flight.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from app.schemas.collaborations import (
     ContributionPublic,
     InvitationCreate,
     MemberPublic,
+    Removed,
 )
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse
 
@@ -157,3 +163,44 @@ def delete_contribution(contribution_id: str, collaboration: CollaborationDep, s
     session.delete(row)
     session.commit()
     return ContributionDeleted(id=contribution_id)
+
+
+@router.delete("/{collaboration_id}/members/{organization_id}", responses=_CONFLICT | _FORBIDDEN)
+def remove_member(organization_id: str, collaboration: CollaborationDep, session: SessionDep,
+                  org: CurrentOrg) -> Removed:
+    """Leave (your own id; declines an invitation too) or, as the opener, remove a member; its contribution
+    is withdrawn. Refused while a queued or running upgrade reads that contribution; the opener cannot
+    leave (delete the collaboration instead)."""
+    if organization_id != org.id and collaboration.org_id != org.id:
+        raise ApiError(Code.permission_denied, "Only the organization that opened the collaboration removes "
+                       "other members; any member may remove itself.")
+    if organization_id == collaboration.org_id:
+        raise ApiError(Code.conflict, "The organization that opened the collaboration cannot leave it; "
+                       "delete the collaboration instead.", param="organization_id")
+    member = queries.membership(session, organization_id, collaboration.id)
+    if member is None:
+        raise not_found("member", organization_id, param="organization_id")
+    contribution = queries.contribution_of(session, collaboration.id, organization_id)
+    if contribution is not None and queries.contribution_in_use(session, contribution):
+        raise ApiError(Code.conflict, f"The contribution of {organization_id!r} is used by a queued or running "
+                       "upgrade; try again when it has finished.")
+    if contribution is not None:
+        session.delete(contribution)
+    session.delete(member)
+    session.commit()
+    return Removed(id=organization_id, object="collaboration.member")
+
+
+@router.delete("/{collaboration_id}", responses=_CONFLICT | _FORBIDDEN)
+def delete_collaboration(collaboration: CollaborationDep, session: SessionDep, org: CurrentOrg) -> Removed:
+    """Delete the collaboration, its invitations and contributions (the checkpoints stay their owners');
+    only its opener may, and only while it has no pooled delta and no upgrade in flight."""
+    if collaboration.org_id != org.id:
+        raise ApiError(Code.permission_denied, "Only the organization that opened the collaboration deletes it.")
+    deltas, active = queries.collaboration_outputs(session, collaboration.id)
+    if deltas or active:
+        raise ApiError(Code.conflict, f"Collaboration {collaboration.id!r} has {deltas} pooled delta(s) and "
+                       f"{active} upgrade(s) in flight; its members rely on them.")
+    session.delete(collaboration)
+    session.commit()
+    return Removed(id=collaboration.id, object="collaboration")

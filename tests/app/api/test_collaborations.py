@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save
+from sqlalchemy import select
 
 from app.db.session import session_scope
-from app.db.tables import Checkpoint, Collaboration, Delta, Job, utcnow
+from app.db.tables import Checkpoint, Collaboration, CollaborationMember, Contribution, Delta, Job, utcnow
 from tests.app.api.conftest import Api
 from tests.app.api.test_auth_and_errors import assert_error
 from tests.app.api.test_checkpoints import adapter, upload
@@ -249,3 +250,54 @@ def _store_delta(job_id: str) -> str:
         s.add(delta)
         s.flush()
         return delta.id
+
+
+def delete(api: Api, org: str, url: str):  # noqa: ANN201
+    return api.client.delete(url, headers=api.auth(org))
+
+
+def test_leaving_and_removing_members_takes_their_contribution_and_access(toy_api: Api, init: dict) -> None:
+    collab = open_with(toy_api, "globex", "initech")
+    post(toy_api, "acme", f"/v1/collaborations/{collab}/invitations", {"organization_id": org_id(toy_api, "hooli")})
+    for org in ("acme", "globex", "initech"):
+        contribute(toy_api, org, collab, checkpoint(toy_api, org, init, len(org)))
+    members = f"/v1/collaborations/{collab}/members"
+    globex, initech, hooli = (org_id(toy_api, o) for o in ("globex", "initech", "hooli"))
+    assert_error(delete(toy_api, "globex", f"{members}/{initech}"), 403, "permission_denied")  # not the opener
+    assert_error(delete(toy_api, "acme", f"{members}/{org_id(toy_api, 'acme')}"), 409, "conflict")
+    assert_error(delete(toy_api, "acme", f"{members}/org_nope"), 404, "not_found")
+    job = pooled_upgrade(toy_api, "acme", collab).json()
+    assert_error(delete(toy_api, "globex", f"{members}/{globex}"), 409, "conflict")  # a queued upgrade reads it
+    post(toy_api, "acme", f"/v1/upgrades/{job['id']}/cancel")
+    assert delete(toy_api, "globex", f"{members}/{globex}").json() == {
+        "id": globex, "object": "collaboration.member", "deleted": True}
+    assert delete(toy_api, "hooli", f"{members}/{hooli}").status_code == 200  # declining an invitation
+    assert delete(toy_api, "acme", f"{members}/{initech}").status_code == 200  # removed by the opener
+    for gone in ("globex", "hooli", "initech"):
+        assert_error(get(toy_api, gone, f"/v1/collaborations/{collab}"), 404, "not_found")
+        assert_error(get(toy_api, gone, f"/v1/upgrades/{job['id']}"), 404, "not_found")
+    left = get(toy_api, "acme", f"/v1/collaborations/{collab}").json()
+    assert [m["organization_id"] for m in left["members"]] == [org_id(toy_api, "acme")]
+    assert [c["organization_id"] for c in left["contributions"]] == [org_id(toy_api, "acme")]
+
+
+def test_only_the_opener_deletes_a_collaboration_and_not_while_members_rely_on_it(toy_api: Api,
+                                                                                  init: dict) -> None:
+    collab = open_with(toy_api, "globex")
+    for org in ("acme", "globex"):
+        contribute(toy_api, org, collab, checkpoint(toy_api, org, init, len(org)))
+    url = f"/v1/collaborations/{collab}"
+    assert_error(delete(toy_api, "globex", url), 403, "permission_denied")
+    job = pooled_upgrade(toy_api, "acme", collab).json()
+    assert "1 upgrade(s) in flight" in assert_error(delete(toy_api, "acme", url), 409, "conflict")["message"]
+    _store_delta(job["id"])
+    assert "1 pooled delta(s)" in assert_error(delete(toy_api, "acme", url), 409, "conflict")["message"]
+    other = open_with(toy_api, "globex")
+    contribute(toy_api, "globex", other, checkpoint(toy_api, "globex", init, 7))
+    assert delete(toy_api, "acme", f"/v1/collaborations/{other}").json() == {
+        "id": other, "object": "collaboration", "deleted": True}
+    assert_error(get(toy_api, "globex", f"/v1/collaborations/{other}"), 404, "not_found")
+    assert get(toy_api, "globex", "/v1/checkpoints").json()["count"] == 2  # the checkpoints stay their owners'
+    with session_scope() as s:  # its invitations and contributions went with it
+        for table in (CollaborationMember, Contribution):
+            assert not s.scalars(select(table).where(table.collaboration_id == other)).all()
