@@ -157,10 +157,10 @@ def test_two_organizations_pool_their_checkpoints_from_the_command_line(server: 
         checkpoint = last_line(gradlift(server, "upload", adapter, key=key))
         assert last_line(gradlift(server, "collab", "contribute", collab, checkpoint, key=key)).startswith("contrib_")
     shown = gradlift(server, "collab", "show", collab, key=globex).stdout
-    assert shown.count("contribution contrib_") == 2 and shown.count(": joined") == 2
-    delta = last_line(gradlift(server, "collab", "upgrade", collab, "--watch", "--timeout", 300, key=globex))
-    assert delta.startswith("delta_")
-    out = last_line(gradlift(server, "download", delta, "--out", tmp_path / "pooled"))  # the opener reads it too
+    assert shown.count("contribution contrib_") == 2 and shown.count("): joined") == 2  # two members, joined
+    delta = last_line(gradlift(server, "collab", "upgrade", collab, "--watch", "--timeout", 300))
+    assert delta.startswith("dlt_")
+    out = last_line(gradlift(server, "download", delta, "--out", tmp_path / "pooled", key=globex))  # a member
     assert (Path(out) / "adapter_model.safetensors").is_file()
     refused = gradlift(server, "collab", "delete", collab)
     assert refused.returncode == 1 and "1 pooled delta(s)" in refused.stderr

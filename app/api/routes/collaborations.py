@@ -7,8 +7,8 @@ for everything here, as for any other organization's resource.
 
 Consent can be taken back: a member leaves (or declines an invitation) with `DELETE .../members/{its id}`,
 the opener removes a member the same way; either withdraws that member's contribution and ends its access
-to the collaboration's pooled upgrades and deltas. The opener deletes a collaboration that has no pooled
-delta and no upgrade in flight.
+to the collaboration's pooled upgrades and deltas (those it started itself stay its own). The opener
+deletes a collaboration that has no pooled delta and no upgrade in flight.
 """
 
 from __future__ import annotations
