@@ -91,6 +91,10 @@ class Batcher:
             with self._cond:
                 while not self._pending and not self._rows:
                     self._cond.wait()
+                for row in self._pending:  # cancelled while waiting for room: end them now, not when admitted
+                    if row.gone:
+                        row.tokens.put(_DONE)
+                self._pending = [row for row in self._pending if not row.gone]
                 room = self.max_batch - len(self._rows)
                 joining, self._pending = self._pending[:room], self._pending[room:]
             try:
