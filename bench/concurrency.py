@@ -4,7 +4,7 @@
     python -m bench.concurrency --pair toy --out bench/results/concurrency-toy.json
     python -m bench.concurrency --pair smol --clients 8 --requests 2 --tokens 24 --out ...
 
-Two `gradlift api` processes run side by side on the same pair and deltas, one per setting; `--clients`
+One `gradlift api` process per setting runs side by side on the same pair and deltas; `--clients`
 threads each send `--requests` chat requests in a row, client i on delta i (every request on another
 adapter than its neighbours), greedy, `min_tokens` = `max_tokens` = `--tokens` so every request costs the
 same. The settings take turns, pass by pass (`--rounds`), as in `bench.serving`; the table gives medians.
@@ -67,14 +67,11 @@ def one_pass(url: str, key: str, deltas: list[str], prompts: list[str], clients:
     if errors:
         raise RuntimeError(f"a request failed: {errors[0]}")
     return {"seconds": seconds, "tokens": sum(counted), "tokens_per_s": sum(counted) / seconds,
-            "latency_s_median": serving._median(latencies), "latency_s_max": max(latencies)}
+            "latency_s_median": serving.median(latencies), "latency_s_max": max(latencies)}
 
 
 def run(data_dir: Path, pair_id: str, clients: int, requests: int, tokens: int, rounds: int, port: int) -> dict:
-    from models.finetune import finetune_adapter
-    from models.pairs import ALL_TASKS
     from models.tasks import get_task, make_splits
-    from models.upgrade import run_upgrade
 
     pair = serving.ready_pair(data_dir, pair_id, None)
     task = pair.spec.tasks[0]
@@ -84,9 +81,7 @@ def run(data_dir: Path, pair_id: str, clients: int, requests: int, tokens: int, 
                      "settings": SETTINGS, "load_average_1m": {"start": os.getloadavg()[0]}}
     with tempfile.TemporaryDirectory(prefix="gradlift-concurrency-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        tiny = finetune_adapter(pair, task, work / "tiny", steps=60)
-        run_upgrade(pair, ALL_TASKS, [tiny / "adapter_model.safetensors"], work / "upgraded")
-        folders = [work / "upgraded", *serving.variants(work / "upgraded", pair, work, clients - 1)]
+        folders = serving.upgraded_adapters(pair, task, work, clients)
         servers = {}
         for i, (name, settings) in enumerate(SETTINGS.items()):
             client, deltas, _ = stack.enter_context(serving.endpoint_client(
@@ -102,8 +97,8 @@ def run(data_dir: Path, pair_id: str, clients: int, requests: int, tokens: int, 
                     passes[name].append(result)
                 serving.progress(f"{name}: {result['tokens_per_s']:.0f} tokens/s" + ("" if r else " (warm-up)"))
     for name, runs in passes.items():
-        results[name] = {"tokens_per_s": serving._median([p["tokens_per_s"] for p in runs]),
-                         "latency_s_median": serving._median([p["latency_s_median"] for p in runs]),
+        results[name] = {"tokens_per_s": serving.median([p["tokens_per_s"] for p in runs]),
+                         "latency_s_median": serving.median([p["latency_s_median"] for p in runs]),
                          "passes": runs}
     alone = results["alone (max batch 1)"]["tokens_per_s"]
     results["ratios"] = {f"{name} vs alone": results[name]["tokens_per_s"] / alone for name in SETTINGS}

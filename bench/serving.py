@@ -75,12 +75,25 @@ def interleaved(answerers: dict[str, Answer], prompts: list[str], rounds: int) -
             passes[name].append((tokens, time.perf_counter() - start))
     results = {}
     for name, runs in passes.items():
-        progress(f"{name}: {_median([t / s for t, s in runs]):.0f} tokens/s (median of {len(runs)} passes)")
+        progress(f"{name}: {median([t / s for t, s in runs]):.0f} tokens/s (median of {len(runs)} passes)")
         tokens, seconds = sum(t for t, _ in runs), sum(s for _, s in runs)
         results[name] = {"tokens": tokens, "seconds": seconds, "tokens_per_s_overall": tokens / seconds,
-                         "tokens_per_s": _median([t / s for t, s in runs]),
+                         "tokens_per_s": median([t / s for t, s in runs]),
                          "tokens_per_s_passes": [t / s for t, s in runs]}
     return results
+
+
+def upgraded_adapters(pair, task: str, work: Path, count: int) -> list[Path]:
+    """`count` adapter folders: an upgrade of a TinyLM fine-tuned on `task` through the real upgrade path
+    (the pair's GT for all tasks), then `variants` of it."""
+    from models.finetune import finetune_adapter
+    from models.pairs import ALL_TASKS
+    from models.upgrade import run_upgrade
+
+    tiny = finetune_adapter(pair, task, work / "tiny", steps=60)
+    upgraded = work / "upgraded"
+    run_upgrade(pair, ALL_TASKS, [tiny / "adapter_model.safetensors"], upgraded)
+    return [upgraded, *variants(upgraded, pair, work, count - 1)]
 
 
 def variants(base_folder: Path, pair, out: Path, count: int) -> list[Path]:
@@ -161,7 +174,7 @@ def peft_model(pair, folders: list[Path]) -> tuple[object, float]:
         model.set_adapter(f"a{i % len(folders)}")
         switches.append(time.perf_counter() - start)
     model.set_adapter("a0")
-    return model, _median(switches)
+    return model, median(switches)
 
 
 def engine_memory_and_switch(pair, folders: list[Path]) -> dict:
@@ -186,15 +199,15 @@ def engine_memory_and_switch(pair, folders: list[Path]) -> dict:
             start = time.perf_counter()
             engine.generate(prompt, params, ref).text()
             times.append(time.perf_counter() - start)
-        first_token[label] = _median(times)
+        first_token[label] = median(times)
     return {"bytes_1": one["total"], "bytes_20": twenty["total"], "base_bytes": one["base"],
-            "cold_load_ms": 1000 * _median(cold),
+            "cold_load_ms": 1000 * median(cold),
             "resident_switch_ms": 1000 * (first_token["alternating"] - first_token["same"])}
 
 
 # ---- through the endpoint ----
 
-def _median(values: list[float]) -> float:
+def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
@@ -229,7 +242,7 @@ def request_cost(client: httpx.Client, model: str, engine, ref, passes: int = 10
                 call()
                 if i:
                     times[name].append(time.perf_counter() - start)
-    return {name: 1000 * _median(values) for name, values in times.items()}
+    return {name: 1000 * median(values) for name, values in times.items()}
 
 
 def first_token_s(client: httpx.Client, model: str) -> float:
@@ -251,10 +264,10 @@ def endpoint_switch(client: httpx.Client, deltas: list[str]) -> dict:
     cold = [first_token_s(client, d) for d in deltas[2:]]  # first touch of each: read from disk
     same = [first_token_s(client, deltas[0]) for _ in range(30)]
     alternating = [first_token_s(client, deltas[i % 2]) for i in range(30)]
-    return {"first_token_ms_same": 1000 * _median(same), "first_token_ms_alternating": 1000 * _median(alternating),
-            "first_token_ms_cold": 1000 * _median(cold),
-            "resident_switch_ms": 1000 * (_median(alternating) - _median(same)),
-            "cold_switch_ms": 1000 * (_median(cold) - _median(same))}
+    return {"first_token_ms_same": 1000 * median(same), "first_token_ms_alternating": 1000 * median(alternating),
+            "first_token_ms_cold": 1000 * median(cold),
+            "resident_switch_ms": 1000 * (median(alternating) - median(same)),
+            "cold_switch_ms": 1000 * (median(cold) - median(same))}
 
 
 def rss_bytes(pid: int) -> int:
@@ -309,14 +322,9 @@ def run(data_dir: Path, pair_id: str, random_llm: Path | None, prompts_n: int, m
 def _run(pair, task: str, prompts: list[str], work: Path, lengths: tuple[int, int], rounds: int,
          port: int) -> dict:
     from models.chat_engine import AdapterRef, ChatEngine
-    from models.finetune import finetune_adapter
-    from models.pairs import ALL_TASKS
-    from models.upgrade import run_upgrade
 
-    tiny = finetune_adapter(pair, task, work / "tiny", steps=60)
-    upgraded = work / "upgraded"
-    run_upgrade(pair, ALL_TASKS, [tiny / "adapter_model.safetensors"], upgraded)
-    folders = [upgraded, *variants(upgraded, pair, work, 19)]
+    folders = upgraded_adapters(pair, task, work, 20)
+    upgraded = folders[0]
     results: dict = {"pair": pair.id, "task": task, "prompts": len(prompts), "max_tokens": lengths[0],
                      "device": device_name(), "stand_in_llm": (pair.llm_dir / "STAND-IN.txt").is_file(),
                      "long": {"max_tokens": lengths[1], "min_tokens": lengths[1]},

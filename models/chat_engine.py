@@ -73,16 +73,14 @@ class SwitchableLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
         active = _ACTIVE.get()
-        if isinstance(active, RowAdapters):
-            for rows, factors in active.groups:
-                if (ab := factors.get(self.name)) is None:
-                    continue
-                if rows is None:
-                    out = out + F.linear(F.linear(x, ab[0]), ab[1])
-                else:
-                    out = out.index_add(0, rows, F.linear(F.linear(x[rows], ab[0]), ab[1]))
-        elif active is not None and (ab := active.get(self.name)) is not None:
-            out = out + F.linear(F.linear(x, ab[0]), ab[1])
+        groups = active.groups if isinstance(active, RowAdapters) else ((None, active),) if active else ()
+        for rows, factors in groups:
+            if (ab := factors.get(self.name)) is None:
+                continue
+            if rows is None:  # every row
+                out = out + F.linear(F.linear(x, ab[0]), ab[1])
+            else:
+                out = out.index_add(0, rows, F.linear(F.linear(x[rows], ab[0]), ab[1]))
         return out
 
 
@@ -282,6 +280,7 @@ class Generation:
         text = engine.tokenizer.decode(completion, skip_special_tokens=True)
         if len(text) > emitted:
             yield text[emitted:]
+
 
 # ---- the engine ----
 

@@ -56,12 +56,18 @@ def save_gt(model: GradientTransformer, out_dir: Path, meta: dict) -> Path:
     return out_dir
 
 
-def load_gt(gt_dir: Path) -> tuple[GradientTransformer, dict]:
-    """The model (eval mode) and its config.json contents."""
+def read_config(gt_dir: Path) -> dict:
+    """A checkpoint's config.json contents (what it was trained on and how), without its weights."""
     gt_dir = Path(gt_dir)
     if not (gt_dir / "config.json").is_file():
         raise NotFoundError(f"no Gradient Transformer at {gt_dir}")
-    meta = json.loads((gt_dir / "config.json").read_text())
+    return json.loads((gt_dir / "config.json").read_text())
+
+
+def load_gt(gt_dir: Path) -> tuple[GradientTransformer, dict]:
+    """The model (eval mode) and its config.json contents."""
+    gt_dir = Path(gt_dir)
+    meta = read_config(gt_dir)
     model = GradientTransformer(GTConfig(**meta["gt"]))
     model.load_state_dict(load_file(str(gt_dir / "model.safetensors")))
     return model.eval(), meta

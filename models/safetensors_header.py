@@ -13,23 +13,8 @@ from models.errors import AdapterError
 _DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The header's `__metadata__` (string keys and values), {} if it has none."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8)) if size >= 8 else (0,)
-        try:
-            header = json.loads(handle.read(length)) if 0 < length <= size - 8 else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            header = {}
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        return {}
-    return metadata
-
-
-def read_header(path: Path) -> dict:
-    """The JSON header of a safetensors file, checked against the file's size and offsets."""
+def _parse(path: Path) -> tuple[dict, int]:
+    """The header as a JSON object, its length checked against the file's size; and the bytes after it."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
         if size < 8:
@@ -43,6 +28,20 @@ def read_header(path: Path) -> dict:
             raise AdapterError(f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise AdapterError("header is not a JSON object")
+    return header, size - 8 - length
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The header's `__metadata__` (string keys and values), {} if it has none."""
+    metadata = _parse(path)[0].get("__metadata__")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        return {}
+    return metadata
+
+
+def read_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, checked against the file's size and offsets."""
+    header, data_size = _parse(path)
     header.pop("__metadata__", None)
     spans = []
     for name, info in header.items():
@@ -56,7 +55,6 @@ def read_header(path: Path) -> dict:
         if end - start != _DTYPES[dtype] * math.prod(shape) or start < 0:
             raise AdapterError(f"tensor {name!r}: offsets {start}..{end} do not match its shape {shape}")
         spans.append((start, end, name))
-    data_size = size - 8 - length
     spans.sort()
     for (_, e0, n0), (s1, _, n1) in zip(spans, spans[1:], strict=False):
         if s1 < e0:

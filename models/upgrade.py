@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import torch
 from models.errors import NotFoundError, VerificationError
 from models.finetune import write_adapter_folder
 from models.grad_transformer import GradientTransformer
-from models.gt_checkpoint import load_gt
+from models.gt_checkpoint import load_gt, read_config
 from models.pairs import ALL_TASKS, Pair
 from models.privacy import privacy_distance
 from models.tasks import get_task
@@ -61,14 +60,9 @@ def resolve_gt(pair: Pair, task: str | None, privacy: dict | None = None) -> str
         raise NotFoundError(f"pair {pair.id!r} has no Gradient Transformer for {wanted}; it has: {have}")
     if len(candidates) == 1:
         return candidates[0]
-    return min(candidates, key=lambda gt_id: (privacy_distance(privacy, shadow_privacy(pair, gt_id)), len(gt_id),
-                                              gt_id))
-
-
-def shadow_privacy(pair: Pair, gt_id: str) -> dict | None:
-    """The privacy of the shadow runs the GT learned from (None: plain runs)."""
-    config = json.loads((pair.gt_dir(gt_id) / "config.json").read_text())
-    return config.get("shadow_privacy")
+    distance = {gt_id: privacy_distance(privacy, read_config(pair.gt_dir(gt_id)).get("shadow_privacy"))
+                for gt_id in candidates}
+    return min(candidates, key=lambda gt_id: (distance[gt_id], len(gt_id), gt_id))
 
 
 def _stamp(path: Path) -> int:

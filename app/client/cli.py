@@ -152,7 +152,7 @@ def _upload(api: Api, args: argparse.Namespace) -> int:
 
 
 def _upgrade(api: Api, args: argparse.Namespace) -> int:
-    from app.client.jobs import create_upgrade
+    from app.client.jobs import create_upgrade, follow
 
     job = create_upgrade(api, args.checkpoints, args.pair, args.task)
     if not args.watch:
@@ -164,17 +164,9 @@ def _upgrade(api: Api, args: argparse.Namespace) -> int:
 
 
 def _watch(api: Api, args: argparse.Namespace) -> int:
+    from app.client.jobs import follow
+
     return follow(api, args.upgrade, args.timeout)
-
-
-def follow(api: Api, upgrade_id: str, timeout_s: float | None) -> int:
-    """Follow an upgrade with a progress bar; print its delta id when it succeeds."""
-    from app.client.jobs import watch
-
-    job = watch(api, upgrade_id, timeout_s)
-    print(f"upgrade {upgrade_id} succeeded; the LLM adapter (download it with `gradlift download ID --out DIR`):")
-    print(job["delta_id"])
-    return 0
 
 
 def _download(api: Api, args: argparse.Namespace) -> int:

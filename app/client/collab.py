@@ -108,21 +108,23 @@ def _contribute(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
-def _deleted(path: str) -> Callable[[Api, argparse.Namespace], int]:
+def _delete(path: Callable[[Api, argparse.Namespace], str]) -> Callable[[Api, argparse.Namespace], int]:
     def run(api: Api, args: argparse.Namespace) -> int:
-        member = getattr(args, "member", None)
-        if member is None and args.action == "leave":
-            member = api.get("/v1/organizations/me")["id"]
-        url = path.format(c=args.collaboration, k=getattr(args, "contribution", None), m=member)
-        gone = api.delete(url)
+        gone = api.delete(path(api, args))
         print(f"deleted {gone['object']} {gone['id']}")
         return 0
 
     return run
 
 
+def _member(api: Api, args: argparse.Namespace) -> str:
+    """The member to remove: --member, else the caller (leaving)."""
+    member = args.member or api.get("/v1/organizations/me")["id"]
+    return f"/v1/collaborations/{args.collaboration}/members/{member}"
+
+
 def _upgrade(api: Api, args: argparse.Namespace) -> int:
-    from app.client.cli import follow
+    from app.client.jobs import follow
 
     pair = api.get(f"/v1/collaborations/{args.collaboration}")["pair"]
     job = api.post("/v1/upgrades", json={"pair": pair, "task": args.task, "collaboration_id": args.collaboration})
@@ -135,7 +137,7 @@ def _upgrade(api: Api, args: argparse.Namespace) -> int:
 
 _ACTIONS: dict[str, Callable[[Api, argparse.Namespace], int]] = {
     "open": _open, "list": _list, "show": _show, "invite": _invite, "join": _join, "contribute": _contribute,
-    "withdraw": _deleted("/v1/collaborations/{c}/contributions/{k}"),
-    "leave": _deleted("/v1/collaborations/{c}/members/{m}"), "delete": _deleted("/v1/collaborations/{c}"),
+    "withdraw": _delete(lambda _, a: f"/v1/collaborations/{a.collaboration}/contributions/{a.contribution}"),
+    "leave": _delete(_member), "delete": _delete(lambda _, a: f"/v1/collaborations/{a.collaboration}"),
     "upgrade": _upgrade,
 }

@@ -42,6 +42,14 @@ def create_upgrade(api: Api, checkpoint_ids: list[str], pair: str | None, task: 
     return api.post("/v1/upgrades", json={"pair": pair, "task": task, "checkpoint_ids": checkpoint_ids})
 
 
+def follow(api: Api, upgrade_id: str, timeout_s: float | None) -> int:
+    """`watch` for the command line: the delta id on stdout when the upgrade succeeds; exit status 0."""
+    job = watch(api, upgrade_id, timeout_s)
+    print(f"upgrade {upgrade_id} succeeded; the LLM adapter (download it with `gradlift download ID --out DIR`):")
+    print(job["delta_id"])
+    return 0
+
+
 def watch(api: Api, upgrade_id: str, timeout_s: float | None = None, interval_s: float = 0.5,
           progress: bool = True) -> dict[str, Any]:
     """Follow an upgrade's events with a progress bar until it ends; ClientError unless it succeeded."""

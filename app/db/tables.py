@@ -145,7 +145,7 @@ class Job(Base):
     pair: Mapped[str] = mapped_column(String(100))
     task: Mapped[str | None] = mapped_column(String(100))
     gt_id: Mapped[str] = mapped_column(String(100))
-    inputs: Mapped[list[Any]]  # [{"id": checkpoint id, "sha256": blob}], fixed when the job is made
+    inputs: Mapped[list[Any]]  # [{"id": checkpoint id, "sha256": blob, "privacy"}], fixed when the job is made
     # A pooled upgrade: its members see the job and its delta (`org_id` is the member who asked).
     collaboration_id: Mapped[str | None] = mapped_column(
         ForeignKey("collaborations.id", ondelete="CASCADE"), index=True)
