@@ -91,7 +91,7 @@ def build_pair(name: str) -> None:
 
     root = get_settings().pairs_dir
     if name == "toy":
-        from models.toy import ensure_toy_ready
+        from models.gt.quick import ensure_toy_ready
 
         pair = ensure_toy_ready(root)
     else:

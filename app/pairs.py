@@ -35,7 +35,7 @@ class PairCatalog:
         """The GT for a task (its own, else the pair's all-task GT) and the uploads' privacy settings (the
         most private of them), as the ML core resolves it."""
         from models.errors import NotFoundError
-        from models.privacy import noisiest
+        from models.lora.privacy import noisiest
         from models.upgrade import resolve_gt
 
         try:
@@ -52,7 +52,7 @@ class PairCatalog:
 @lru_cache(maxsize=16)
 def _shapes(path: str, _mtime_ns: int) -> dict[str, tuple[int, ...]]:
     # Read from the header only: the init file is trusted, and the shapes are all that is needed.
-    from models.safetensors_header import read_header
+    from models.lora.header import read_header
 
     return {name: tuple(info["shape"]) for name, info in read_header(Path(path)).items()}
 

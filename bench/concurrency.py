@@ -71,7 +71,7 @@ def one_pass(url: str, key: str, deltas: list[str], prompts: list[str], clients:
 
 
 def run(data_dir: Path, pair_id: str, clients: int, requests: int, tokens: int, rounds: int, port: int) -> dict:
-    from models.tasks import get_task, make_splits
+    from models.data.tasks import get_task, make_splits
 
     pair = serving.ready_pair(data_dir, pair_id, None)
     task = pair.spec.tasks[0]

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
+from bench.experiment import Scorer, finetune_side
 from bench.quality import fit
-from models.evaluate import accuracy, cosine, pgr
-from models.experiment import Recipe, Scorer, finetune_side, recipe_for
-from models.grad_transformer import GradientTransformer
+from models.data.evaluate import accuracy, cosine, pgr
+from models.data.tasks import Example, get_task, make_splits
+from models.gt.network import GradientTransformer
 from models.pairs import ALL_TASKS, Pair, ensure_pair
-from models.shadow import build_shadow
-from models.tasks import Example, get_task, make_splits
+from models.recipes import Recipe, recipe_for
+from models.training.shadow import build_shadow
 from models.upgrade import lift
 
 log = logging.getLogger("bench.pooled")

@@ -30,15 +30,16 @@ from pathlib import Path
 
 import torch
 
+from bench.experiment import PrivateRun, Scorer, cached_private_run, finetune_side
 from bench.quality import fit
-from models.baselines import Ridge, mean_update, nearest
-from models.evaluate import accuracy, cosine, pgr
-from models.experiment import PrivateRun, Recipe, Scorer, cached_private_run, finetune_side, recipe_for
+from models.data.evaluate import accuracy, cosine, pgr
+from models.data.tasks import get_task, make_splits
+from models.gt.baselines import Ridge, mean_update, nearest
+from models.lora.privacy import DPConfig, UpdateNoise
+from models.lora.update import LoraLayout, add, merge_into
 from models.pairs import Pair, ensure_pair
-from models.privacy import DPConfig, UpdateNoise
-from models.shadow import build_shadow
-from models.tasks import get_task, make_splits
-from models.update import LoraLayout, add, merge_into
+from models.recipes import Recipe, recipe_for
+from models.training.shadow import build_shadow
 
 log = logging.getLogger("bench.privacy")
 

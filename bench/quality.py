@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from models.baselines import Ridge
-from models.experiment import Recipe, Scorer, cached_private_run, recipe_for, score_task
-from models.grad_transformer import GradientTransformer, GTConfig
-from models.gt_checkpoint import data_hash, save_gt
-from models.gt_train import GTTrainConfig, train_gt
+from bench.experiment import Scorer, cached_private_run, score_task
+from models.gt.baselines import Ridge
+from models.gt.checkpoint import data_hash, save_gt
+from models.gt.network import GradientTransformer, GTArch, GTConfig
+from models.gt.train import GTTrainConfig, train_gt
 from models.pairs import ALL_TASKS, ensure_pair
-from models.shadow import build_shadow, load_shadow, shadow_privacy
+from models.recipes import Recipe, recipe_for
+from models.training.shadow import build_shadow, load_shadow, shadow_privacy
 
 log = logging.getLogger("bench.quality")
 
@@ -129,7 +130,7 @@ def main() -> None:
     src = private[tasks[0]].tiny_tokens[None]
     timings["gt_generate"], timings["gt_generate_no_cache"] = generate_seconds(model_b, src)
     # The toy LLM has 4 layers, where a cache saves little; SmolLM2-135M has 30 layers of 3,840 numbers.
-    smol_like = GradientTransformer(GTConfig(12, 1536, 30, 3840, d_model=256, n_heads=8, d_ff=1024)).eval()
+    smol_like = GradientTransformer(GTConfig(12, 1536, 30, 3840, GTArch(d_model=256, n_heads=8, d_ff=1024))).eval()
     timings["gt_generate_30_layers"], timings["gt_generate_30_layers_no_cache"] = generate_seconds(
         smol_like, torch.randn(1, 12, 1536))
     timings["gt_train"] = sum(timings["gt_train_each"])

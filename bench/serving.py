@@ -86,8 +86,8 @@ def interleaved(answerers: dict[str, Answer], prompts: list[str], rounds: int) -
 def upgraded_adapters(pair, task: str, work: Path, count: int) -> list[Path]:
     """`count` adapter folders: an upgrade of a TinyLM fine-tuned on `task` through the real upgrade path
     (the pair's GT for all tasks), then `variants` of it."""
-    from models.finetune import finetune_adapter
     from models.pairs import ALL_TASKS
+    from models.training.finetune import finetune_adapter
     from models.upgrade import run_upgrade
 
     tiny = finetune_adapter(pair, task, work / "tiny", steps=60)
@@ -99,8 +99,8 @@ def upgraded_adapters(pair, task: str, work: Path, count: int) -> list[Path]:
 def variants(base_folder: Path, pair, out: Path, count: int) -> list[Path]:
     """`count` distinct adapters of the pair: the generated update scaled by 1, 1.01, ... (memory and
     switching only need distinct adapters of the right shapes)."""
-    from models.finetune import write_adapter_folder
-    from models.update import add, read_adapter, save_update
+    from models.lora.update import add, read_adapter, save_update
+    from models.training.finetune import write_adapter_folder
 
     update = read_adapter(base_folder / "update.safetensors")
     folders = []
@@ -118,7 +118,7 @@ def variants(base_folder: Path, pair, out: Path, count: int) -> list[Path]:
 def generate_answer(model, tokenizer, max_tokens: int, min_tokens: int = 0) -> Answer:
     """`generate()` on one prompt, with the chat template where the tokenizer has one, as the endpoint
     applies it (greedy; `min_new_tokens` as the endpoint's min_tokens)."""
-    from models.textdata import prompt_ids, uses_chat
+    from models.data.textdata import prompt_ids, uses_chat
 
     device = model.device
 
@@ -141,7 +141,7 @@ def generate_answer(model, tokenizer, max_tokens: int, min_tokens: int = 0) -> A
 
 def merged_model(pair, folder: Path):
     """A plain model with the adapter merged into its weights."""
-    from models.update import merge_into, read_adapter
+    from models.lora.update import merge_into, read_adapter
 
     merged = merge_into(pair.load_model("llm"), read_adapter(folder / "adapter_model.safetensors"),
                         pair.spec.lora.scale)
@@ -149,7 +149,7 @@ def merged_model(pair, folder: Path):
 
 
 def engine_answer(engine, ref, max_tokens: int, min_tokens: int = 0) -> Answer:
-    from models.chat_engine import SamplingParams
+    from models.serving.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, min_tokens=min_tokens, temperature=0)
 
@@ -178,7 +178,9 @@ def peft_model(pair, folders: list[Path]) -> tuple[object, float]:
 
 
 def engine_memory_and_switch(pair, folders: list[Path]) -> dict:
-    from models.chat_engine import AdapterRef, ChatEngine, SamplingParams
+    from models.serving.adapters import AdapterRef
+    from models.serving.engine import ChatEngine
+    from models.serving.sampling import SamplingParams
 
     engine = ChatEngine.from_pair(pair, max_adapters=len(folders), device=DEVICE)
     refs = [AdapterRef(f"v{i}", f / "adapter_model.safetensors") for i, f in enumerate(folders)]
@@ -227,7 +229,7 @@ def endpoint_answer(client: httpx.Client, model: str, max_tokens: int, min_token
 def request_cost(client: httpx.Client, model: str, engine, ref, passes: int = 10, per_pass: int = 20) -> dict:
     """Median milliseconds of one request for one token through the endpoint and in process, and of a
     bare /healthz; each answers `per_pass` in a row, taking turns pass by pass (as `interleaved`)."""
-    from models.chat_engine import SamplingParams
+    from models.serving.sampling import SamplingParams
 
     body = {"model": model, "messages": [{"role": "user", "content": PROBE}], "temperature": 0, "max_tokens": 1}
     params, prompt = SamplingParams(max_tokens=1, temperature=0), [{"role": "user", "content": PROBE}]
@@ -295,8 +297,8 @@ def start_api(env: dict[str, str], port: int, log_path: Path) -> subprocess.Pope
 
 def ready_pair(data_dir: Path, pair_id: str, random_llm: Path | None):
     """The pair, built if missing: the toy with its quick GT, smol converted, or smol's stand-in."""
+    from models.gt.quick import ensure_toy_ready
     from models.pairs import ensure_pair
-    from models.toy import ensure_toy_ready
 
     if random_llm is not None:
         if pair_id != "smol":
@@ -310,7 +312,7 @@ def ready_pair(data_dir: Path, pair_id: str, random_llm: Path | None):
 
 def run(data_dir: Path, pair_id: str, random_llm: Path | None, prompts_n: int, max_tokens: int, long_tokens: int,
         rounds: int, port: int) -> dict:
-    from models.tasks import get_task, make_splits
+    from models.data.tasks import get_task, make_splits
 
     pair = ready_pair(data_dir, pair_id, random_llm)
     task = pair.spec.tasks[0]
@@ -321,7 +323,8 @@ def run(data_dir: Path, pair_id: str, random_llm: Path | None, prompts_n: int, m
 
 def _run(pair, task: str, prompts: list[str], work: Path, lengths: tuple[int, int], rounds: int,
          port: int) -> dict:
-    from models.chat_engine import AdapterRef, ChatEngine
+    from models.serving.adapters import AdapterRef
+    from models.serving.engine import ChatEngine
 
     folders = upgraded_adapters(pair, task, work, 20)
     upgraded = folders[0]

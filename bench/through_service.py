@@ -24,10 +24,10 @@ from pathlib import Path
 import httpx
 import torch
 
-from models.experiment import recipe_for
-from models.finetune import finetune_adapter
+from models.data.tasks import get_task, make_splits
 from models.pairs import Pair, PairStore
-from models.tasks import get_task, make_splits
+from models.recipes import recipe_for
+from models.training.finetune import finetune_adapter
 
 ANSWER_TOKENS = 16  # enough for every smol and toy answer
 

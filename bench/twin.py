@@ -30,7 +30,7 @@ def ensure_twin(pairs_dir: Path, llm_files: Path, seed: int = 0) -> Pair:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from models.smol import copy_bundle
+    from models.pairs.smol import copy_bundle
 
     store = PairStore(pairs_dir)
     if "smol" in store.ids():

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
+from models.data.tasks import get_task
+from models.data.textdata import encode_prompts
 from models.errors import NotFoundError, VerificationError
-from models.finetune import write_adapter_folder
-from models.grad_transformer import GradientTransformer
-from models.gt_checkpoint import load_gt, read_config
+from models.gt.checkpoint import load_gt, read_config
+from models.gt.network import GradientTransformer
+from models.lora.privacy import privacy_distance
+from models.lora.update import LoraLayout, Update, add, mean, read_adapter, save_update, subtract
 from models.pairs import ALL_TASKS, Pair
-from models.privacy import privacy_distance
-from models.tasks import get_task
-from models.textdata import encode_prompts
-from models.update import LoraLayout, Update, add, mean, read_adapter, save_update, subtract
+from models.training.finetune import write_adapter_folder
 
 log = logging.getLogger(__name__)
 

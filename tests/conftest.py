@@ -22,7 +22,7 @@ def toy_pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pairs folder holding the toy pair and a quickly trained GT "all", built once per session, or
     copied from GRADLIFT_TEST_PAIRS/toy where that names one built the same way (`ensure_toy_ready`, as
     `bench.serving` leaves it in data/pairs): for machines where building costs scarce time."""
-    from models.toy import ensure_toy_ready
+    from models.gt.quick import ensure_toy_ready
 
     root = tmp_path_factory.mktemp("pairs")
     prebuilt = os.environ.get("GRADLIFT_TEST_PAIRS")
@@ -41,12 +41,13 @@ def dp_pairs_dir(toy_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     quick GT's plans (their LLM runs are the plain plans', already built)."""
     from dataclasses import replace
 
-    from models.gt_checkpoint import data_hash, save_gt
-    from models.gt_train import GTTrainConfig, train_gt
+    from models.gt.checkpoint import data_hash, save_gt
+    from models.gt.network import GTArch
+    from models.gt.quick import quick_plans
+    from models.gt.train import GTTrainConfig, train_gt
+    from models.lora.privacy import DPConfig
     from models.pairs import PairStore
-    from models.privacy import DPConfig
-    from models.shadow import build_shadow, load_shadow, shadow_privacy
-    from models.toy import quick_plans
+    from models.training.shadow import build_shadow, load_shadow, shadow_privacy
 
     root = tmp_path_factory.mktemp("dp-pairs")
     shutil.copytree(toy_pairs_dir / "toy", root / "toy")
@@ -54,7 +55,8 @@ def dp_pairs_dir(toy_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     plans = [replace(plan, dp=DPConfig(1.0)) for plan in quick_plans(pair)]
     build_shadow(pair, plans, progress=False)
     data = load_shadow(pair, plans)
-    model, info = train_gt(data, GTTrainConfig(steps=50, eval_every=50, d_model=64, d_ff=128), progress=False)
+    model, info = train_gt(data, GTTrainConfig(steps=50, eval_every=50, arch=GTArch(d_model=64, d_ff=128)),
+                           progress=False)
     save_gt(model, pair.gt_dir(DP_GT), {"pair": pair.id, "task": "all", "tasks": list(pair.spec.tasks),
                                         "data_sha256": data_hash(data.src, data.tgt),
                                         "shadow_privacy": shadow_privacy(plans), **info})
@@ -74,8 +76,8 @@ def smol_pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def toy_adapter(toy_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TinyLM LoRA adapter folder fine-tuned on a toy task, as an organization would make it."""
-    from models.finetune import finetune_adapter
     from models.pairs import PairStore
+    from models.training.finetune import finetune_adapter
 
     pair = PairStore(toy_pairs_dir).get("toy")
     return finetune_adapter(pair, pair.spec.tasks[0], tmp_path_factory.mktemp("adapter"), steps=60)

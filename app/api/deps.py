@@ -27,7 +27,7 @@ from app.pairs import PairCatalog
 from app.storage import BlobStore
 
 if TYPE_CHECKING:
-    from models.chat_engine import ChatEngines
+    from models.serving.engine import ChatEngines
 
 
 async def current_settings() -> Settings:
@@ -110,7 +110,7 @@ def _chat_engines_once(*args: object) -> ChatEngines:
 @lru_cache(maxsize=1)
 def _chat_engines(pairs_dir: Path, max_adapters: int, torch_threads: int, device: str,
                   max_batch: int) -> ChatEngines:
-    from models.chat_engine import ChatEngines  # torch loads on the first chat request, not at start
+    from models.serving.engine import ChatEngines  # torch loads on the first chat request, not at start
 
     return ChatEngines(pairs_dir, max_adapters, torch_threads, device, max_batch)
 

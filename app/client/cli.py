@@ -23,7 +23,7 @@ from app.client import collab
 from app.client.http import Api, ClientError, client_settings
 
 if TYPE_CHECKING:
-    from models.privacy import DPConfig, UpdateNoise
+    from models.lora.privacy import DPConfig, UpdateNoise
 
 COMMANDS = ("finetune", "upload", "upgrade", "watch", "download", "chat", "whoami", "collab")
 
@@ -123,7 +123,7 @@ def _privacy(args: argparse.Namespace,
              parser: argparse.ArgumentParser) -> tuple[DPConfig | None, UpdateNoise | None]:
     """DPConfig and UpdateNoise from the flags, or None; settings that do not fit are a usage error."""
     from models.errors import ConfigError
-    from models.privacy import DPConfig, UpdateNoise
+    from models.lora.privacy import DPConfig, UpdateNoise
 
     if args.dp_epsilon is None and (args.dp_delta is not None or args.dp_clip is not None):
         parser.error("--dp-delta and --dp-clip need --dp-epsilon")

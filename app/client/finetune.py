@@ -19,8 +19,8 @@ from app.client.download import fetch
 from app.client.http import Api, ClientError
 
 if TYPE_CHECKING:
-    from models.finetune import TinySource
-    from models.privacy import DPConfig, UpdateNoise
+    from models.lora.privacy import DPConfig, UpdateNoise
+    from models.training.finetune import TinySource
 
 _PAIR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 INIT = "tiny_lora_init.safetensors"
@@ -44,16 +44,16 @@ def is_local_pair(pair: str) -> bool:
 
 
 def local_source(folder: Path) -> TinySource:
-    from models.finetune import TinySource
     from models.pairs import Pair
+    from models.training.finetune import TinySource
 
     return TinySource.of(Pair(folder))
 
 
 def remote_source(api: Api, pair_id: str, cache_dir: Path) -> TinySource:
     """The pair's TinyLM folder and LoRA init from the service, into the cache (files already there are kept)."""
-    from models.finetune import TinySource
-    from models.pairs import LoraSpec
+    from models.lora.spec import LoraSpec
+    from models.training.finetune import TinySource
 
     if not _PAIR_ID.match(pair_id):
         raise ClientError(f"{pair_id!r} is neither a pair folder (with pair.json) nor a pair id")
@@ -89,9 +89,9 @@ def _fetch_init(api: Api, pair_id: str, dest: Path) -> None:
 def run_finetune(request: FinetuneRequest, connect: Callable[[], Api], cache_dir: Path) -> dict[str, Any]:
     """Check the data, get the pair (from the service only if it is not a local folder), fine-tune with a
     progress bar; the adapter's metadata."""
-    from models.datafile import read_examples
-    from models.experiment import tiny_recipe
-    from models.finetune import FinetuneConfig, finetune_to_folder
+    from models.data.datafile import read_examples
+    from models.recipes import tiny_recipe
+    from models.training.finetune import FinetuneConfig, finetune_to_folder
 
     examples = read_examples(request.data)  # malformed lines fail here, before anything else happens
     if is_local_pair(request.pair):

@@ -33,17 +33,19 @@ def one_torch_thread() -> Iterator[None]:
 def train_task_gts(pair: Pair, tasks: tuple[str, ...]) -> None:
     """One GT per task, as `bench.quality` trains them for setting A but smaller: 2 shadow fine-tunes of 60
     steps per task (the toy LLM answers 100% of a task after 60; measured), a small GT (~40 s in all)."""
-    from models.finetune import FinetuneConfig
-    from models.gt_checkpoint import data_hash, save_gt
-    from models.gt_train import GTTrainConfig, train_gt
-    from models.shadow import ShadowPlan, build_shadow, load_shadow
+    from models.gt.checkpoint import data_hash, save_gt
+    from models.gt.network import GTArch
+    from models.gt.train import GTTrainConfig, train_gt
+    from models.training.finetune import FinetuneConfig
+    from models.training.shadow import ShadowPlan, build_shadow, load_shadow
 
     plans = [ShadowPlan(task, subsets=2, subset_size=300, keep_last=4, finetune=FinetuneConfig(steps=60))
              for task in tasks]
     build_shadow(pair, plans, workers=2, progress=False)
     for plan in plans:
         data = load_shadow(pair, [plan])
-        model, info = train_gt(data, GTTrainConfig(steps=100, eval_every=50, d_model=64, d_ff=128), progress=False)
+        model, info = train_gt(data, GTTrainConfig(steps=100, eval_every=50, arch=GTArch(d_model=64, d_ff=128)),
+                               progress=False)
         save_gt(model, pair.gt_dir(plan.task), {"pair": pair.id, "task": plan.task, "tasks": [plan.task],
                                                 "data_sha256": data_hash(data.src, data.tgt),
                                                 "trained_by": "tests/chat", **info})
@@ -80,7 +82,7 @@ def upgraded(chat_pair: Pair, toy_adapter: Path, tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="session")
 def upgraded_other(chat_pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second generated adapter, from a TinyLM adapter fine-tuned on another task."""
-    from models.finetune import finetune_adapter
+    from models.training.finetune import finetune_adapter
 
     tiny = finetune_adapter(chat_pair, OTHER_TASK, tmp_path_factory.mktemp("adapter-other"), steps=40)
     return _upgrade(chat_pair, OTHER_TASK, tiny, tmp_path_factory.mktemp("upgraded-other"))

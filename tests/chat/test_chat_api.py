@@ -181,10 +181,10 @@ def test_upgraded_accuracy_through_the_endpoint_equals_in_process(server: Server
     """The generated update scored as `bench.quality` scores it (merged into the LLM, batched greedy
     `models.evaluate.accuracy`), and the same questions asked through the endpoint: the same answer to
     every question, so the same accuracy, well above the base model's."""
-    from models.evaluate import answers
-    from models.experiment import Scorer
-    from models.tasks import get_task, make_splits
-    from models.update import add, merge_into, read_adapter
+    from bench.experiment import Scorer
+    from models.data.evaluate import answers
+    from models.data.tasks import get_task, make_splits
+    from models.lora.update import add, merge_into, read_adapter
 
     examples = make_splits(get_task(TASK), seed=chat_pair.spec.seed).test[:50]
     scorer, tokenizer = Scorer(chat_pair), chat_pair.load_tokenizer("llm")
@@ -212,7 +212,8 @@ def test_a_client_that_leaves_cancels_its_generation(chat_pair: Pair) -> None:
     from starlette.requests import Request
 
     from app.api.routes.chat import _pieces
-    from models.chat_engine import ChatEngine, SamplingParams
+    from models.serving.engine import ChatEngine
+    from models.serving.sampling import SamplingParams
 
     engine = ChatEngine.from_pair(chat_pair)
     prompt = engine.prompt_ids([{"role": "user", "content": "rol ?: abcdefgh #### "}])

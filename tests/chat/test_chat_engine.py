@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.chat_engine import AdapterRef, ChatEngine, RequestError, SamplingParams, pick_token
+from models.data.tasks import get_task, make_splits
 from models.errors import AdapterError
 from models.pairs import Pair, PairStore
-from models.tasks import get_task, make_splits
+from models.serving.adapters import AdapterRef
+from models.serving.engine import ChatEngine
+from models.serving.sampling import RequestError, SamplingParams, pick_token
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
@@ -41,8 +43,8 @@ def complete(engine: ChatEngine, prompt: str, adapter: AdapterRef | None, params
 
 
 def test_greedy_output_equals_generate_on_the_merged_model(pair: Pair, engine: ChatEngine, upgraded: Path) -> None:
-    from models.evaluate import answers
-    from models.update import merge_into, read_adapter
+    from models.data.evaluate import answers
+    from models.lora.update import merge_into, read_adapter
 
     merged = merge_into(pair.load_model("llm"), read_adapter(upgraded / "adapter_model.safetensors"),
                         pair.spec.lora.scale)
@@ -134,7 +136,7 @@ def test_stop_max_tokens_and_context_limit(pair: Pair, engine: ChatEngine, upgra
 
 def test_min_tokens_holds_back_the_end_token_as_min_new_tokens_does(pair: Pair, engine: ChatEngine,
                                                                      upgraded: Path) -> None:
-    from models.textdata import prompt_ids
+    from models.data.textdata import prompt_ids
 
     prompt = prompts(pair)[0]
     ids = engine.prompt_ids([{"role": "user", "content": prompt}])
@@ -262,7 +264,7 @@ def test_a_batched_request_leaves_the_batch_when_cancelled_or_stopped(pair: Pair
 
 
 def test_concurrent_first_requests_load_the_pair_once(chat_pairs_dir: Path) -> None:
-    from models.chat_engine import ChatEngines
+    from models.serving.engine import ChatEngines
 
     engines, got, barrier = ChatEngines(chat_pairs_dir), {}, threading.Barrier(6)
 
@@ -285,3 +287,23 @@ def test_concurrent_first_requests_load_the_pair_once(chat_pairs_dir: Path) -> N
     for t in loaders:
         t.join(timeout=120)
     assert all(not p.is_meta for m in models.values() for p in m.parameters()) and len(models) == 4
+
+
+def test_a_request_cancelled_while_waiting_for_room_ends_before_the_batch_has_room(smol_pairs_dir: Path) -> None:
+    """A full batch (two long requests, room for two) and a third request waiting: cancelling the third ends it
+    within a step or two, not when a running request leaves. Counted in batched forwards, not seconds: SmolLM2's
+    forwards are slow enough that the waiting request would otherwise see ~60 of them."""
+    batched = ChatEngine.from_pair(PairStore(smol_pairs_dir).get("smol"), max_adapters=1, max_batch=2)
+    long = SamplingParams(max_tokens=60, min_tokens=60, temperature=0)
+    ids = batched.prompt_ids([{"role": "user", "content": "Name a colour."}])
+    running = [batched.generate(ids, long) for _ in range(2)]
+    for generation in running:
+        next(generation)  # admitted: the batch is full
+    waiting = batched.generate(ids, long)
+    steps = batched.batcher.steps
+    waiting.cancel()
+    assert list(waiting) == [] and waiting.finish_reason == "cancelled"
+    assert batched.batcher.steps - steps <= 5, "the cancelled request waited for room in the batch"
+    for generation in running:
+        generation.cancel()
+        assert list(generation) == [] and generation.finish_reason == "cancelled"

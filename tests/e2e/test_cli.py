@@ -53,7 +53,7 @@ def last_line(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def write_data(path: Path, task: str) -> Path:
-    from models.tasks import get_task, make_splits
+    from models.data.tasks import get_task, make_splits
 
     examples = make_splits(get_task(task), 10, 300, 10).private
     rows = [{"prompt": e.prompt, "answer": e.answer} for e in examples[:200]]
@@ -142,8 +142,8 @@ def test_an_interrupted_download_resumes_and_checks_sha256(server: tuple[Service
 
 def test_two_organizations_pool_their_checkpoints_from_the_command_line(server: tuple[Services, dict],
                                                                         toy_adapter: Path, tmp_path: Path) -> None:
-    from models.finetune import finetune_adapter
     from models.pairs import PairStore
+    from models.training.finetune import finetune_adapter
 
     services, env = server
     pair = PairStore(Path(services.env["GRADLIFT_PAIRS_DIR"])).get("toy")

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def second_adapter(toy_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another organization's adapter: the same task, its own examples."""
-    from models.finetune import finetune_adapter
+    from models.data.tasks import get_task, make_splits
     from models.pairs import PairStore
-    from models.tasks import get_task, make_splits
+    from models.training.finetune import finetune_adapter
 
     pair = PairStore(toy_pairs_dir).get("toy")
     task = pair.spec.tasks[0]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from models.datafile import Conversation, Message, read_examples
+from models.data.datafile import Conversation, Message, read_examples
+from models.data.tasks import Example
 from models.errors import DataFileError
-from models.tasks import Example
-from models.toy import char_tokenizer
+from models.pairs.toy import char_tokenizer
 
 
 def write(path: Path, lines: list[str]) -> Path:
@@ -65,7 +65,7 @@ def test_many_problems_are_counted_not_all_listed(tmp_path: Path) -> None:
 
 
 def test_conversations_use_the_chat_template_when_the_tokenizer_has_one() -> None:
-    from models.textdata import IGNORE, encode_batch
+    from models.data.textdata import IGNORE, encode_batch
 
     tokenizer = char_tokenizer()
     tokenizer.chat_template = ("{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}"

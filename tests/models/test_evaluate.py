@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from models.evaluate import cosine, pgr, r2_vs_mean
+from models.data.evaluate import cosine, pgr, r2_vs_mean
 
 
 def test_pgr_is_the_share_of_the_gap_recovered_and_is_not_clipped():

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from models.errors import ConfigError
-from models.grad_transformer import GradientTransformer, GTConfig
-from models.gt_checkpoint import load_gt, save_gt
+from models.gt.checkpoint import load_gt, save_gt
+from models.gt.network import GradientTransformer, GTArch, GTConfig
 
-CFG = GTConfig(src_layers=2, src_dim=24, tgt_layers=5, tgt_dim=40, d_model=32, n_heads=4, d_ff=64)
+ARCH = GTArch(d_model=32, n_heads=4, d_ff=64, dropout=0.0)
+CFG = GTConfig(src_layers=2, src_dim=24, tgt_layers=5, tgt_dim=40, arch=ARCH)
 
 
 def model_with_stats(seed: int = 0) -> GradientTransformer:
@@ -69,7 +70,7 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
 
 def test_inconsistent_configs_fail_when_built():
     with pytest.raises(ConfigError):
-        GTConfig(2, 24, 5, 40, d_model=30, n_heads=4)
+        GTArch(d_model=30, n_heads=4)
     with pytest.raises(ConfigError):
         GTConfig(0, 24, 5, 40)
 
@@ -86,7 +87,7 @@ def routed_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 def test_an_untrained_routed_model_outputs_the_prototype_nearest_its_input():
     src, tgt, labels = routed_data()
-    model = GradientTransformer(GTConfig(2, 24, 5, 40, d_model=32, n_heads=4, d_ff=64, prototypes=3)).eval()
+    model = GradientTransformer(GTConfig(2, 24, 5, 40, ARCH, prototypes=3)).eval()
     model.set_statistics(src, tgt)
     model.set_prototypes(src, tgt, labels)
     out = model.generate(src[:3])  # one input of each task
@@ -101,7 +102,7 @@ def test_an_untrained_routed_model_outputs_the_prototype_nearest_its_input():
 
 def test_a_routed_checkpoint_keeps_its_prototypes(tmp_path):
     src, tgt, labels = routed_data()
-    model = GradientTransformer(GTConfig(2, 24, 5, 40, d_model=32, n_heads=4, d_ff=64, prototypes=3)).eval()
+    model = GradientTransformer(GTConfig(2, 24, 5, 40, ARCH, prototypes=3)).eval()
     model.set_statistics(src, tgt)
     model.set_prototypes(src, tgt, labels)
     save_gt(model, tmp_path / "gt", {"pair": "test"})

@@ -6,8 +6,9 @@ from dataclasses import replace
 
 import torch
 
-from models.gt_train import GTTrainConfig, split_runs, train_gt
-from models.shadow import ShadowSet
+from models.gt.network import GTArch
+from models.gt.train import GTTrainConfig, split_runs, train_gt
+from models.training.shadow import ShadowSet
 
 
 def shadow_set(tasks: int, runs_per_task: int, snapshots: int = 3) -> ShadowSet:
@@ -34,7 +35,7 @@ def test_validation_holds_out_whole_runs_of_every_task():
 
 def test_the_chosen_step_count_is_trained_again_on_every_run():
     data = shadow_set(tasks=2, runs_per_task=4)
-    cfg = GTTrainConfig(steps=60, eval_every=10, batch_size=8, d_model=16, n_heads=2, d_ff=32, lr=3e-3)
+    cfg = GTTrainConfig(steps=60, eval_every=10, batch_size=8, arch=GTArch(d_model=16, n_heads=2, d_ff=32), lr=3e-3)
     model, info = train_gt(data, cfg, progress=False)
     assert info["train_pairs"] + info["val_pairs"] == len(data.task)
     assert info["best_step"] > 0 and info["refit_pairs"] == len(data.task)

@@ -9,13 +9,13 @@ import pytest
 import torch
 from peft import PeftModel
 
+from models.data.tasks import get_task, make_splits
+from models.data.textdata import encode_prompts
 from models.errors import VerificationError
-from models.finetune import FinetuneConfig, finetune_adapter, finetune_lora
+from models.lora.update import LoraLayout, add, merge_into, read_adapter, subtract, validate_adapter_file
 from models.pairs import ALL_TASKS, Pair, ensure_pair
-from models.shadow import ShadowPlan, build_shadow, load_shadow
-from models.tasks import get_task, make_splits
-from models.textdata import encode_prompts
-from models.update import LoraLayout, add, merge_into, read_adapter, subtract, validate_adapter_file
+from models.training.finetune import FinetuneConfig, finetune_adapter, finetune_lora
+from models.training.shadow import ShadowPlan, build_shadow, load_shadow
 from models.upgrade import resolve_gt, run_upgrade, verify
 
 
@@ -102,8 +102,10 @@ def test_upgrades_in_one_process_share_the_base_llm_and_leave_it_clean(toy_pair:
     from models.upgrade import _base_llm
 
     first = run_upgrade(toy_pair, ALL_TASKS, [toy_adapter / "adapter_model.safetensors"], tmp_path / "one")
+    loaded = _base_llm.cache_info()
     second = run_upgrade(toy_pair, ALL_TASKS, [toy_adapter / "adapter_model.safetensors"], tmp_path / "two")
-    assert _base_llm.cache_info().hits >= 1
+    after = _base_llm.cache_info()
+    assert (after.hits, after.misses) == (loaded.hits + 1, loaded.misses)  # the second found the first's LLM
     assert first.verification == second.verification
     base = _base_llm(toy_pair.root, (toy_pair.llm_dir / "config.json").stat().st_mtime_ns, torch.device("cpu"))
     assert not any("lora" in name for name, _ in base.named_modules())
@@ -124,3 +126,16 @@ def test_an_upgrade_on_a_gpu_equals_the_one_on_the_cpu(toy_pair: Pair, toy_adapt
     assert gpu.verification["modules"] == cpu.verification["modules"]
     assert gpu.verification["probe_max_logit_change"] == pytest.approx(cpu.verification["probe_max_logit_change"],
                                                                        rel=1e-3)
+
+
+def test_a_tasks_own_gt_is_preferred_to_the_pair_wide_one(toy_pair: Pair, tmp_path: Path):
+    import shutil
+
+    root = tmp_path / "pairs"
+    shutil.copytree(toy_pair.root, root / "toy", ignore=shutil.ignore_patterns("shadow", "bench", "*.lock"))
+    pair = Pair(root / "toy")
+    own, other = pair.spec.tasks[:2]
+    shutil.copytree(pair.gt_dir(ALL_TASKS), pair.gt_dir(own))
+    assert set(pair.gt_ids()) == {ALL_TASKS, own}
+    assert resolve_gt(pair, own) == own
+    assert resolve_gt(pair, other) == ALL_TASKS and resolve_gt(pair, None) == ALL_TASKS

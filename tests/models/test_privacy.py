@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from models.data.tasks import get_task, make_splits
+from models.data.textdata import encode_batch
 from models.errors import ConfigError
-from models.finetune import FinetuneConfig, finetune_adapter, finetune_lora, per_example_loss
+from models.lora.privacy import DPConfig, UpdateNoise, clip_norm, spent_epsilon
+from models.lora.update import read_adapter, subtract, validate_adapter_file
 from models.pairs import Pair
-from models.privacy import DPConfig, UpdateNoise, clip_norm, spent_epsilon
-from models.shadow import ShadowPlan, build_shadow, load_shadow, shadow_privacy
-from models.tasks import get_task, make_splits
-from models.textdata import encode_batch
-from models.update import read_adapter, subtract, validate_adapter_file
+from models.training.finetune import FinetuneConfig, finetune_adapter, finetune_lora, per_example_loss
+from models.training.shadow import ShadowPlan, build_shadow, load_shadow, shadow_privacy
 
 
 @pytest.mark.parametrize("make", [
@@ -157,8 +157,8 @@ def test_shadow_plans_carry_privacy_to_the_tinylm_runs_only(toy_pair: Pair) -> N
 def test_an_adapter_files_privacy_record_is_read_from_its_metadata(toy_pair: Pair, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from models.privacy import adapter_privacy
-    from models.safetensors_header import read_metadata
+    from models.lora.header import read_metadata
+    from models.lora.privacy import adapter_privacy
 
     examples = make_splits(get_task("rotate-3"), seed=0).private[:16]
     out = finetune_adapter(toy_pair, "rotate-3", tmp_path / "dp", steps=4, examples=examples,
@@ -176,7 +176,7 @@ def test_an_adapter_files_privacy_record_is_read_from_its_metadata(toy_pair: Pai
 
 
 def test_privacy_distance_prefers_the_same_mechanism_at_the_nearest_epsilon() -> None:
-    from models.privacy import MISMATCH, noisiest, privacy_distance
+    from models.lora.privacy import MISMATCH, noisiest, privacy_distance
 
     dp = lambda e: {"dp_sgd": {"epsilon": e, "delta": 1e-5}, "update_noise": None}  # noqa: E731
     assert privacy_distance(None, None) == 0 and privacy_distance(dp(1.0), dp(1.0)) == 0

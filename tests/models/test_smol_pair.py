@@ -22,8 +22,8 @@ def smol(smol_pairs_dir: Path) -> Pair:
 
 
 def test_the_converted_llm_answers_like_the_gguf(smol: Pair) -> None:
-    from models.evaluate import answers
-    from models.smol_llm import load_gguf
+    from models.data.evaluate import answers
+    from models.pairs.smol_llm import load_gguf
 
     gguf_model, gguf_tokenizer = load_gguf()
     model, tokenizer = smol.load_model("llm"), smol.load_tokenizer("llm")
@@ -51,11 +51,12 @@ def test_the_tinylm_is_at_most_half_the_llm_outside_embeddings(smol: Pair) -> No
 def test_the_published_results_reproduce_on_a_sample(smol: Pair) -> None:
     """For one task of setting A and one of B: the TinyLM's private fine-tune, the shipped GT, the
     recorded answers of the upgraded SmolLM2 on the first test questions."""
-    from models.experiment import Scorer, finetune_side, recipe_for, sample_answers
-    from models.gt_checkpoint import load_gt
+    from bench.experiment import Scorer, finetune_side, sample_answers
+    from models.data.tasks import get_task, make_splits
+    from models.gt.checkpoint import load_gt
+    from models.lora.update import LoraLayout
     from models.pairs import ALL_TASKS
-    from models.tasks import get_task, make_splits
-    from models.update import LoraLayout
+    from models.recipes import recipe_for
 
     results = json.loads(RESULTS.read_text())
     scorer = Scorer(smol)
@@ -71,14 +72,12 @@ def test_the_published_results_reproduce_on_a_sample(smol: Pair) -> None:
         test = splits.test
         got = sample_answers(model, scorer.tokenizer, test)
         assert got == row["gt_sample"], f"setting {setting}, {task}"
-        right = sum(a["answer"] == a["expected"] for a in got)
-        assert right / len(got) >= row["p_gt"] - 0.5  # the sample is in line with the published accuracy
 
 
 def test_an_upgrade_on_the_smol_pair_passes_verification(smol: Pair, tmp_path: Path) -> None:
     """The worker's path with the shipped pair-wide GT: adapter in, verified SmolLM2 adapter out."""
-    from models.finetune import finetune_adapter
     from models.pairs import ALL_TASKS
+    from models.training.finetune import finetune_adapter
     from models.upgrade import run_upgrade
 
     adapter = finetune_adapter(smol, "pick-2", tmp_path / "tiny", steps=3)

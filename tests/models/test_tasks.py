@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from models.data.tasks import ANSWER_MARK, DEFAULT_TASKS, get_task, make_splits
 from models.errors import NotFoundError
-from models.tasks import ANSWER_MARK, DEFAULT_TASKS, get_task, make_splits
 
 
 @pytest.mark.parametrize("task_id", DEFAULT_TASKS)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from models.errors import AdapterError
-from models.update import LoraLayout, add, delta_weight, mean, merge_into, subtract, validate_adapter_file
+from models.lora.update import LoraLayout, add, delta_weight, mean, merge_into, subtract, validate_adapter_file
 
 
 def fake_init(layers: int = 3, h: int = 8, kv: int = 4, r: int = 2) -> dict[str, torch.Tensor]:
@@ -140,3 +140,12 @@ def test_half_precision_uploads_are_accepted(tmp_path, good):
     path = tmp_path / "half.safetensors"
     save_file({k: v.half() for k, v in fake_init(layers=1).items()}, str(path))
     validate_adapter_file(path, shapes)
+
+
+def test_mean_is_the_element_wise_average_of_its_updates():
+    a = {"x": torch.tensor([1.0, 2.0, -3.0]), "y": torch.tensor([[0.5]])}
+    b = {"x": torch.tensor([3.0, 0.0, 1.0]), "y": torch.tensor([[1.5]])}
+    c = {"x": torch.tensor([2.0, 4.0, 5.0]), "y": torch.tensor([[-0.5]])}
+    got = mean([a, b, c])
+    assert torch.equal(got["x"], torch.tensor([2.0, 2.0, 1.0])) and torch.equal(got["y"], torch.tensor([[0.5]]))
+    assert torch.equal(mean([a])["x"], a["x"])

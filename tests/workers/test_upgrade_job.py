@@ -92,8 +92,8 @@ def test_a_pooled_job_lifts_the_average_of_its_inputs(settings: Settings, toy_ad
     collaboration, so its members can read it."""
     from safetensors.torch import load_file, save_file
 
+    from models.lora.update import read_adapter, subtract
     from models.pairs import PairStore
-    from models.update import read_adapter, subtract
     from models.upgrade import generate_update
 
     pair = PairStore(toy_pairs_dir).get("toy")
@@ -113,8 +113,10 @@ def test_a_pooled_job_lifts_the_average_of_its_inputs(settings: Settings, toy_ad
         delta = jobs.delta_for_job(s, job_id)
     assert delta.collaboration_id == collab.id and delta.sources == inputs
     stored = load_file(str(store.path(delta.files["update.safetensors"]["sha256"])))
-    updates = [subtract(read_adapter(p), init) for p in (first, second)]
-    pooled, _ = generate_update(pair, "all", updates)
-    single, _ = generate_update(pair, "all", updates[:1])
+    own = subtract(read_adapter(first), init)
+    # The second update is twice the first, so their element-wise mean is 1.5 times the first: the pooled
+    # delta is the GT's output for that one update (computed here, not by the averaging code).
+    pooled, _ = generate_update(pair, "all", [{k: 1.5 * v for k, v in own.items()}])
+    single, _ = generate_update(pair, "all", [own])
     assert all(torch.allclose(stored[k], pooled[k], atol=1e-6) for k in pooled)
     assert not all(torch.allclose(stored[k], single[k], atol=1e-6) for k in single)

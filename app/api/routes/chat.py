@@ -40,7 +40,7 @@ from app.schemas.chat import (
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse
 
 if TYPE_CHECKING:
-    from models.chat_engine import ChatEngines, Generation
+    from models.serving.engine import ChatEngines, Generation
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, o
 def _start(engines: ChatEngines, model: ChatModel, body: ChatCompletionCreate,
            cancel: threading.Event | None = None) -> Generation:
     """Load what the request needs and check it fits (400 from here); no tokens are decoded yet."""
-    from models.chat_engine import RequestError, SamplingParams
+    from models.serving.sampling import RequestError, SamplingParams
 
     engine = engines.get(model.pair)
     try:

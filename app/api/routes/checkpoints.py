@@ -60,9 +60,9 @@ async def create_checkpoint(request: Request, session: SessionDep, org: CurrentO
 def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, pairs: PairCatalog,
                       key: str | None) -> CheckpointPublic:
     from models.errors import AdapterError, ConfigError
-    from models.privacy import adapter_privacy
-    from models.safetensors_header import read_metadata
-    from models.update import validate_adapter_file
+    from models.lora.header import read_metadata
+    from models.lora.privacy import adapter_privacy
+    from models.lora.update import validate_adapter_file
 
     upload = form.files.get("file")
     if upload is None:

@@ -25,7 +25,7 @@ from app.schemas.deltas import DeltaFileName
 from app.storage import BlobStore
 
 if TYPE_CHECKING:
-    from models.chat_engine import AdapterRef
+    from models.serving.adapters import AdapterRef
 
 router = APIRouter(prefix="/v1/models", tags=["chat"], responses=ERROR_RESPONSES)
 
@@ -50,7 +50,7 @@ class ChatModel:
 def resolve_model(model_id: str, session: Session, org: Organization, store: BlobStore,
                   pairs: PairCatalog) -> ChatModel:
     """The model behind an id, for this organization; 404 for an unknown model or another's delta."""
-    from models.chat_engine import AdapterRef
+    from models.serving.adapters import AdapterRef
 
     missing = not_found("model", model_id, param="model", code=Code.not_found)
     delta = queries.get_delta(session, org.id, model_id)

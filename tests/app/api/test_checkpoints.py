@@ -87,6 +87,11 @@ def test_idempotency_key_replays_the_first_response(toy_api: Api, init: dict) ->
     assert upload(toy_api, content, key="k1").json() == first
     assert toy_api.client.get("/v1/checkpoints", headers=toy_api.auth()).json()["count"] == 1
     assert_error(upload(toy_api, save(adapter(init, seed=1)), key="k1"), 409, "idempotency_key_reused")
+    # Keys are scoped per organization: another one's "k1" is its own request, neither a replay nor a conflict.
+    theirs = upload(toy_api, content, key="k1", org="globex")
+    assert theirs.status_code == 200 and theirs.json()["id"] != first["id"]
+    assert upload(toy_api, save(adapter(init, seed=1)), key="k1", org="initech").status_code == 200
+    assert toy_api.client.get("/v1/checkpoints", headers=toy_api.auth("globex")).json()["count"] == 1
 
 
 def _bad_uploads(init: dict) -> list[tuple[str, bytes, dict, int, str, str]]:

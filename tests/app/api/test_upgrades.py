@@ -72,7 +72,13 @@ def test_idempotency_key(toy_api: Api, checkpoint_id: str) -> None:
     first = create(toy_api, body, key="retry-1").json()
     assert create(toy_api, body, key="retry-1").json()["id"] == first["id"]
     assert_error(create(toy_api, body | {"task": "other"}, key="retry-1"), 409, "idempotency_key_reused")
-    assert create(toy_api, body, key="retry-1", org="acme").json()["id"] == first["id"]
+    # Scoped per organization: another one's "retry-1" is not a replay of acme's job (it may not see it),
+    # and its own upgrade under that key is a new job.
+    assert_error(create(toy_api, body, key="retry-1", org="globex"), 404, "checkpoint_not_found")
+    init = load_file(str(toy_api.settings.pairs_dir / "toy" / "tiny_lora_init.safetensors"))
+    theirs = upload(toy_api, save(adapter(init)), org="globex").json()["id"]
+    other = create(toy_api, {"pair": "toy", "checkpoint_ids": [theirs]}, key="retry-1", org="globex").json()
+    assert other["id"] != first["id"] and other["checkpoint_ids"] == [theirs]
     assert toy_api.client.get("/v1/upgrades", headers=toy_api.auth()).json()["count"] == 1
 
 

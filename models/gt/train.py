@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from models.grad_transformer import GradientTransformer, GTConfig
-from models.shadow import ShadowSet
+from models.gt.network import GradientTransformer, GTArch, GTConfig
+from models.training.shadow import ShadowSet
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,7 @@ class GTTrainConfig:
     eval_every: int = 100
     patience: int = 5  # evaluations without a better free-running loss before training stops
     seed: int = 0
-    d_model: int = 128
-    n_heads: int = 4
-    n_enc: int = 2
-    n_dec: int = 2
-    d_ff: int = 512
-    dropout: float = 0.1
+    arch: GTArch = GTArch()
     route: bool = False  # start from the shadow runs' updates nearest the input (GTConfig.prototypes)
     refit: bool = True  # train the chosen step count again on every run (see train_gt)
 
@@ -84,8 +79,7 @@ def _fit(train: ShadowSet, val: ShadowSet | None, cfg: GTTrainConfig, steps: int
     torch.manual_seed(cfg.seed)
     _, l_s, d_s = train.src.shape
     _, l_t, d_t = train.tgt.shape
-    model = GradientTransformer(GTConfig(l_s, d_s, l_t, d_t, cfg.d_model, cfg.n_heads, cfg.n_enc, cfg.n_dec,
-                                         cfg.d_ff, cfg.dropout, n_prototypes(train, cfg)))
+    model = GradientTransformer(GTConfig(l_s, d_s, l_t, d_t, cfg.arch, n_prototypes(train, cfg)))
     model.set_statistics(train.src, train.tgt)
     if model.cfg.prototypes:
         model.set_prototypes(train.src, train.tgt, train.run.tolist())

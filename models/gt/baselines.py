@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from models.shadow import ShadowSet
+from models.training.shadow import ShadowSet
 
 
 def mean_update(data: ShadowSet) -> torch.Tensor:

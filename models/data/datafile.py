@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.data.tasks import Example
 from models.errors import DataFileError
-from models.tasks import Example
 
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED = 20  # problems listed in the error; the count says how many there were

@@ -3,7 +3,7 @@ and the organization's client.
 
 The run starts from the stored A0/B0 (never a fresh seed), so an update made here, by a shadow run or by
 an organization's own PEFT code started from the published init, lives in the same coordinates.
-With a `DPConfig` the run is DP-SGD (models/privacy.py); with an `UpdateNoise` the written update is
+With a `DPConfig` the run is DP-SGD (models/lora/privacy.py); with an `UpdateNoise` the written update is
 clipped and perturbed first.
 """
 
@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from models.datafile import TrainingExample
+from models.data.datafile import TrainingExample
+from models.data.tasks import Example, get_task, make_splits
+from models.data.textdata import IGNORE, encode_batch
 from models.errors import ConfigError
-from models.pairs import LoraSpec, Pair
-from models.privacy import DPConfig, UpdateNoise, generator, spent_epsilon
-from models.tasks import Example, get_task, make_splits
-from models.textdata import IGNORE, encode_batch
-from models.update import Update, add, save_update, subtract
+from models.lora.privacy import DPConfig, UpdateNoise, generator, spent_epsilon
+from models.lora.spec import LoraSpec
+from models.lora.update import Update, add, save_update, subtract
+from models.pairs import Pair
 
 OnStep = Callable[[int, float], None]
 

@@ -1,22 +1,15 @@
 """The chat engine: one base LLM per pair, loaded once, and many generated adapters switched per request.
 
-Each LoRA target module of the base model is swapped for a `SwitchableLinear` that adds the low-rank
-term of whichever adapter is active in the calling thread:
-
-    y = x W^T (+ bias) + (x A^T) (scale * B)^T          A: [r, in], B: [out, r]
-
-The active adapter is a context variable set around each forward call: one adapter for a request
-decoding alone, or one per group of rows (`RowAdapters`) when the batcher (`models.chat_batch`) decodes
-many requests in one forward. Requests on different adapters thus share the same weights without
-mixing, and switching costs a variable assignment. (PEFT's multi-adapter model keeps the active adapter
-on the model itself, which serializes requests on different adapters; `python -m bench.serving` measures
-both.) Adapters are read from their safetensors files on first use and kept in a bounded
-least-recently-used cache; the base model, the adapters and the decoding run on the model's device.
+Adapters (`models.serving.adapters`) are read from their safetensors files on first use and kept in a
+bounded least-recently-used cache; the base model, the adapters and the decoding run on the model's
+device. (PEFT's multi-adapter model keeps the active adapter on the model itself, which serializes
+requests on different adapters; `python -m bench.serving` measures both.)
 
 A request is a `Generation`: an iterator of text pieces, decoded one token at a time with a KV cache
-(greedy at temperature 0, else seeded temperature / top-p sampling), ending on the end token (never
-before `min_tokens`), a stop string, `max_tokens` or the context limit, or when it is cancelled from any
-thread.
+(greedy at temperature 0, else seeded temperature / top-p sampling: `models.serving.sampling`), ending on
+the end token (never before `min_tokens`), a stop string, `max_tokens` or the context limit, or when it is
+cancelled from any thread. With batching on, the engine owns a `Batcher` (`models.serving.batch`) that
+decodes every running request together.
 """
 
 from __future__ import annotations
@@ -26,181 +19,33 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from models.data.textdata import uses_chat
 from models.device import resolve_device
-from models.errors import AdapterError, GradliftError
 from models.pairs import Pair, PairStore
-from models.textdata import uses_chat
+from models.serving.adapters import AdapterRef, LoraFactors, active, factors_bytes, make_switchable, read_factors
+from models.serving.batch import Batcher
+from models.serving.sampling import (
+    RequestError,
+    SamplingParams,
+    TokenSource,
+    next_token,
+    request_generator,
+    token_budget,
+)
 
 log = logging.getLogger(__name__)
-
-
-class RequestError(GradliftError):
-    """A chat request this engine cannot serve as asked (bad sampling values, too long for the context)."""
-
-
-# ---- adapters: low-rank factors per module, applied by the thread that set them active ----
-
-LoraFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (A [r, in], scale * B [out, r])
-
-
-@dataclass(frozen=True)
-class RowAdapters:
-    """A batch's adapters: (row indices, or None for every row; factors) per distinct adapter in it."""
-
-    groups: tuple[tuple[torch.Tensor | None, LoraFactors], ...]
-
-
-_ACTIVE: ContextVar[LoraFactors | RowAdapters | None] = ContextVar("gradlift_active_adapter", default=None)
-
-
-class SwitchableLinear(torch.nn.Module):
-    """A base Linear plus the active adapter's low-rank term for this module, if it has one."""
-
-    def __init__(self, base: torch.nn.Linear, name: str) -> None:
-        super().__init__()
-        self.weight, self.bias, self.name = base.weight, base.bias, name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
-        active = _ACTIVE.get()
-        groups = active.groups if isinstance(active, RowAdapters) else ((None, active),) if active else ()
-        for rows, factors in groups:
-            if (ab := factors.get(self.name)) is None:
-                continue
-            if rows is None:  # every row
-                out = out + F.linear(F.linear(x, ab[0]), ab[1])
-            else:
-                out = out.index_add(0, rows, F.linear(F.linear(x[rows], ab[0]), ab[1]))
-        return out
-
-
-def make_switchable(model: torch.nn.Module, targets: tuple[str, ...]) -> dict[str, tuple[int, int]]:
-    """Swap every target Linear for a SwitchableLinear in place; returns {module name: (out, in)}."""
-    shapes = {}
-    for name, module in list(model.named_modules()):
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, SwitchableLinear(module, name))
-            shapes[name] = tuple(module.weight.shape)
-    if not shapes:
-        raise AdapterError(f"the model has no Linear modules named {targets}")
-    return shapes
-
-
-def read_factors(path: Path, shapes: dict[str, tuple[int, int]], scale: float,
-                 device: torch.device | str = "cpu") -> LoraFactors:
-    """An adapter's PEFT safetensors file as per-module factors on `device`, checked against the base model."""
-    tensors = load_file(str(path))
-    by_module: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in tensors.items():
-        if ".lora_" not in name:
-            raise AdapterError(f"not a LoRA tensor name: {name!r}")
-        module = name[: name.index(".lora_")].removeprefix("base_model.model.")
-        by_module.setdefault(module, {})[name[name.index(".lora_") + 6]] = tensor.float()
-    factors: LoraFactors = {}
-    for module, ab in by_module.items():
-        if module not in shapes or set(ab) != {"A", "B"}:
-            raise AdapterError(f"adapter tensors for {module!r} do not fit this model's LoRA targets")
-        out_features, in_features = shapes[module]
-        a, b = ab["A"], ab["B"]
-        if a.shape[1] != in_features or b.shape[0] != out_features or a.shape[0] != b.shape[1]:
-            raise AdapterError(f"adapter {module!r}: A {tuple(a.shape)}, B {tuple(b.shape)} do not fit "
-                               f"a Linear of {in_features} -> {out_features}")
-        factors[module] = (a.contiguous().to(device), (scale * b).contiguous().to(device))
-    return factors
-
-
-def factors_bytes(factors: LoraFactors) -> int:
-    return sum(t.numel() * t.element_size() for pair in factors.values() for t in pair)
-
-
-@dataclass(frozen=True)
-class AdapterRef:
-    """A generated adapter: its id (immutable content) and its PEFT safetensors file."""
-
-    id: str
-    path: Path
-
-
-# ---- sampling ----
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int | None = None  # None: until the end token or the context limit
-    min_tokens: int = 0  # the end token is not chosen before this many tokens (as vLLM's min_tokens)
-    temperature: float = 1.0  # 0: greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise RequestError(f"max_tokens must be at least 1, not {self.max_tokens}")
-        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
-            raise RequestError(f"min_tokens must be in [0, max_tokens], not {self.min_tokens}")
-        if not 0 <= self.temperature <= 2 or not 0 < self.top_p <= 1:
-            raise RequestError(f"temperature must be in [0, 2] and top_p in (0, 1]: {self}")
-        if any(not s for s in self.stop):
-            raise RequestError("stop strings must not be empty")
-
-
-def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """The next token from last-position logits [vocab]: argmax at temperature 0, else top-p sampling."""
-    if params.temperature == 0:
-        return int(logits.argmax())
-    # Sampled on the CPU with the request's CPU generator, wherever the logits were computed.
-    probs = torch.softmax(logits.float().cpu() / params.temperature, dim=-1)
-    if params.top_p < 1:
-        sorted_probs, order = probs.sort(descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        drop = sorted_probs.cumsum(0) - sorted_probs >= params.top_p
-        sorted_probs[drop] = 0
-        return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-# ---- one request ----
-
-def token_budget(context_length: int, prompt_tokens: int, params: SamplingParams) -> int:
-    """The most tokens a request may generate: max_tokens, or what the context has left."""
-    budget = context_length - prompt_tokens
-    return budget if params.max_tokens is None else min(budget, params.max_tokens)
-
-
-def request_generator(params: SamplingParams) -> torch.Generator | None:
-    """The request's random source, on the CPU, so one seed samples the same tokens on every device."""
-    if params.temperature == 0:
-        return None
-    return torch.Generator().manual_seed(params.seed if params.seed is not None else int(time.time_ns() % 2**63))
-
-
-def next_token(logits: torch.Tensor, engine: ChatEngine, params: SamplingParams, generated: int,
-               generator: torch.Generator | None) -> int:
-    """The next token from one request's last-position logits [vocab]; the end token is held back until
-    `min_tokens` have been generated (as transformers' min_new_tokens does)."""
-    if generated < params.min_tokens:
-        logits = logits.index_fill(0, engine.eos_index, float("-inf"))
-    return pick_token(logits, params, generator)
-
-
-TokenSource = Iterator[int]  # sampled token ids, one request's, ending early only if it was cancelled
 
 
 class Generation:
     """An iterator of text pieces for one request; `finish_reason` and the token counts are set as it runs.
 
     The tokens come from a source: the request's own decoding loop in the iterating thread, or the
-    engine's batcher (`models.chat_batch`), which decodes every running request together. Not thread-safe
+    engine's batcher (`models.serving.batch`), which decodes every running request together. Not thread-safe
     to iterate from two threads at once; `cancel()` (or setting the `cancel` event it was made with) may
     be done from any thread.
     """
@@ -238,7 +83,8 @@ class Generation:
         cache = DynamicCache(config=engine.model.config)
         ids, generated = torch.tensor([self.prompt_ids], device=engine.device), 0
         while not self._cancel.is_set():
-            token = next_token(engine.forward(ids, cache, self.factors), engine, self.params, generated, generator)
+            token = next_token(engine.forward(ids, cache, self.factors), engine.eos_index, self.params, generated,
+                               generator)
             generated += 1
             yield token
             ids = torch.tensor([[token]], device=engine.device)
@@ -290,7 +136,7 @@ class ChatEngine:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: tuple[str, ...],
                  scale: float, max_adapters: int = 32, model_id: str = "base", max_batch: int = 1) -> None:
         """`model` stays on its device; adapters and requests follow it there. With `max_batch` > 1 running
-        requests decode together, up to that many per forward (`models.chat_batch`); with 1 each request
+        requests decode together, up to that many per forward (`models.serving.batch`); with 1 each request
         decodes alone in the thread that iterates it."""
         if max_adapters < 1 or max_batch < 1:
             raise RequestError(f"max_adapters and max_batch must be at least 1, not {max_adapters}, {max_batch}")
@@ -307,8 +153,6 @@ class ChatEngine:
         self.adapter_loads = 0  # reads from disk: a cache miss each
         self.batcher = None
         if max_batch > 1:
-            from models.chat_batch import Batcher
-
             self.batcher = Batcher(self, max_batch)
 
     @classmethod
@@ -379,15 +223,6 @@ class ChatEngine:
         with active(factors):
             out = self.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1]
-
-
-@contextmanager
-def active(factors: LoraFactors | RowAdapters | None) -> Iterator[None]:
-    token = _ACTIVE.set(factors)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
 
 
 class ChatEngines:

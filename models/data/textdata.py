@@ -3,7 +3,7 @@
 Plain-text models see `prompt + answer + eos`; models with a chat template see the prompt as a user
 turn (or a conversation's turns) and the answer as the assistant's reply. Loss falls on the answer and
 the end token only. Examples come from the procedural tasks or from an organization's data file
-(`models.datafile`).
+(`models.data.datafile`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from models.datafile import Conversation, TrainingExample
+from models.data.datafile import Conversation, TrainingExample
 
 IGNORE = -100
 

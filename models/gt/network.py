@@ -24,7 +24,7 @@ Beyond the paper's network (three linear maps around a transformer):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -34,41 +34,62 @@ from models.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class GTConfig:
-    src_layers: int  # L_S
-    src_dim: int  # D_S
-    tgt_layers: int  # L_T
-    tgt_dim: int  # D_T
+class GTArch:
+    """The network's own size, whatever the pair: what a training recipe chooses."""
+
     d_model: int = 128
     n_heads: int = 4
     n_enc: int = 2
     n_dec: int = 2
     d_ff: int = 512
-    dropout: float = 0.0
-    prototypes: int = 0  # 0: none (the paper); n: start from n shadow runs' updates (see the module doc)
+    dropout: float = 0.1
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if min(self.src_layers, self.src_dim, self.tgt_layers, self.tgt_dim, self.n_enc, self.n_dec) < 1:
+        if min(self.d_model, self.n_heads, self.n_enc, self.n_dec, self.d_ff) < 1 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"every size must be positive and dropout in [0, 1): {self}")
+
+
+@dataclass(frozen=True)
+class GTConfig:
+    """A network for one pair: the shapes of its layer tokens, its architecture, its routing."""
+
+    src_layers: int  # L_S
+    src_dim: int  # D_S
+    tgt_layers: int  # L_T
+    tgt_dim: int  # D_T
+    arch: GTArch = GTArch()
+    prototypes: int = 0  # 0: none (the paper); n: start from n shadow runs' updates (see the module doc)
+
+    def __post_init__(self) -> None:
+        if min(self.src_layers, self.src_dim, self.tgt_layers, self.tgt_dim) < 1:
             raise ConfigError(f"every size must be positive: {self}")
         if self.prototypes < 0:
             raise ConfigError(f"prototypes must be 0 (off) or positive, not {self.prototypes}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Flat, as checkpoints store it: the shapes, the architecture's fields, prototypes."""
+        flat = asdict(self)
+        return {**flat.pop("arch"), **flat}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GTConfig:
+        arch_fields = {f.name for f in fields(GTArch)}
+        arch = GTArch(**{k: v for k, v in data.items() if k in arch_fields})
+        return cls(**{k: v for k, v in data.items() if k not in arch_fields}, arch=arch)
 
 
 class Attention(nn.Module):
     """Multi-head attention; `cache` holds the keys and values of earlier positions when decoding."""
 
-    def __init__(self, cfg: GTConfig):
+    def __init__(self, arch: GTArch):
         super().__init__()
-        self.n_heads = cfg.n_heads
-        self.q = nn.Linear(cfg.d_model, cfg.d_model)
-        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dropout = cfg.dropout
+        self.n_heads = arch.n_heads
+        self.q = nn.Linear(arch.d_model, arch.d_model)
+        self.kv = nn.Linear(arch.d_model, 2 * arch.d_model)
+        self.out = nn.Linear(arch.d_model, arch.d_model)
+        self.dropout = arch.dropout
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -94,20 +115,20 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: GTConfig):
+    def __init__(self, arch: GTArch):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model),
-                                 nn.Dropout(cfg.dropout))
+        self.net = nn.Sequential(nn.Linear(arch.d_model, arch.d_ff), nn.GELU(), nn.Linear(arch.d_ff, arch.d_model),
+                                 nn.Dropout(arch.dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, cfg: GTConfig):
+    def __init__(self, arch: GTArch):
         super().__init__()
-        self.ln1, self.attn = nn.LayerNorm(cfg.d_model), Attention(cfg)
-        self.ln2, self.mlp = nn.LayerNorm(cfg.d_model), MLP(cfg)
+        self.ln1, self.attn = nn.LayerNorm(arch.d_model), Attention(arch)
+        self.ln2, self.mlp = nn.LayerNorm(arch.d_model), MLP(arch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
@@ -116,11 +137,11 @@ class EncoderBlock(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, cfg: GTConfig):
+    def __init__(self, arch: GTArch):
         super().__init__()
-        self.ln1, self.self_attn = nn.LayerNorm(cfg.d_model), Attention(cfg)
-        self.ln2, self.cross_attn = nn.LayerNorm(cfg.d_model), Attention(cfg)
-        self.ln3, self.mlp = nn.LayerNorm(cfg.d_model), MLP(cfg)
+        self.ln1, self.self_attn = nn.LayerNorm(arch.d_model), Attention(arch)
+        self.ln2, self.cross_attn = nn.LayerNorm(arch.d_model), Attention(arch)
+        self.ln3, self.mlp = nn.LayerNorm(arch.d_model), MLP(arch)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         h = self.ln1(x)
@@ -133,15 +154,15 @@ class GradientTransformer(nn.Module):
     def __init__(self, cfg: GTConfig):
         super().__init__()
         self.cfg = cfg
-        d = cfg.d_model
+        d = cfg.arch.d_model
         self.src_in = nn.Linear(cfg.src_dim, d)  # D_S -> d_model
         self.tgt_in = nn.Linear(cfg.tgt_dim, d)  # D_T -> d_model (earlier outputs fed back)
         self.head = nn.Linear(d, cfg.tgt_dim)  # d_model -> D_T
         self.src_layer = nn.Embedding(cfg.src_layers, d)
         self.tgt_layer = nn.Embedding(cfg.tgt_layers, d)
         self.start = nn.Parameter(torch.zeros(d))
-        self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_enc))
-        self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_dec))
+        self.encoder = nn.ModuleList(EncoderBlock(cfg.arch) for _ in range(cfg.arch.n_enc))
+        self.decoder = nn.ModuleList(DecoderBlock(cfg.arch) for _ in range(cfg.arch.n_dec))
         self.ln_enc, self.ln_dec = nn.LayerNorm(d), nn.LayerNorm(d)
         for name, shape in (("src", (cfg.src_layers, cfg.src_dim)), ("tgt", (cfg.tgt_layers, cfg.tgt_dim))):
             self.register_buffer(f"{name}_mean", torch.zeros(shape))

@@ -15,16 +15,16 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.errors import ConfigError, NotFoundError
-from models.safetensors_header import read_header
+from models.errors import NotFoundError
+from models.lora.header import read_header
+from models.lora.spec import LoraSpec
 
 if TYPE_CHECKING:  # torch and transformers load lazily: the API lists pairs without them
     import torch
@@ -33,29 +33,6 @@ if TYPE_CHECKING:  # torch and transformers load lazily: the API lists pairs wit
 log = logging.getLogger(__name__)
 
 ALL_TASKS = "all"  # the id of a GT trained on every task of its pair
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    r: int = 2
-    alpha: int = 32
-    dropout: float = 0.05
-    targets: tuple[str, ...] = ("q_proj", "v_proj")
-
-    def __post_init__(self) -> None:
-        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.targets:
-            raise ConfigError(f"invalid LoRA settings: {self}")
-        object.__setattr__(self, "targets", tuple(self.targets))
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.r
-
-    def peft_config(self):  # -> peft.LoraConfig (imported lazily: peft is slow to import)
-        from peft import LoraConfig
-
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.targets), bias="none", task_type="CAUSAL_LM")
 
 
 @dataclass(frozen=True)
@@ -189,34 +166,25 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# pair id -> builder(out, seed) that writes a ready pair folder at `out`. The builders register themselves
+# through the room's front door (models/pairs/__init__.py); the store never imports them.
+Builder = Callable[[Path, int], None]
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_builder(pair_id: str, builder: Builder) -> None:
+    """Teach `ensure_pair` how to build the pair `pair_id` when it is missing."""
+    _BUILDERS[pair_id] = builder
+
+
 def ensure_pair(root: Path, pair_id: str, seed: int = 0) -> Pair:
     """The pair `pair_id` under root, built first if it is missing."""
     store = PairStore(root)
     if pair_id in store.ids():
         return store.get(pair_id)
-    builders = {"toy": _build_toy, "smol": _build_smol}
-    if pair_id not in builders:
-        raise NotFoundError(f"no recipe to build pair {pair_id!r}; known: {', '.join(builders)}")
+    if pair_id not in _BUILDERS:
+        raise NotFoundError(f"no recipe to build pair {pair_id!r}; known: {', '.join(sorted(_BUILDERS))}")
     with locked(Path(root) / f".{pair_id}.lock"):
         if pair_id not in store.ids():
-            builders[pair_id](Path(root) / pair_id, seed)
+            _BUILDERS[pair_id](Path(root) / pair_id, seed)
     return store.get(pair_id)
-
-
-def _build_smol(out: Path, seed: int) -> None:
-    from models.smol import build_smol
-
-    build_smol(out, seed)
-
-
-def _build_toy(out: Path, seed: int) -> None:
-    from models.tasks import DEFAULT_TASKS
-    from models.toy import build_toy_models
-
-    staging = out.with_name(out.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    build_toy_models(staging, seed)
-    spec = PairSpec(id=out.name, tiny="toy:tiny (2x64, char vocab)", llm="toy:llm (4x128, char vocab)",
-                    seed=seed, tasks=DEFAULT_TASKS)
-    write_pair(staging, spec)
-    staging.rename(out)

@@ -29,12 +29,12 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from models.data.tasks import get_task, make_splits, subset
 from models.errors import ConfigError
-from models.finetune import FinetuneConfig, finetune_lora
+from models.lora.privacy import DPConfig, UpdateNoise
+from models.lora.update import LoraLayout, save_update
 from models.pairs import Pair
-from models.privacy import DPConfig, UpdateNoise
-from models.tasks import get_task, make_splits, subset
-from models.update import LoraLayout, save_update
+from models.training.finetune import FinetuneConfig, finetune_lora
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.errors import NotFoundError
-from models.grad_transformer import GradientTransformer, GTConfig
+from models.gt.network import GradientTransformer, GTConfig
 
 
 def versions() -> dict[str, str]:
@@ -68,6 +68,6 @@ def load_gt(gt_dir: Path) -> tuple[GradientTransformer, dict]:
     """The model (eval mode) and its config.json contents."""
     gt_dir = Path(gt_dir)
     meta = read_config(gt_dir)
-    model = GradientTransformer(GTConfig(**meta["gt"]))
+    model = GradientTransformer(GTConfig.from_dict(meta["gt"]))
     model.load_state_dict(load_file(str(gt_dir / "model.safetensors")))
     return model.eval(), meta

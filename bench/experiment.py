@@ -1,6 +1,6 @@
 """What the quality benchmark measures for one task: private fine-tunes, generated updates, baselines.
 
-Kept in models/ (not bench/) so tests can check a sample of published results with the same code.
+The benchmarks use it, and so do the tests that re-derive published results from the shipped GTs.
 """
 
 from __future__ import annotations
@@ -8,66 +8,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from transformers import PreTrainedModel
 
-from models.baselines import Ridge, mean_update, nearest
-from models.evaluate import accuracy, answer_budget, answers, cosine, pgr, r2_vs_mean
-from models.finetune import FinetuneConfig, finetune_lora
-from models.grad_transformer import GradientTransformer
-from models.gt_train import GTTrainConfig
+from models.data.evaluate import accuracy, answer_budget, answers, cosine, pgr, r2_vs_mean
+from models.data.tasks import Example, get_task, make_splits
+from models.gt.baselines import Ridge, mean_update, nearest
+from models.gt.network import GradientTransformer
+from models.lora.privacy import DPConfig
+from models.lora.update import LoraLayout, Update, add, merge_into
 from models.pairs import Pair
-from models.privacy import DPConfig
-from models.shadow import ShadowPlan, ShadowSet
-from models.tasks import Example, get_task, make_splits
-from models.update import LoraLayout, Update, add, merge_into
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a pair's shadow runs, private fine-tunes and Gradient Transformers are made for the benchmark."""
-
-    tiny: FinetuneConfig  # the TinyLM's fine-tune: shadow runs and the organization's private run
-    llm: FinetuneConfig  # the LLM's: shadow runs and the private ceiling P_T
-    shadow_k: int  # shadow runs per task
-    subset_size: int
-    keep_last: int  # snapshots kept per run
-    unseen: tuple[str, tuple[int, ...], tuple[int, ...]]  # setting C: family, shadow keys, held-out keys
-    gt: GTTrainConfig = field(default_factory=GTTrainConfig)
-
-    def plan(self, task: str) -> ShadowPlan:
-        llm = None if self.llm == self.tiny else self.llm
-        return ShadowPlan(task, subsets=self.shadow_k, subset_size=self.subset_size, keep_last=self.keep_last,
-                          finetune=self.tiny, llm_finetune=llm)
-
-
-RECIPES = {
-    # 150 steps of batch 16 from subsets of 1000 public examples, both models; 8 shadow runs per task.
-    "toy": Recipe(tiny=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
-                  llm=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
-                  shadow_k=8, subset_size=1000, keep_last=10, unseen=("rotate", (1, 3, 4, 6, 7), (2, 5))),
-    # SmolLM2 learns these tasks in 40 steps of batch 8; so does the TinyLM, partly (measured). Setting C
-    # asks the GT for pick keys 1 and 3 having seen only 2 and 4. The pair-wide GTs start from the shadow
-    # runs nearest the input (`route`, see models/grad_transformer.py): without it the B GT scored 0% on
-    # pick-2 and pick-4 (bench/results/smol-unrouted.json, the same command before `route`).
-    "smol": Recipe(tiny=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
-                   llm=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
-                   shadow_k=4, subset_size=320, keep_last=10, unseen=("pick", (2, 4), (1, 3)),
-                   gt=GTTrainConfig(route=True)),
-}
-
-
-def tiny_recipe(pair_id: str) -> FinetuneConfig:
-    """The TinyLM fine-tune a pair's GTs were trained on: what an organization should run (defaults else)."""
-    return RECIPES[pair_id].tiny if pair_id in RECIPES else FinetuneConfig()
-
-
-def recipe_for(pair: Pair) -> Recipe:
-    if pair.id not in RECIPES:
-        raise KeyError(f"no benchmark recipe for pair {pair.id!r}; known: {', '.join(RECIPES)}")
-    return RECIPES[pair.id]
+from models.training.finetune import FinetuneConfig, finetune_lora
+from models.training.shadow import ShadowSet
 
 
 @dataclass

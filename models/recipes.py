@@ -1,0 +1,57 @@
+"""Each pair's recipe: how its shadow runs, the organization's TinyLM fine-tune and its Gradient
+Transformers are made. The TinyLM part is what `gradlift finetune` runs by default (what the pair's GTs
+were trained on); the benchmarks and the provider's builds use the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models.gt.train import GTTrainConfig
+from models.pairs import Pair
+from models.training.finetune import FinetuneConfig
+from models.training.shadow import ShadowPlan
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a pair's shadow runs, private fine-tunes and Gradient Transformers are made for the benchmark."""
+
+    tiny: FinetuneConfig  # the TinyLM's fine-tune: shadow runs and the organization's private run
+    llm: FinetuneConfig  # the LLM's: shadow runs and the private ceiling P_T
+    shadow_k: int  # shadow runs per task
+    subset_size: int
+    keep_last: int  # snapshots kept per run
+    unseen: tuple[str, tuple[int, ...], tuple[int, ...]]  # setting C: family, shadow keys, held-out keys
+    gt: GTTrainConfig = field(default_factory=GTTrainConfig)
+
+    def plan(self, task: str) -> ShadowPlan:
+        llm = None if self.llm == self.tiny else self.llm
+        return ShadowPlan(task, subsets=self.shadow_k, subset_size=self.subset_size, keep_last=self.keep_last,
+                          finetune=self.tiny, llm_finetune=llm)
+
+
+RECIPES = {
+    # 150 steps of batch 16 from subsets of 1000 public examples, both models; 8 shadow runs per task.
+    "toy": Recipe(tiny=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
+                  llm=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
+                  shadow_k=8, subset_size=1000, keep_last=10, unseen=("rotate", (1, 3, 4, 6, 7), (2, 5))),
+    # SmolLM2 learns these tasks in 40 steps of batch 8; so does the TinyLM, partly (measured). Setting C
+    # asks the GT for pick keys 1 and 3 having seen only 2 and 4. The pair-wide GTs start from the shadow
+    # runs nearest the input (`route`, see models/gt/network.py): without it the B GT scored 0% on
+    # pick-2 and pick-4 (bench/results/smol-unrouted.json, the same command before `route`).
+    "smol": Recipe(tiny=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
+                   llm=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
+                   shadow_k=4, subset_size=320, keep_last=10, unseen=("pick", (2, 4), (1, 3)),
+                   gt=GTTrainConfig(route=True)),
+}
+
+
+def tiny_recipe(pair_id: str) -> FinetuneConfig:
+    """The TinyLM fine-tune a pair's GTs were trained on: what an organization should run (defaults else)."""
+    return RECIPES[pair_id].tiny if pair_id in RECIPES else FinetuneConfig()
+
+
+def recipe_for(pair: Pair) -> Recipe:
+    if pair.id not in RECIPES:
+        raise KeyError(f"no benchmark recipe for pair {pair.id!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[pair.id]
