@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from models.data.datafile import TrainingExample
-from models.data.tasks import Example, get_task, make_splits
+from models.data.tasks import Example
 from models.data.textdata import IGNORE, encode_batch
 from models.errors import ConfigError
 from models.lora.privacy import DPConfig, UpdateNoise, generator, spent_epsilon
 from models.lora.spec import LoraSpec
 from models.lora.update import Update, add, save_update, subtract
 from models.pairs import Pair
+from models.pairs.tasks import task_splits
 
 OnStep = Callable[[int, float], None]
 
@@ -224,6 +225,6 @@ def finetune_adapter(pair: Pair, task: str, out_dir: Path, steps: int = 60, seed
     """Fine-tune the pair's TinyLM on a task's private split (or `examples`); write a PEFT adapter folder.
 
     `cfg` gives the whole recipe; without it, `steps` and `seed` with the default batch size and rate."""
-    data = examples if examples is not None else make_splits(get_task(task), seed=pair.spec.seed).private
+    data = examples if examples is not None else task_splits(pair, task).private
     return finetune_to_folder(TinySource.of(pair), data, out_dir, cfg or FinetuneConfig(steps=steps, seed=seed),
                               dp=dp, update_noise=update_noise, metadata={"task": task})

@@ -29,11 +29,12 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from models.data.tasks import get_task, make_splits, subset
+from models.data.tasks import subset
 from models.errors import ConfigError
 from models.lora.privacy import DPConfig, UpdateNoise
 from models.lora.update import LoraLayout, save_update
 from models.pairs import Pair
+from models.pairs.tasks import task_splits
 from models.training.finetune import FinetuneConfig, finetune_lora
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,7 @@ def run_subset(pair_root: str, plan: ShadowPlan, index: int) -> str:
     out = plan.run_path(pair, index)
     if out.is_file():
         return str(out)
-    task = get_task(plan.task)
-    examples = subset(make_splits(task, seed=pair.spec.seed).public, plan.subset_size, plan.seed, index)
+    examples = subset(task_splits(pair, plan.task).public, plan.subset_size, plan.seed, index)
     tokens = {}
     plain = plan.plain().run_path(pair, index)
     if plan.privacy() is not None and plain.is_file():
