@@ -26,6 +26,7 @@ class Code(StrEnum):
     checkpoint_not_found = "checkpoint_not_found"
     no_gradient_transformer = "no_gradient_transformer"
     invalid_adapter = "invalid_adapter"
+    invalid_prompts = "invalid_prompts"
     unsupported_file_type = "unsupported_file_type"
     file_too_large = "file_too_large"
     conflict = "conflict"
@@ -45,6 +46,7 @@ _STATUS: dict[Code, HTTPStatus] = {
     Code.checkpoint_not_found: HTTPStatus.NOT_FOUND,
     Code.no_gradient_transformer: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.invalid_adapter: HTTPStatus.UNPROCESSABLE_ENTITY,
+    Code.invalid_prompts: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.unsupported_file_type: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     Code.file_too_large: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     Code.conflict: HTTPStatus.CONFLICT,

@@ -105,6 +105,16 @@ class BlobStore:
             writer.abort()
             raise
 
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        """Store bytes made in memory; returns (sha256, bytes)."""
+        writer = self.writer(limit=len(data))
+        try:
+            writer.write(data)
+            return writer.commit(), len(data)
+        except BaseException:
+            writer.abort()
+            raise
+
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
 

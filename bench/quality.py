@@ -42,7 +42,7 @@ def fit(pair, plans, gt_dir: Path | None, label: str, cfg: GTTrainConfig, timing
     if gt_dir is not None:
         save_gt(model, gt_dir, {"pair": pair.id, "task": label, "tasks": sorted({p.task for p in plans}),
                                 "data_sha256": data_hash(data.src, data.tgt), "trained_by": "bench.quality",
-                                "shadow_privacy": shadow_privacy(plans), **info})
+                                "shadow_privacy": shadow_privacy(plans), **info}, data)
     return model, data
 
 

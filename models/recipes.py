@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from models.gt.train import GTTrainConfig
 from models.pairs import Pair
+from models.training.distill import DistillConfig
 from models.training.finetune import FinetuneConfig
 from models.training.shadow import ShadowPlan
 
@@ -55,3 +56,32 @@ def recipe_for(pair: Pair) -> Recipe:
     if pair.id not in RECIPES:
         raise KeyError(f"no benchmark recipe for pair {pair.id!r}; known: {', '.join(RECIPES)}")
     return RECIPES[pair.id]
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """How an upgrade is judged (models/upgrade/quality.py). Probe prompts: answered by the organization's
+    TinyLM, the base LLM and the upgraded LLM; `gain` is the upgraded LLM's agreement with the TinyLM minus
+    the base LLM's. Thresholds calibrated by `python -m bench.modes` (held-out keys and shadow runs)."""
+
+    probes: int = 128  # prompts probed (an organization's own first, else the task's or the pair's public ones)
+    no_gain_below: float = 0.02  # gain under this: the upgrade does not move the LLM towards the TinyLM
+    ok_from: float = 0.05  # gain from this (and an upload like the GT's shadow runs): ok
+    typical_from: float = 0.05  # the upload's nearest shadow run at least as close as this share of held-out runs'
+
+
+@dataclass(frozen=True)
+class UpgradeRecipe:
+    distill: DistillConfig
+    quality: QualityConfig = field(default_factory=QualityConfig)
+
+
+UPGRADES = {
+    "toy": UpgradeRecipe(DistillConfig(RECIPES["toy"].llm), QualityConfig(probes=256)),
+    "smol": UpgradeRecipe(DistillConfig(RECIPES["smol"].llm), QualityConfig(probes=64)),
+}
+
+
+def upgrade_recipe(pair_id: str) -> UpgradeRecipe:
+    """How upgrades on a pair distill and are judged (defaults for pairs without a recipe of their own)."""
+    return UPGRADES.get(pair_id, UpgradeRecipe(DistillConfig(FinetuneConfig())))

@@ -59,7 +59,7 @@ def dp_pairs_dir(toy_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
                            progress=False)
     save_gt(model, pair.gt_dir(DP_GT), {"pair": pair.id, "task": "all", "tasks": list(pair.spec.tasks),
                                         "data_sha256": data_hash(data.src, data.tgt),
-                                        "shadow_privacy": shadow_privacy(plans), **info})
+                                        "shadow_privacy": shadow_privacy(plans), **info}, data)
     return root
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app import queue
+from app import prompts, queue
 from app.config import get_settings
 from app.db import jobs
 from app.db.session import session_scope
@@ -64,14 +64,15 @@ class Reporter:
         self.job_id, self.worker, self.heartbeat = job_id, worker, heartbeat
         self._last = (-1.0, "", 0.0)
 
-    def __call__(self, fraction: float, stage: str) -> None:
-        self.report(0.05 + RUN_SHARE * min(max(fraction, 0.0), 1.0), stage)
+    def __call__(self, fraction: float, stage: str, message: str | None = None) -> None:
+        self.report(0.05 + RUN_SHARE * min(max(fraction, 0.0), 1.0), stage, message)
 
     def report(self, progress: float, stage: str, message: str | None = None) -> None:
         if self.heartbeat.stopped.is_set():
             raise JobStopped
         last_progress, last_stage, last_time = self._last
-        if stage == last_stage and progress - last_progress < 0.05 and time.monotonic() - last_time < 2:
+        if message is None and stage == last_stage and progress - last_progress < 0.05 \
+                and time.monotonic() - last_time < 2:
             return  # keep the event list readable: stage changes, 5% steps, or every 2 s
         self._last = (progress, stage, time.monotonic())
         with session_scope() as session:
@@ -125,15 +126,20 @@ def _generate(claim: jobs.Claim, store: BlobStore, out_dir: Path, reporter: Repo
     missing = [item["id"] for item, path in zip(claim.inputs, paths, strict=True) if not path.is_file()]
     if missing:
         raise NotFoundError(f"the stored adapter of checkpoint {missing[0]!r} is missing")
+    attached = prompts.load(store, claim.prompts_sha256) if claim.prompts_sha256 else None
     result = run_upgrade(pair, claim.gt_id, paths, out_dir, on_progress=reporter,
-                         device=resolve_device(settings.device))
+                         device=resolve_device(settings.device), mode=claim.mode, prompts=attached, task=claim.task)
     files = {}
     for name, path in sorted(result.files.items()):
         sha256, size = store.put_file(Path(path))
         files[name] = {"sha256": sha256, "bytes": size}
+    quality = result.quality
+    reporter.report(0.96, "judged", f"delivering the {result.mode} update: {quality['verdict']} "
+                    f"({quality['reason']})")
     return Delta(org_id=claim.org_id, job_id=claim.job_id, collaboration_id=claim.collaboration_id,
-                 pair=claim.pair, task=claim.task, gt_id=claim.gt_id, gt_version=str(result.gt_version),
-                 sources=claim.inputs, files=files, verification=dict(result.verification), created_at=utcnow())
+                 pair=claim.pair, task=claim.task, gt_id=claim.gt_id if result.mode == "gt" else None,
+                 gt_version=result.gt_version, mode=result.mode, quality=quality, sources=claim.inputs,
+                 files=files, verification=dict(result.verification), created_at=utcnow())
 
 
 def _error_code(exc: Exception) -> str:

@@ -30,10 +30,12 @@ class Claim:
     org_id: str
     pair: str
     task: str | None
-    gt_id: str
+    gt_id: str | None
     inputs: list[dict[str, str]]
     attempt: int
     collaboration_id: str | None = None  # a pooled upgrade: the collaboration's members see its delta
+    mode: str = "gt"
+    prompts_sha256: str | None = None  # the organization's prompts, if it attached some
 
 
 def _update(session: Session, *where: Any, **values: Any) -> bool:
@@ -46,15 +48,20 @@ def add_event(session: Session, job_id: str, stage: str, progress: float, messag
     session.add(JobEvent(job_id=job_id, stage=stage, progress=progress, message=message, created_at=utcnow()))
 
 
-def create_job(session: Session, org_id: str, pair: str, task: str | None, gt_id: str,
-               inputs: list[dict[str, str]], collaboration_id: str | None = None) -> Job:
+def create_job(session: Session, org_id: str, pair: str, task: str | None, gt_id: str | None,
+               inputs: list[dict[str, str]], collaboration_id: str | None = None, *, mode: str = "gt",
+               prompts: tuple[str, int] | None = None) -> Job:
     job = Job(org_id=org_id, pair=pair, task=task, gt_id=gt_id, inputs=inputs, collaboration_id=collaboration_id,
+              mode=mode, prompts_sha256=prompts[0] if prompts else None, prompts_count=prompts[1] if prompts else None,
               status=JobStatus.queued.value, progress=0.0, stage="queued", cancel_requested=False, attempts=0,
               created_at=utcnow())
     session.add(job)
     session.flush()
     pooled = f" pooled in {collaboration_id}" if collaboration_id else ""
-    add_event(session, job.id, "queued", 0.0, f"queued: {len(inputs)} checkpoint(s){pooled}, GT {gt_id!r}")
+    gt = f"GT {gt_id!r}" if gt_id else "no GT covers it"
+    attached = f", {prompts[1]} prompts of the organization's" if prompts else ""
+    add_event(session, job.id, "queued", 0.0, f"queued: {len(inputs)} checkpoint(s){pooled}, mode {mode}, {gt}"
+              f"{attached}")
     return job
 
 
@@ -105,7 +112,7 @@ def claim(session: Session, job_id: str, worker: str, lease_s: float) -> Claim |
         return None
     add_event(session, job_id, "starting", job.progress, f"attempt {job.attempts} on {worker}")
     return Claim(job.id, job.org_id, job.pair, job.task, job.gt_id, list(job.inputs), job.attempts,
-                 job.collaboration_id)
+                 job.collaboration_id, job.mode, job.prompts_sha256)
 
 
 def heartbeat(session: Session, job_id: str, worker: str) -> bool:

@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.tables import (
+    TERMINAL,
     ApiKey,
     Checkpoint,
     Collaboration,
@@ -106,9 +107,13 @@ def collaboration_outputs(session: Session, collaboration_id: str) -> tuple[int,
 
 
 def blob_referenced(session: Session, sha256: str) -> bool:
-    """Whether any checkpoint still points at a blob (blobs are shared by identical uploads)."""
-    query = select(func.count()).select_from(Checkpoint).where(Checkpoint.sha256 == sha256)
-    return bool(session.scalar(query))
+    """Whether any checkpoint still points at a blob, as its adapter or its prompts, or an unfinished job
+    at its prompts (blobs are shared by identical uploads)."""
+    query = select(func.count()).select_from(Checkpoint).where(
+        (Checkpoint.sha256 == sha256) | (Checkpoint.prompts_sha256 == sha256))
+    unfinished = select(func.count()).select_from(Job).where(
+        Job.prompts_sha256 == sha256, Job.status.not_in([s.value for s in TERMINAL]))
+    return bool(session.scalar(query)) or bool(session.scalar(unfinished))
 
 
 def get_delta(session: Session, org_id: str, delta_id: str) -> Delta | None:

@@ -92,6 +92,8 @@ class Checkpoint(Base):
     adapter_config: Mapped[dict[str, Any] | None]
     # The privacy settings recorded in the file's metadata by `gradlift finetune` (DP-SGD, output noise).
     privacy: Mapped[dict[str, Any] | None]
+    prompts_sha256: Mapped[str | None] = mapped_column(String(64), index=True)  # attached prompts (a JSONL blob)
+    prompts_count: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -144,7 +146,10 @@ class Job(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     pair: Mapped[str] = mapped_column(String(100))
     task: Mapped[str | None] = mapped_column(String(100))
-    gt_id: Mapped[str] = mapped_column(String(100))
+    gt_id: Mapped[str | None] = mapped_column(String(100))  # None: no GT covers it (distillation)
+    mode: Mapped[str] = mapped_column(String(16), default="auto", server_default="gt")  # gt | distill | auto
+    prompts_sha256: Mapped[str | None] = mapped_column(String(64))  # the organization's prompts, if any
+    prompts_count: Mapped[int | None] = mapped_column(Integer)
     inputs: Mapped[list[Any]]  # [{"id": checkpoint id, "sha256": blob, "privacy"}], fixed when the job is made
     # A pooled upgrade: its members see the job and its delta (`org_id` is the member who asked).
     collaboration_id: Mapped[str | None] = mapped_column(
@@ -187,8 +192,10 @@ class Delta(Base):
         ForeignKey("collaborations.id", ondelete="CASCADE"), index=True)
     pair: Mapped[str] = mapped_column(String(100))
     task: Mapped[str | None] = mapped_column(String(100))
-    gt_id: Mapped[str] = mapped_column(String(100))
-    gt_version: Mapped[str] = mapped_column(String(200))
+    gt_id: Mapped[str | None] = mapped_column(String(100))
+    gt_version: Mapped[str | None] = mapped_column(String(200))
+    mode: Mapped[str] = mapped_column(String(16), default="gt", server_default="gt")  # what made it: gt | distill
+    quality: Mapped[dict[str, Any] | None]  # models/upgrade/quality.py report (verdict, agreement, similarity)
     sources: Mapped[list[Any]]  # [{"id": checkpoint id, "sha256": ...}]
     files: Mapped[dict[str, Any]]  # name -> {"sha256", "bytes"}
     verification: Mapped[dict[str, Any]]

@@ -22,6 +22,9 @@ class CheckpointPublic(BaseModel):
     privacy: dict[str, Any] | None = Field(
         default=None, description="DP-SGD / output-noise settings recorded in the file's metadata; upgrades "
                                   "use the GT trained on shadow runs of the nearest privacy")
+    prompts_count: int | None = Field(
+        default=None, description="How many unlabelled prompts were attached (`prompts`): upgrades of this "
+                                  "checkpoint probe and distill with them. The provider sees these prompts.")
     created_at: UnixTime
 
 

@@ -32,8 +32,13 @@ class DeltaPublic(BaseModel):
     object: Literal["delta"] = "delta"
     pair: str
     task: str | None
-    gt_id: str
-    gt_version: str
+    gt_id: str | None = Field(description="The GT that made it; null for a distilled delta.")
+    gt_version: str | None
+    mode: str = Field(description="What made the update: `gt` or `distill`.")
+    quality: dict[str, Any] | None = Field(description="How much to trust it: `verdict` (ok, low_confidence, "
+                                           "no_gain) and its `reason`, `agreement` with the organization's TinyLM "
+                                           "on probe prompts beside the base LLM's, `similarity` of the upload to "
+                                           "the GT's shadow runs. Null for deltas made before reports existed.")
     upgrade_id: str
     collaboration_id: str | None = Field(description="Set for a pooled upgrade: every member may use it.")
     sources: list[DeltaSource]

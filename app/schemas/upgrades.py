@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import UnixTime
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Mode = Literal["gt", "distill", "auto"]
 
 
 class UpgradeCreate(BaseModel):
@@ -21,6 +22,14 @@ class UpgradeCreate(BaseModel):
     collaboration_id: str | None = Field(default=None, min_length=1, max_length=32,
                                          description="A collaboration the caller has joined: its contributions "
                                          "are averaged, and every member can use the result.")
+    mode: Mode = Field(default="auto", description="`gt`: the Gradient Transformer's update. `distill`: the "
+                       "LLM fine-tuned on the organization's TinyLM's answers to prompts (slower; works for "
+                       "tasks no GT knows). `auto`: the GT's update when the upload looks like the GT's shadow "
+                       "runs and its quality verdict is ok, distillation otherwise.")
+    prompts: list[str] | None = Field(default=None, min_length=1, max_length=5000,
+                                      description="Unlabelled prompts in the organization's own format, for "
+                                      "probes and distillation (else those attached to the checkpoint, else "
+                                      "the pair's public prompts). The provider sees them.")
 
     @model_validator(mode="after")
     def _one_source(self) -> UpgradeCreate:
@@ -59,7 +68,11 @@ class UpgradePublic(BaseModel):
     object: Literal["upgrade"] = "upgrade"
     pair: str
     task: str | None
-    gt_id: str
+    gt_id: str | None = Field(description="The GT the upgrade may use; null when none covers it.")
+    mode: Mode
+    prompts_count: int | None = Field(default=None, description="The organization's prompts it probes with.")
+    quality: dict[str, Any] | None = Field(default=None, description="The delivered delta's quality report "
+                                           "(mode used, verdict, agreement, similarity); null until it exists.")
     checkpoint_ids: list[str]
     collaboration_id: str | None
     status: Status

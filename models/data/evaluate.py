@@ -5,17 +5,19 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from models.data.datafile import Prompt
 from models.data.tasks import Example
 from models.data.textdata import encode_prompts
 
 
 @torch.no_grad()
-def answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+def answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt],
             max_new_tokens: int, batch_size: int = 250) -> list[str]:
-    """Greedy answers, batched with left padding."""
+    """Greedy answers (plain prompts or conversations), batched with left padding; the model runs where it is."""
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        batch = encode_prompts(tokenizer, prompts[i:i + batch_size])
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in encode_prompts(tokenizer, prompts[i:i + batch_size]).items()}
         gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         new = gen[:, batch["input_ids"].shape[1]:]

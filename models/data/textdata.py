@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from models.data.datafile import Conversation, TrainingExample
+from models.data.datafile import Conversation, Prompt, TrainingExample
 
 IGNORE = -100
 
@@ -63,9 +63,10 @@ def encode_batch(tokenizer: PreTrainedTokenizerBase,
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Left-padded prompts for batched generation."""
-    rows = [prompt_ids(tokenizer, p) for p in prompts]
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
+    """Left-padded prompts (plain text or conversations) for batched generation."""
+    rows = [example_prompt_ids(tokenizer, p) if isinstance(p, Conversation) else prompt_ids(tokenizer, p)
+            for p in prompts]
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

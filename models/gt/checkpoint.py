@@ -2,6 +2,7 @@
 
     <gt_dir>/config.json        {"gt": GTConfig, "pair", "task", "tasks", "data_sha256", "versions", ...}
     <gt_dir>/model.safetensors  weights and the standardisation statistics
+    <gt_dir>/reference.safetensors  one point per shadow run it learned from (models/gt/reference.py)
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from models.errors import NotFoundError
 from models.gt.network import GradientTransformer, GTConfig
+from models.gt.reference import build_reference, save_reference
+from models.training.shadow import ShadowSet
 
 
 def versions() -> dict[str, str]:
@@ -34,11 +37,14 @@ def data_hash(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def save_gt(model: GradientTransformer, out_dir: Path, meta: dict) -> Path:
-    """Write config.json and model.safetensors into out_dir, atomically (staged, then renamed)."""
+def save_gt(model: GradientTransformer, out_dir: Path, meta: dict, data: ShadowSet | None = None) -> Path:
+    """Write config.json and model.safetensors (and, given the training data, the reference of its runs)
+    into out_dir, atomically (staged, then renamed)."""
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".tmp")
     staging.mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        save_reference(build_reference(model, data), staging)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(staging / "model.safetensors"))
     config = {**meta, "gt": model.cfg.to_dict(), "versions": versions(),

@@ -198,7 +198,7 @@ class GradientTransformer(nn.Module):
         names = sorted(set(groups))
         if len(names) != self.cfg.prototypes:
             raise ConfigError(f"the model has {self.cfg.prototypes} prototypes; the data has {len(names)} groups")
-        x, y = self._standard_src(src).flatten(1), self.normalise_target(tgt)
+        x, y = self.standardise_source(src).flatten(1), self.normalise_target(tgt)
         for i, name in enumerate(names):
             rows = [j for j, g in enumerate(groups) if g == name]
             self.proto_src[i], self.proto_tgt[i] = x[rows].mean(0), y[rows].mean(0)
@@ -209,18 +209,18 @@ class GradientTransformer(nn.Module):
         b = src.shape[0]
         if not self.cfg.prototypes:
             return torch.zeros(b, self.cfg.tgt_layers, self.cfg.tgt_dim, device=src.device)
-        sims = F.cosine_similarity(self._standard_src(src).flatten(1)[:, None], self.proto_src[None], dim=2)
+        sims = F.cosine_similarity(self.standardise_source(src).flatten(1)[:, None], self.proto_src[None], dim=2)
         weights = torch.softmax(self.log_temperature.exp() * sims, dim=1)  # [B, P]
         return torch.einsum("bp,pld->bld", weights, self.proto_tgt)
 
-    def _standard_src(self, src: torch.Tensor) -> torch.Tensor:
+    def standardise_source(self, src: torch.Tensor) -> torch.Tensor:
         return (src - self.src_mean) / self.src_std
 
     def normalise_target(self, tgt: torch.Tensor) -> torch.Tensor:
         return (tgt - self.tgt_mean) / self.tgt_std
 
     def encode(self, src: torch.Tensor) -> torch.Tensor:
-        x = self.src_in(self._standard_src(src)) + self.src_layer.weight  # [B, L_S, d]
+        x = self.src_in(self.standardise_source(src)) + self.src_layer.weight  # [B, L_S, d]
         for block in self.encoder:
             x = block(x)
         return self.ln_enc(x)

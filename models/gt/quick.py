@@ -36,5 +36,5 @@ def ensure_toy_ready(root: Path, profile: str = "test") -> Pair:
             save_gt(model, pair.gt_dir(ALL_TASKS), {"pair": pair.id, "task": ALL_TASKS,
                                                     "tasks": list(pair.spec.tasks), "profile": profile,
                                                     "data_sha256": data_hash(data.src, data.tgt),
-                                                    "shadow_privacy": shadow_privacy(plans), **info})
+                                                    "shadow_privacy": shadow_privacy(plans), **info}, data)
     return pair

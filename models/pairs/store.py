@@ -28,7 +28,7 @@ from models.lora.spec import LoraSpec
 
 if TYPE_CHECKING:  # torch and transformers load lazily: the API lists pairs without them
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ class Pair:
         with _LOADING:
             model = AutoModelForCausalLM.from_pretrained(self.model_dir(side), dtype=torch.float32)
         return model.to(device).eval()
+
+    def load_config(self, side: str) -> PretrainedConfig:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.model_dir(side))
 
     def load_tokenizer(self, side: str = "llm") -> PreTrainedTokenizerBase:
         from transformers import AutoTokenizer

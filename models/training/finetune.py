@@ -83,15 +83,19 @@ def _record(peft_model: torch.nn.Module, init: Update, out: FinetuneResult, cfg:
     out.losses.append(loss)
     if on_step is not None:
         on_step(step, loss)
+    if step < cfg.steps - cfg.keep_last and step != cfg.steps - 1:
+        return
+    now = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}  # updates live on the CPU
     if step >= cfg.steps - cfg.keep_last:
-        out.snapshots.append(subtract(get_peft_model_state_dict(peft_model), init))
+        out.snapshots.append(subtract(now, init))
     if step == cfg.steps - 1:
-        out.update = subtract(get_peft_model_state_dict(peft_model), init)
+        out.update = subtract(now, init)
 
 
 def _plain_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, init: Update,
                  examples: list[TrainingExample], cfg: FinetuneConfig, on_step: OnStep | None) -> FinetuneResult:
     rng = random.Random(cfg.seed)
+    device = next(peft_model.parameters()).device  # the model trains where it is
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     out = FinetuneResult(update={})
     order: list[int] = []
@@ -100,7 +104,7 @@ def _plain_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
             order += rng.sample(range(len(examples)), len(examples))
         batch = encode_batch(tokenizer, [examples[i] for i in order[:cfg.batch_size]])
         del order[:cfg.batch_size]
-        loss = peft_model(**batch).loss
+        loss = peft_model(**{k: v.to(device) for k, v in batch.items()}).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -48,7 +48,7 @@ def train_task_gts(pair: Pair, tasks: tuple[str, ...]) -> None:
                                progress=False)
         save_gt(model, pair.gt_dir(plan.task), {"pair": pair.id, "task": plan.task, "tasks": [plan.task],
                                                 "data_sha256": data_hash(data.src, data.tgt),
-                                                "trained_by": "tests/chat", **info})
+                                                "trained_by": "tests/chat", **info}, data)
 
 
 @pytest.fixture(scope="session")

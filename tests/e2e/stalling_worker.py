@@ -12,7 +12,7 @@ from workers.__main__ import main
 STAGE = "stalled for a crash test"
 
 
-def _stall(pair, gt_id, adapter_paths, out_dir, on_progress=None, device=None):  # noqa: ANN001, ANN202 - run_upgrade's
+def _stall(pair, gt_id, adapter_paths, out_dir, on_progress=None, device=None, **options):  # noqa: ANN001, ANN202, ANN003 - run_upgrade's
     # Reports progress as a long GT run would, so a cancel is noticed; never finishes.
     for _ in range(3000):
         on_progress(0.0, STAGE)

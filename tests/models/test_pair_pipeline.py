@@ -16,7 +16,8 @@ from models.lora.update import LoraLayout, add, merge_into, read_adapter, subtra
 from models.pairs import ALL_TASKS, Pair, ensure_pair
 from models.training.finetune import FinetuneConfig, finetune_adapter, finetune_lora
 from models.training.shadow import ShadowPlan, build_shadow, load_shadow
-from models.upgrade import resolve_gt, run_upgrade, verify
+from models.upgrade import resolve_gt, run_upgrade
+from models.upgrade.checks import check
 
 
 def sha(path: Path) -> str:
@@ -94,12 +95,12 @@ def test_verification_refuses_an_update_that_changes_nothing(toy_pair: Pair, toy
     result = run_upgrade(toy_pair, ALL_TASKS, [toy_adapter / "adapter_model.safetensors"], tmp_path / "out")
     zero = {k: torch.zeros_like(v) for k, v in result.update.items()}
     with pytest.raises(VerificationError, match="zero"):
-        verify(toy_pair, tmp_path / "out", zero)
+        check(toy_pair, tmp_path / "out", zero, [get_task("rotate-3").example("abcdefgh").prompt], ["cdefghab"])
 
 
 def test_upgrades_in_one_process_share_the_base_llm_and_leave_it_clean(toy_pair: Pair, toy_adapter: Path,
                                                                        tmp_path: Path):
-    from models.upgrade import _base_llm
+    from models.upgrade.checks import _base_llm
 
     first = run_upgrade(toy_pair, ALL_TASKS, [toy_adapter / "adapter_model.safetensors"], tmp_path / "one")
     loaded = _base_llm.cache_info()

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import prompts
 from app.api import idempotency
 from app.api.deps import (
     CheckpointDep,
@@ -26,6 +27,7 @@ from app.errors import ApiError, Code
 from app.pairs import PairCatalog
 from app.schemas.checkpoints import CheckpointDeleted, CheckpointPublic, CheckpointsPublic
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse
+from app.storage import BlobStore
 from app.uploads import StreamedForm, read_form
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=ERROR_RESPONSES)
@@ -41,6 +43,10 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
                  "description": "The TinyLM LoRA adapter, adapter_model.safetensors (PEFT tensor names)."},
         "config": {"type": "string", "format": "binary", "description": "Optional adapter_config.json."},
         "pair": {"type": "string", "description": "The model pair the adapter was trained for, e.g. `toy`."},
+        "prompts": {"type": "string", "format": "binary",
+                    "description": "Optional JSONL of unlabelled prompts in the organization's own format "
+                                   "(`{\"prompt\": ...}` or `{\"messages\": [...]}` ending on a user turn): "
+                                   "upgrades probe and distill with them. The provider sees them."},
     }}}}}}
 
 
@@ -50,15 +56,16 @@ async def create_checkpoint(request: Request, session: SessionDep, org: CurrentO
                             store: StoreDep, pairs: PairsDep, key: IdempotencyKey = None) -> CheckpointPublic:
     """Upload a TinyLM LoRA adapter (multipart, streamed, size-limited, validated)."""
     form = await read_form(request, store, file_limits={"file": settings.max_upload_bytes,
-                                                        "config": MAX_CONFIG_BYTES}, field_names={"pair"})
+                                                        "config": MAX_CONFIG_BYTES,
+                                                        "prompts": prompts.MAX_PROMPTS_BYTES}, field_names={"pair"})
     try:
-        return await run_in_threadpool(_store_checkpoint, session, org, form, pairs, key)
+        return await run_in_threadpool(_store_checkpoint, session, org, form, pairs, store, key)
     finally:
         form.abort()
 
 
 def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, pairs: PairCatalog,
-                      key: str | None) -> CheckpointPublic:
+                      store: BlobStore, key: str | None) -> CheckpointPublic:
     from models.errors import AdapterError, ConfigError
     from models.lora.header import read_metadata
     from models.lora.privacy import adapter_privacy
@@ -70,7 +77,9 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
                        param="file")
     if "pair" not in form.fields or not form.fields["pair"]:
         raise ApiError(Code.invalid_request, "Missing the form field `pair`.", param="pair")
-    print_ = idempotency.fingerprint(form.fields["pair"], upload.blob.sha256)
+    attached = form.files.get("prompts")
+    print_ = idempotency.fingerprint(form.fields["pair"], upload.blob.sha256,
+                                     *([attached.blob.sha256] if attached else []))
     if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
         return CheckpointPublic.model_validate(stored)
     pair = pairs.get(form.fields["pair"])
@@ -81,10 +90,16 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
         privacy = adapter_privacy(read_metadata(upload.blob.path))
     except (AdapterError, ConfigError) as exc:
         raise _invalid(f"Invalid adapter for pair {pair.id!r}: {exc}.", "file") from None
+    prompts_sha256, prompts_count = None, None
+    if attached is not None:
+        attached.blob.close()
+        parsed = prompts.parse_upload(attached.blob.path, "prompts")
+        prompts_sha256, prompts_count = prompts.store(store, parsed)  # stored before a row points at it
     sha256, size = upload.blob.sha256, upload.blob.size
     upload.blob.commit()  # the blob exists before any row points at it
     row = Checkpoint(org_id=org.id, pair=pair.id, sha256=sha256, bytes=size, adapter_config=config,
-                     privacy=privacy, filename=upload.filename or "adapter_model.safetensors")
+                     privacy=privacy, filename=upload.filename or "adapter_model.safetensors",
+                     prompts_sha256=prompts_sha256, prompts_count=prompts_count)
     session.add(row)
     session.flush()
     public = CheckpointPublic.model_validate(row)
@@ -149,11 +164,11 @@ def delete_checkpoint(checkpoint: CheckpointDep, session: SessionDep, store: Sto
     """Delete a checkpoint not used by a queued or running upgrade (its blob too, once unreferenced)."""
     if queries.checkpoint_in_use(session, checkpoint):
         raise ApiError(Code.conflict, f"Checkpoint {checkpoint.id!r} is used by a queued or running upgrade.")
-    sha256 = checkpoint.sha256
+    blobs = [sha for sha in (checkpoint.sha256, checkpoint.prompts_sha256) if sha]
     session.delete(checkpoint)
     session.flush()
-    referenced = queries.blob_referenced(session, sha256)
+    unreferenced = [sha for sha in blobs if not queries.blob_referenced(session, sha)]
     session.commit()
-    if not referenced:
+    for sha256 in unreferenced:
         store.delete(sha256)
     return CheckpointDeleted(id=checkpoint.id)

@@ -32,7 +32,8 @@ def to_public(delta: Delta) -> DeltaPublic:
     files = [DeltaFile(name=name, bytes=info["bytes"], sha256=info["sha256"])
              for name, info in sorted(delta.files.items())]
     return DeltaPublic(id=delta.id, pair=delta.pair, task=delta.task, gt_id=delta.gt_id,
-                       gt_version=delta.gt_version, upgrade_id=delta.job_id,
+                       gt_version=delta.gt_version, mode=delta.mode, quality=delta.quality,
+                       upgrade_id=delta.job_id,
                        collaboration_id=delta.collaboration_id,
                        sources=[DeltaSource(**s) for s in delta.sources], files=files,
                        bytes=sum(f.bytes for f in files), verification=delta.verification,

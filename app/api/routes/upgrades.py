@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import queue
+from app import prompts, queue
 from app.api import idempotency
-from app.api.deps import CurrentOrg, IdempotencyKey, JobDep, PairsDep, SessionDep, joined_collaboration
+from app.api.deps import (
+    CurrentOrg,
+    IdempotencyKey,
+    JobDep,
+    PairsDep,
+    SessionDep,
+    StoreDep,
+    joined_collaboration,
+)
 from app.db import jobs, queries
 from app.db.tables import Job, Organization
 from app.errors import ApiError, Code, not_found
+from app.pairs import PairCatalog
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse
 from app.schemas.upgrades import (
     UpgradeCreate,
@@ -24,6 +33,10 @@ from app.schemas.upgrades import (
     UpgradePublic,
     UpgradesPublic,
 )
+from app.storage import BlobStore
+
+if TYPE_CHECKING:
+    from models.pairs import Pair
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/upgrades", tags=["upgrades"], responses=ERROR_RESPONSES)
@@ -38,7 +51,9 @@ def to_public(session: Session, job: Job, *, with_events: bool = True) -> Upgrad
     error = UpgradeError(code=job.error_code or "error", message=job.error_message or "") \
         if job.error_message else None
     events = [UpgradeEvent.model_validate(e) for e in jobs.events(session, job.id)] if with_events else []
-    return UpgradePublic(id=job.id, pair=job.pair, task=job.task, gt_id=job.gt_id, status=job.status,
+    return UpgradePublic(id=job.id, pair=job.pair, task=job.task, gt_id=job.gt_id, mode=job.mode,
+                         prompts_count=job.prompts_count, quality=delta.quality if delta else None,
+                         status=job.status,
                          checkpoint_ids=[item["id"] for item in job.inputs],
                          collaboration_id=job.collaboration_id, progress=job.progress,
                          stage=job.stage, error=error, delta_id=delta.id if delta else None,
@@ -48,10 +63,10 @@ def to_public(session: Session, job: Job, *, with_events: bool = True) -> Upgrad
 
 @router.post("", responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
                             503: {"model": ErrorResponse}})
-def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pairs: PairsDep,
+def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pairs: PairsDep, store: StoreDep,
                    key: IdempotencyKey = None) -> UpgradePublic:
     """Queue an upgrade of the caller's checkpoints, or of a collaboration's contributions (averaged)."""
-    print_ = idempotency.fingerprint(body.model_dump_json())
+    print_ = idempotency.fingerprint(body.model_dump_json(exclude_defaults=True))
     if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
         return UpgradePublic.model_validate(stored)
     pair = pairs.get(body.pair)
@@ -59,8 +74,10 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
         inputs = _pooled_inputs(session, org, body.collaboration_id, pair.id)
     else:
         inputs = _own_inputs(session, org, body.checkpoint_ids or [], pair.id)
-    gt_id = pairs.choose_gt(pair, body.task, [item["privacy"] for item in inputs])
-    job = jobs.create_job(session, org.id, pair.id, body.task, gt_id, inputs, body.collaboration_id)
+    gt_id = _gt_for(pairs, pair, body, [item["privacy"] for item in inputs])
+    attached = _prompts(session, org, body, store)
+    job = jobs.create_job(session, org.id, pair.id, body.task, gt_id, inputs, body.collaboration_id,
+                          mode=body.mode, prompts=attached)
     public = to_public(session, job)
     idempotency.remember(session, org.id, SCOPE, key, print_, public)
     try:
@@ -72,6 +89,31 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
         return UpgradePublic.model_validate(stored)
     _enqueue(session, job)
     return public
+
+
+def _gt_for(pairs: PairCatalog, pair: Pair, body: UpgradeCreate, privacies: list) -> str | None:
+    """The GT the job may use: none for distillation; for `auto`, none when no GT covers the task."""
+    if body.mode == "distill":
+        return None
+    try:
+        return pairs.choose_gt(pair, body.task, privacies)
+    except ApiError:
+        if body.mode == "gt":
+            raise
+        return None
+
+
+def _prompts(session: Session, org: Organization, body: UpgradeCreate, store: BlobStore
+             ) -> tuple[str, int] | None:
+    """(blob, count) of the prompts to probe and distill with: the request's, else those attached to the
+    first of its checkpoints that has some (pooled upgrades use the pair's public prompts)."""
+    if body.prompts is not None:
+        return prompts.store(store, prompts.parse_inline(body.prompts, "prompts"))
+    for checkpoint_id in body.checkpoint_ids or []:
+        checkpoint = queries.get_checkpoint(session, org.id, checkpoint_id)
+        if checkpoint is not None and checkpoint.prompts_sha256:
+            return checkpoint.prompts_sha256, checkpoint.prompts_count or 0
+    return None
 
 
 def _own_inputs(session: Session, org: Organization, checkpoint_ids: list[str], pair_id: str

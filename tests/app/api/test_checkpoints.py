@@ -48,10 +48,13 @@ def header_of(tensors: dict[str, torch.Tensor], dtype: str = "F32") -> tuple[dic
 
 
 def upload(api: Api, content: bytes, *, filename: str = "adapter_model.safetensors", pair: str = "toy",
-           org: str = "acme", config: bytes | None = None, key: str | None = None):  # noqa: ANN201
+           org: str = "acme", config: bytes | None = None, key: str | None = None,
+           prompts: bytes | None = None):  # noqa: ANN201
     files = {"file": (filename, content, "application/octet-stream")}
     if config is not None:
         files["config"] = ("adapter_config.json", config, "application/json")
+    if prompts is not None:
+        files["prompts"] = ("prompts.jsonl", prompts, "application/jsonl")
     headers = api.auth(org) | ({"Idempotency-Key": key} if key else {})
     return api.client.post("/v1/checkpoints", headers=headers, data={"pair": pair}, files=files)
 

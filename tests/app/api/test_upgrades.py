@@ -50,8 +50,41 @@ def test_a_task_uses_its_own_gt_or_the_pairs_all_task_gt(toy_api: Api, checkpoin
     task = PairStore(toy_pairs_dir).get("toy").spec.tasks[0]
     job = create(toy_api, {"pair": "toy", "task": task, "checkpoint_ids": [checkpoint_id]}).json()
     assert job["task"] == task and job["gt_id"] in (task, "all")
-    unknown = create(toy_api, {"pair": "toy", "task": "no-such-task", "checkpoint_ids": [checkpoint_id]})
+    body = {"pair": "toy", "task": "no-such-task", "checkpoint_ids": [checkpoint_id]}
+    unknown = create(toy_api, body | {"mode": "gt"})
     assert "no-such-task" in assert_error(unknown, 422, "no_gradient_transformer")["message"]
+    # A task no GT covers is still upgraded, by distillation, unless the caller insists on a GT.
+    auto = create(toy_api, body).json()
+    assert (auto["mode"], auto["gt_id"], auto["status"]) == ("auto", None, "queued")
+    assert "no GT covers it" in auto["events"][0]["message"]
+    distill = create(toy_api, {"pair": "toy", "task": task, "checkpoint_ids": [checkpoint_id], "mode": "distill"})
+    assert (distill.json()["mode"], distill.json()["gt_id"]) == ("distill", None)
+
+
+def test_prompts_come_from_the_request_or_the_checkpoint(toy_api: Api, toy_pairs_dir: Path) -> None:
+    init = load_file(str(toy_pairs_dir / "toy" / "tiny_lora_init.safetensors"))
+    lines = b'{"prompt": "rot ?: abcde #### "}\n\n{"messages": [{"role": "user", "content": "rot ?: xyz #### "}]}\n'
+    with_prompts = upload(toy_api, save(adapter(init)), prompts=lines).json()
+    assert with_prompts["prompts_count"] == 2
+    plain = upload(toy_api, save(adapter(init, seed=2))).json()
+    assert plain["prompts_count"] is None
+    inherited = create(toy_api, {"pair": "toy", "checkpoint_ids": [with_prompts["id"]]}).json()
+    assert inherited["prompts_count"] == 2 and inherited["quality"] is None
+    own = create(toy_api, {"pair": "toy", "checkpoint_ids": [plain["id"]], "prompts": ["a ?: b #### "] * 3})
+    assert own.json()["prompts_count"] == 3
+    none = create(toy_api, {"pair": "toy", "checkpoint_ids": [plain["id"]]}).json()
+    assert none["prompts_count"] is None
+    assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": [plain["id"]], "prompts": [" "]}), 422,
+                 "invalid_prompts")
+    assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": [plain["id"]], "prompts": []}), 422,
+                 "invalid_request")
+    bad = upload(toy_api, save(adapter(init, seed=3)), prompts=b'{"prompt": "ok"}\nnot json\n{"answer": "x"}\n')
+    message = assert_error(bad, 422, "invalid_prompts")["message"]
+    assert "line 2" in message and "line 3" in message
+    turns = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'
+    answered = upload(toy_api, save(adapter(init, seed=3)), prompts=turns)
+    assert "no answers" in assert_error(answered, 422, "invalid_prompts")["message"]
+    assert toy_api.client.get("/v1/checkpoints", headers=toy_api.auth()).json()["count"] == 2
 
 
 def test_bad_upgrade_requests(toy_api: Api, checkpoint_id: str) -> None:

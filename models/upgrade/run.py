@@ -1,0 +1,154 @@
+"""One upgrade, end to end: TinyLM adapters in, a checked PEFT adapter for the LLM out, with a quality report.
+
+    mode "gt":      adapters -> update -> Gradient Transformer -> LLM update -> PEFT folder -> checks -> report
+    mode "distill": adapters -> update -> the TinyLM answers prompts -> LLM LoRA fine-tuned on its answers
+    mode "auto":    the GT's update when the upload looks like the GT's shadow runs and its verdict is ok;
+                    distillation otherwise (no GT for the task, an unfamiliar upload, no measurable gain)
+
+Whatever the mode, the delivered delta says how much to trust it (models/upgrade/quality.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.data.datafile import Prompt
+from models.errors import ConfigError, VerificationError
+from models.lora.update import Update, add, mean, read_adapter, save_update, subtract
+from models.pairs import Pair
+from models.recipes import upgrade_recipe
+from models.training.distill import distill
+from models.training.finetune import write_adapter_folder
+from models.upgrade.checks import check, public_prompts, split_prompts, teacher_answers, usable
+from models.upgrade.lift import generate_update, similarity
+from models.upgrade.quality import report
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[..., None]  # (fraction, stage, message=None)
+FILES = ("adapter_config.json", "adapter_model.safetensors", "update.safetensors")
+MODES = ("gt", "distill", "auto")
+CPU = torch.device("cpu")
+
+
+@dataclass
+class UpgradeResult:
+    files: dict[str, Path]
+    verification: dict
+    gt_version: str | None  # None when distillation made the update
+    update: Update
+    quality: dict
+    mode: str  # what made the delivered update: "gt" or "distill"
+
+
+@dataclass
+class _Inputs:
+    """What every path of an upgrade shares: the upload, the probes and the TinyLM's answers to them."""
+
+    pair: Pair
+    tiny: Update  # the element-wise mean of the uploads' updates
+    probes: list[Prompt]
+    taught: list[str]  # the TinyLM's answers to the probes
+    train: list[Prompt]  # prompts distillation may learn from (never a probe)
+    prompts: str  # whose prompts: "organization", "task" or "pair"
+    sources: list[str]
+    device: torch.device
+
+
+def run_upgrade(pair: Pair, gt_id: str | None, adapter_paths: list[Path], out_dir: Path,
+                on_progress: Progress | None = None, device: torch.device = CPU, *, mode: str = "gt",
+                prompts: list[Prompt] | None = None, task: str | None = None) -> UpgradeResult:
+    """Turn uploaded TinyLM adapters into a checked LLM adapter folder in out_dir (models and checks run on
+    `device`). `prompts`: the organization's own (unlabelled) prompts, for probes and distillation."""
+    if mode not in MODES or (mode == "gt" and gt_id is None):
+        raise ConfigError(f"mode must be one of {MODES} (gt needs a GT), not {mode!r}")
+    say = on_progress or (lambda fraction, stage, message=None: None)
+    say(0.05, "reading adapters")
+    tiny_init = pair.init("tiny")
+    tiny = [subtract(read_adapter(Path(p)), tiny_init) for p in adapter_paths]
+    inputs = _inputs(pair, mean(tiny), prompts, task, adapter_paths, device)
+    say(0.1, "asking the TinyLM")
+    inputs.taught = teacher_answers(pair, inputs.tiny, inputs.probes, device)
+    out_dir = Path(out_dir)
+    gt_result = None
+    if mode != "distill" and gt_id is not None:
+        gt_result = _gt_path(inputs, gt_id, tiny, out_dir, say)
+        if mode == "gt" or (gt_result is not None and gt_result.quality["verdict"] == "ok"):
+            if gt_result is None:
+                raise VerificationError("the GT's update failed its checks")
+            return gt_result
+        why = (f"{gt_result.quality['verdict']}: {gt_result.quality['reason']}" if gt_result is not None
+               else "it failed its checks")
+        say(0.45, "distilling", f"the GT's update is not delivered ({why}); distilling instead")
+    elif mode == "auto":
+        say(0.3, "distilling", "no Gradient Transformer covers this upgrade: distilling")
+    result = _distill_path(inputs, out_dir, say)
+    if gt_result is not None and gt_result.quality["gain"] > result.quality["gain"]:
+        say(0.95, "checking", "the GT's update agrees with the TinyLM better than the distilled one: "
+            "delivering it")
+        return _deliver(inputs, gt_result.update, out_dir, "gt", gt_result.gt_version, gt_result.quality)
+    return result
+
+
+def _inputs(pair: Pair, tiny: Update, prompts: list[Prompt] | None, task: str | None,
+            adapter_paths: list[Path], device: torch.device) -> _Inputs:
+    pool, whose = (prompts, "organization") if prompts else public_prompts(pair, task)
+    probes, train = split_prompts(pool, upgrade_recipe(pair.id).quality.probes)
+    probes = usable(pair, probes)
+    if not probes:
+        raise ConfigError("no probe prompt fits the models' contexts")
+    sources = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in adapter_paths]
+    return _Inputs(pair, tiny, probes, [], train, whose, sources, device)
+
+
+def _gt_path(inputs: _Inputs, gt_id: str, tiny: list[Update], out_dir: Path, say: Progress
+             ) -> UpgradeResult | None:
+    """The GT's update, checked and judged; None when it fails a structural check."""
+    say(0.2, "generating update")
+    update, version = generate_update(inputs.pair, gt_id, tiny, inputs.device)
+    near = similarity(inputs.pair, gt_id, tiny)
+    say(0.3, "checking the GT's update")
+    try:
+        return _deliver(inputs, update, out_dir, "gt", version, None, near, gt_id)
+    except VerificationError as exc:
+        log.warning("GT %s: %s", gt_id, exc)
+        return None
+
+
+def _distill_path(inputs: _Inputs, out_dir: Path, say: Progress) -> UpgradeResult:
+    cfg = upgrade_recipe(inputs.pair.id).distill
+    steps = cfg.finetune.steps
+    say(0.5, "distilling")
+
+    def on_step(step: int, loss: float) -> None:
+        say(0.5 + 0.35 * (step + 1) / steps, "distilling")
+
+    done = distill(inputs.pair, inputs.tiny, inputs.train, cfg, on_step=on_step,
+                   device=inputs.device)
+    say(0.9, "checking the distilled update")
+    return _deliver(inputs, done.update, out_dir, "distill", None, None, None, None,
+                    {"labelled": done.labelled, "teacher_s": round(done.teacher_seconds, 2),
+                     "train_s": round(done.train_seconds, 2)})
+
+
+def _deliver(inputs: _Inputs, update: Update, out_dir: Path, mode: str, version: str | None,
+             quality: dict | None, near: dict | None = None, gt_id: str | None = None,
+             extra: dict | None = None) -> UpgradeResult:
+    """Write the PEFT folder and update file, check them, and judge them (unless `quality` is given)."""
+    pair = inputs.pair
+    meta = {"pair": pair.id, "mode": mode, "gt": gt_id, "gt_version": version, "sources": inputs.sources}
+    write_adapter_folder(out_dir, pair.spec.lora, pair.id + "-llm", add(pair.init("llm"), update),
+                         {k: v for k, v in meta.items() if v is not None})
+    save_update(update, out_dir / "update.safetensors", metadata={k: v for k, v in meta.items() if v is not None})
+    verification, behaviour = check(pair, out_dir, update, inputs.probes, inputs.taught, inputs.device)
+    if quality is None:
+        quality = report(mode, behaviour, near, upgrade_recipe(pair.id).quality, inputs.prompts)
+        if extra:
+            quality["distill"] = extra
+    return UpgradeResult({name: out_dir / name for name in FILES}, verification, version, update, quality, mode)
