@@ -65,9 +65,10 @@ class QualityConfig:
     the base LLM's. Thresholds calibrated by `python -m bench.modes` (held-out keys and shadow runs)."""
 
     probes: int = 128  # prompts probed (an organization's own first, else the task's or the pair's public ones)
-    no_gain_below: float = 0.02  # gain under this: the upgrade does not move the LLM towards the TinyLM
-    ok_from: float = 0.05  # gain from this (and an upload like the GT's shadow runs): ok
-    typical_from: float = 0.05  # the upload's nearest shadow run at least as close as this share of held-out runs'
+    no_gain_below: float = 0.02  # gain under this: the update does not move the LLM towards the TinyLM
+    ok_from: float = 0.05  # a distilled update (or a GT's without a reference) is ok from this gain
+    relative_from: float = 0.5  # a GT's update is ok when the upload is at least this close to a shadow run
+    harm_below: float = -0.05  # ... unless the upgraded LLM agrees with the TinyLM less than the base LLM by this
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,46 @@ def redis_broker() -> Iterator[tuple[str, str]]:
     for key in client.scan_iter(match=f"*{queue}*"):
         client.delete(key)
     client.close()
+
+
+KNOWN_TASKS, UNSEEN_TASK = ("rotate-6", "drop-5"), "rotate-3"  # honest_pairs_dir's GT knows the first two
+
+
+@pytest.fixture(scope="session")
+def honest_pairs_dir(toy_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the toy pair with a routed GT for two tasks, trained on 3 shadow runs each made with the
+    pair's recipe (the fine-tune an organization runs), so its quality checks mean what they say."""
+    from models.gt.checkpoint import data_hash, save_gt
+    from models.gt.network import GTArch
+    from models.gt.train import GTTrainConfig, train_gt
+    from models.pairs import ALL_TASKS, PairStore
+    from models.recipes import RECIPES
+    from models.training.shadow import ShadowPlan, build_shadow, load_shadow
+
+    root = tmp_path_factory.mktemp("honest-pairs")
+    shutil.copytree(toy_pairs_dir / "toy", root / "toy", ignore=shutil.ignore_patterns("gts", "shadow", "*.lock"))
+    pair = PairStore(root).get("toy")
+    recipe = RECIPES["toy"]
+    plans = [ShadowPlan(task, subsets=3, subset_size=1000, keep_last=10, finetune=recipe.tiny)
+             for task in KNOWN_TASKS]
+    build_shadow(pair, plans, workers=2, progress=False)
+    data = load_shadow(pair, plans)
+    model, info = train_gt(data, GTTrainConfig(steps=300, eval_every=100, arch=GTArch(d_model=64, d_ff=128),
+                                               route=True), progress=False)
+    save_gt(model, pair.gt_dir(ALL_TASKS), {"pair": pair.id, "task": ALL_TASKS, "tasks": list(KNOWN_TASKS),
+                                            "data_sha256": data_hash(data.src, data.tgt), **info}, data)
+    return root
+
+
+@pytest.fixture(scope="session")
+def recipe_adapters(honest_pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """TinyLM adapters fine-tuned with the pair's recipe on the private halves of a task honest_pairs_dir's
+    GT knows and of one it does not."""
+    from models.pairs import PairStore
+    from models.recipes import tiny_recipe
+    from models.training.finetune import finetune_adapter
+
+    pair = PairStore(honest_pairs_dir).get("toy")
+    out = tmp_path_factory.mktemp("recipe-adapters")
+    return {task: finetune_adapter(pair, task, out / task, cfg=tiny_recipe("toy"))
+            for task in (KNOWN_TASKS[0], UNSEEN_TASK)}

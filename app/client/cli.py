@@ -1,8 +1,9 @@
 """The organization's subcommands of `gradlift`: their arguments and what each runs.
 
     gradlift finetune --pair P --data FILE.jsonl --out DIR [--dp-epsilon E] [--update-noise KIND ...]
-    gradlift upload DIR [--pair P]                        prints the checkpoint id
-    gradlift upgrade CHECKPOINT... [--pair P] [--task T] [--watch]   prints the upgrade id (delta id with --watch)
+    gradlift upload DIR [--pair P] [--prompts FILE]       prints the checkpoint id
+    gradlift upgrade CHECKPOINT... [--pair P] [--task T] [--mode auto|gt|distill] [--watch]
+                                                          prints the upgrade id (delta id with --watch)
     gradlift watch UPGRADE                                 a progress bar until the upgrade ends
     gradlift download DELTA --out DIR                      the LLM adapter (resumed if interrupted)
     gradlift chat MODEL                                    a streamed conversation, one turn per line
@@ -37,10 +38,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     up = commands.add_parser("upload", parents=[service], help="upload a TinyLM adapter; prints its checkpoint id")
     up.add_argument("adapter", type=Path, help="an adapter folder, or its adapter_model.safetensors")
     up.add_argument("--pair", help="the pair it was trained for (default: from the folder's gradlift.json)")
+    up.add_argument("--prompts", type=Path, help="JSONL of unlabelled prompts in your task's format "
+                    '({"prompt": ...} lines): upgrades probe and distill with them. The provider sees them.')
     upgrade = commands.add_parser("upgrade", parents=[service], help="lift checkpoints to the pair's LLM")
     upgrade.add_argument("checkpoints", nargs="+", help="checkpoint ids (several are averaged)")
     upgrade.add_argument("--pair", help="default: the first checkpoint's pair")
     upgrade.add_argument("--task", help="the task's GT (default: the pair's GT for all tasks)")
+    upgrade.add_argument("--mode", choices=("auto", "gt", "distill"), default="auto",
+                         help="gt: the Gradient Transformer; distill: fine-tune the LLM on your TinyLM's answers "
+                         "(slower, works for any task); auto (default): the GT when its quality check passes")
     upgrade.add_argument("--watch", action="store_true", help="follow it; exit 1 if it fails")
     upgrade.add_argument("--timeout", type=float, help="with --watch: give up after this many seconds")
     follow = commands.add_parser("watch", parents=[service], help="follow an upgrade until it ends")
@@ -145,7 +151,7 @@ def _privacy(args: argparse.Namespace,
 def _upload(api: Api, args: argparse.Namespace) -> int:
     from app.client.jobs import upload
 
-    checkpoint = upload(api, args.adapter, args.pair)
+    checkpoint = upload(api, args.adapter, args.pair, args.prompts)
     print(f"checkpoint for pair {checkpoint['pair']}, sha256 {checkpoint['sha256']}:")
     print(checkpoint["id"])
     return 0
@@ -154,7 +160,7 @@ def _upload(api: Api, args: argparse.Namespace) -> int:
 def _upgrade(api: Api, args: argparse.Namespace) -> int:
     from app.client.jobs import create_upgrade, follow
 
-    job = create_upgrade(api, args.checkpoints, args.pair, args.task)
+    job = create_upgrade(api, args.checkpoints, args.pair, args.task, args.mode)
     if not args.watch:
         print(f"upgrade queued (follow it with `gradlift watch {job['id']}`):")
         print(job["id"])

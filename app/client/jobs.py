@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,8 +20,9 @@ METADATA = "gradlift.json"  # written by `gradlift finetune` beside the adapter;
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def upload(api: Api, path: Path, pair: str | None) -> dict[str, Any]:
-    """Upload an adapter folder (or its adapter_model.safetensors); the pair comes from its metadata if not given."""
+def upload(api: Api, path: Path, pair: str | None, prompts: Path | None = None) -> dict[str, Any]:
+    """Upload an adapter folder (or its adapter_model.safetensors); the pair comes from its metadata if not given.
+    `prompts`: a JSONL file of unlabelled prompts (the organization's question format) to attach."""
     folder, weights = (path, path / ADAPTER) if path.is_dir() else (path.parent, path)
     if not weights.is_file():
         raise ClientError(f"no {ADAPTER} at {path}")
@@ -32,19 +34,34 @@ def upload(api: Api, path: Path, pair: str | None) -> dict[str, Any]:
         files = {"file": (ADAPTER, stack.enter_context(open(weights, "rb")), "application/octet-stream")}
         if (folder / CONFIG).is_file():
             files["config"] = (CONFIG, stack.enter_context(open(folder / CONFIG, "rb")), "application/json")
+        if prompts is not None:
+            if not prompts.is_file():
+                raise ClientError(f"no prompts file at {prompts}")
+            files["prompts"] = (prompts.name, stack.enter_context(open(prompts, "rb")), "application/jsonl")
         return api.post("/v1/checkpoints", data={"pair": pair}, files=files)
 
 
-def create_upgrade(api: Api, checkpoint_ids: list[str], pair: str | None, task: str | None) -> dict[str, Any]:
+def create_upgrade(api: Api, checkpoint_ids: list[str], pair: str | None, task: str | None,
+                   mode: str = "auto") -> dict[str, Any]:
     """Queue an upgrade; the pair defaults to the first checkpoint's."""
     if pair is None:
         pair = api.get(f"/v1/checkpoints/{checkpoint_ids[0]}")["pair"]
-    return api.post("/v1/upgrades", json={"pair": pair, "task": task, "checkpoint_ids": checkpoint_ids})
+    body = {"pair": pair, "task": task, "checkpoint_ids": checkpoint_ids, "mode": mode}
+    return api.post("/v1/upgrades", json=body)
+
+
+def describe_quality(job: dict[str, Any]) -> str:
+    """One line on how much to trust the upgrade's delta."""
+    quality = job.get("quality")
+    if not quality:
+        return "quality: not reported"
+    return f"quality: {quality['verdict']} ({quality['mode']} update; {quality['reason']})"
 
 
 def follow(api: Api, upgrade_id: str, timeout_s: float | None) -> int:
     """`watch` for the command line: the delta id on stdout when the upgrade succeeds; exit status 0."""
     job = watch(api, upgrade_id, timeout_s)
+    print(describe_quality(job), file=sys.stderr)
     print(f"upgrade {upgrade_id} succeeded; the LLM adapter (download it with `gradlift download ID --out DIR`):")
     print(job["delta_id"])
     return 0

@@ -1,13 +1,20 @@
 """A delta's quality report, and the verdict that says how much to trust it.
 
-    similarity  how the upload compares with the GT's shadow runs (nearest task, cosine, margin, `typical`)
+    similarity  how the upload compares with the GT's shadow runs: the nearest run's task and cosine, the
+                margin to the best run of another task, and `relative` (that cosine over the median cosine
+                of a held-out shadow run to its nearest neighbour; models/gt/reference.py)
     agreement   on probe prompts, how often the upgraded LLM answers exactly as the organization's TinyLM
                 does (`rate`), beside the base LLM's rate, and their mean character similarity
     verdict     ok | low_confidence | no_gain, with the reason in words
 
-The TinyLM is weaker than the LLM, so a good upgrade does not copy it: it agrees where the TinyLM is right.
-What a useless upgrade cannot do is move the LLM towards the TinyLM at all, so the verdict reads the gain
-over the base LLM. Thresholds: models/recipes.py QualityConfig, calibrated by `python -m bench.modes`.
+Two signals, because each fails alone. A GT maps what it has seen: an upload unlike its shadow runs (a key
+it never trained on) gets a confident-looking but wrong update, and similarity catches that. The TinyLM
+is weaker than the LLM, so a good update does not copy it; on a task where the fine-tuned TinyLM stays
+near its base behaviour, agreement cannot tell a perfect update from none (measured on the toy pair:
+drop-5's GT update scored 100% with the same agreement as the base LLM), so for a GT's update similarity
+decides and agreement only vetoes clear harm. A distilled update has no shadow runs to compare with: it
+is judged by whether it carries the TinyLM's behaviour at all, which bounds it by the TinyLM's quality.
+Thresholds: models/recipes.py QualityConfig, checked by `python -m bench.modes`.
 """
 
 from __future__ import annotations
@@ -18,31 +25,50 @@ VERDICTS = ("ok", "low_confidence", "no_gain")
 
 
 def gain(behaviour: dict) -> float:
-    """How far the upgrade moved the LLM towards the TinyLM's answers: exact agreement over the base LLM's."""
+    """How far the update moved the LLM towards the TinyLM's answers: exact agreement over the base LLM's."""
     return behaviour["rate"] - behaviour["base_rate"]
 
 
-def verdict(behaviour: dict, similarity: dict | None, cfg: QualityConfig) -> tuple[str, str]:
-    """(verdict, reason). `similarity` counts only for a GT's output (None: not a GT's, or no reference)."""
+def _agree(behaviour: dict) -> str:
+    return (f"the upgraded LLM answers {behaviour['rate']:.0%} of {behaviour['probes']} probe prompts as the "
+            f"TinyLM does, the base LLM {behaviour['base_rate']:.0%}")
+
+
+def _by_behaviour(behaviour: dict, cfg: QualityConfig) -> tuple[str, str]:
     moved = gain(behaviour)
-    agree = (f"the upgraded LLM answers {behaviour['rate']:.0%} of {behaviour['probes']} probe prompts as the "
-             f"TinyLM does, the base LLM {behaviour['base_rate']:.0%}")
     if moved < cfg.no_gain_below:
-        return "no_gain", agree + ": the upgrade does not carry the TinyLM's behaviour"
-    if similarity is not None and similarity["typical"] < cfg.typical_from:
-        return "low_confidence", (f"{agree}, but the upload is less like the GT's shadow runs (nearest: "
-                                  f"{similarity['nearest_task']}, cosine {similarity['nearest_cos']:.2f}) than "
-                                  f"{1 - similarity['typical']:.0%} of held-out runs were")
+        return "no_gain", _agree(behaviour) + ": the update does not carry the TinyLM's behaviour"
     if moved < cfg.ok_from:
-        return "low_confidence", agree + ": a small gain"
-    return "ok", agree
+        return "low_confidence", _agree(behaviour) + ": a small gain"
+    return "ok", _agree(behaviour)
+
+
+def verdict(mode: str, behaviour: dict, similarity: dict | None, cfg: QualityConfig) -> tuple[str, str]:
+    """(verdict, reason) for an update made by `mode` ("gt" or "distill")."""
+    if mode != "gt" or similarity is None:
+        return _by_behaviour(behaviour, cfg)
+    near = (f"the upload's nearest shadow run is of {similarity['nearest_task']} (cosine "
+            f"{similarity['nearest_cos']:.2f}, {similarity['relative']:.2f} of a typical shadow run's)")
+    if similarity["relative"] < cfg.relative_from:
+        name = "no_gain" if gain(behaviour) < cfg.no_gain_below else "low_confidence"
+        return name, f"{near}: unlike what the GT was trained on; {_agree(behaviour)}"
+    if gain(behaviour) < cfg.harm_below:
+        return "low_confidence", f"{near}, but {_agree(behaviour)}"
+    return "ok", near
 
 
 def report(mode: str, behaviour: dict, similarity: dict | None, cfg: QualityConfig, prompts: str) -> dict:
     """The `quality` object of a delta; `prompts` says whose probe prompts were used."""
-    judged_similarity = similarity if mode == "gt" else None
-    name, reason = verdict(behaviour, judged_similarity, cfg)
+    name, reason = verdict(mode, behaviour, similarity, cfg)
     return {"mode": mode, "verdict": name, "reason": reason, "similarity": similarity,
             "agreement": {**behaviour, "prompts": prompts}, "gain": round(gain(behaviour), 4),
             "thresholds": {"no_gain_below": cfg.no_gain_below, "ok_from": cfg.ok_from,
-                           "typical_from": cfg.typical_from}}
+                           "relative_from": cfg.relative_from, "harm_below": cfg.harm_below}}
+
+
+def confidence(quality: dict) -> float:
+    """One number that orders deltas by how much to trust them: the verdict's rank, then its evidence."""
+    rank = {"no_gain": 0.0, "low_confidence": 1.0, "ok": 2.0}[quality["verdict"]]
+    similarity = quality.get("similarity")
+    evidence = similarity["relative"] if quality["mode"] == "gt" and similarity else quality["gain"]
+    return rank + max(0.0, min(evidence, 0.99))

@@ -1,0 +1,159 @@
+"""Upgrade modes side by side: the GT's update, distillation from the organization's TinyLM, and `auto`, per
+setting (A: the task's own GT; B: the pair's GT, task not given; C: a key no shadow run used) and task;
+and how well the quality verdict separates upgrades that recover at least half the gap (PGR >= 0.5) from
+those that do not.
+
+    python -m bench.modes --pair toy --out bench/results/modes-toy.json
+    python -m bench.modes --pair smol --out bench/results/modes-smol.json
+
+Reuses what bench.quality builds (pair, shadow runs, GTs, private runs; missing ones are built). Each upgrade
+runs through models.upgrade.run_upgrade as a worker runs it, with the organization's prompts (`own`: its
+task's public prompts stand in for its question format) or without (`public`: the pair's public prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from bench.experiment import PrivateRun, Scorer, cached_private_run
+from bench.quality import fit
+from models.data.evaluate import accuracy, pgr
+from models.lora.update import LoraLayout, add
+from models.pairs import ALL_TASKS, Pair, ensure_pair
+from models.pairs.tasks import task_splits
+from models.recipes import Recipe, recipe_for, upgrade_recipe
+from models.training.finetune import write_adapter_folder
+from models.training.shadow import build_shadow
+from models.upgrade import run_upgrade
+from models.upgrade.quality import confidence
+
+log = logging.getLogger("bench.modes")
+MODES = ("gt", "distill", "auto")
+OWN_PROMPTS = 1000  # the organization's attached prompts, in `own` runs
+
+
+def adapter_file(pair: Pair, run: PrivateRun, folder: Path) -> Path:
+    """The organization's TinyLM adapter of a private run, as it would upload it."""
+    update = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).from_tokens(run.tiny_tokens)
+    write_adapter_folder(folder, pair.spec.lora, pair.id + "-tiny", add(pair.init("tiny"), update))
+    return folder / "adapter_model.safetensors"
+
+
+def upgrade_row(pair: Pair, scorer: Scorer, run: PrivateRun, gt_id: str | None, mode: str, prompts: str,
+                work: Path) -> dict:
+    """One upgrade as a worker runs it, scored on the task's test set."""
+    own = [ex.prompt for ex in task_splits(pair, run.task).public[:OWN_PROMPTS]] if prompts == "own" else None
+    start = time.perf_counter()
+    result = run_upgrade(pair, gt_id, [adapter_file(pair, run, work / "adapter")], work / "out", mode=mode,
+                         prompts=own)
+    seconds = time.perf_counter() - start
+    layout = LoraLayout(pair.init("llm"), pair.spec.lora.targets)
+    p = accuracy(scorer.llm_model(layout.to_tokens(result.update)), scorer.tokenizer, run.test)
+    quality = result.quality
+    return {"task": run.task, "mode": mode, "prompts": prompts, "used": result.mode, "p": p,
+            "pgr": pgr(p, run.p_s, run.p_t), "seconds": round(seconds, 2), "verdict": quality["verdict"],
+            "gain": quality["gain"], "relative": (quality.get("similarity") or {}).get("relative"),
+            "margin": (quality.get("similarity") or {}).get("margin"), "confidence": confidence(quality),
+            "reason": quality["reason"], "agreement": quality["agreement"], "p_s": run.p_s, "p_t": run.p_t,
+            "p_base": run.p_base}
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float:
+    """Probability that a positive outscores a negative (ties count half); NaN without both kinds."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def separation(rows: list[dict]) -> dict:
+    """How well the report tells upgrades with PGR >= 0.5 from the rest (auto's rows repeat gt's or distill's)."""
+    judged = [r for r in rows if r["mode"] != "auto" and r["pgr"] == r["pgr"]]
+    labels = [r["pgr"] >= 0.5 for r in judged]
+    verdict_ok = [r["verdict"] == "ok" for r in judged]
+    agree = sum(v == y for v, y in zip(verdict_ok, labels, strict=True))
+    return {"upgrades": len(judged), "recovering_half": sum(labels),
+            "auroc_confidence": auroc([r["confidence"] for r in judged], labels),
+            "auroc_gain_alone": auroc([r["gain"] for r in judged], labels),
+            "verdict_accuracy": agree / len(judged) if judged else float("nan"),
+        "ok_precision": (sum(y for v, y in zip(verdict_ok, labels, strict=True) if v) / sum(verdict_ok)
+                         if any(verdict_ok) else float("nan"))}
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'setting':<8}{'task':<12}{'prompts':<8}{'mode':<8}{'used':<8}{'P':>6}{'PGR':>8}{'gain':>7}"
+          f"{'relative':>9}{'verdict':>16}{'s':>7}")
+    for r in rows:
+        relative = f"{r['relative']:.2f}" if r["relative"] is not None else "-"
+        print(f"{r['setting']:<8}{r['task']:<12}{r['prompts']:<8}{r['mode']:<8}{r['used']:<8}{r['p']:>6.2f}"
+              f"{r['pgr']:>8.1%}{r['gain']:>7.3f}{relative:>9}{r['verdict']:>16}{r['seconds']:>7.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", default="toy")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--out", type=Path, default=Path("modes.json"))
+    parser.add_argument("--prompts", choices=("own", "public", "both"), default="both")
+    parser.add_argument("--settings", default="ABC", help="which settings to run, e.g. BC")
+    parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    pair = ensure_pair(args.data_dir / "pairs", args.pair)
+    recipe: Recipe = recipe_for(pair)
+    family, seen_keys, unseen = recipe.unseen
+    tasks, c_train = list(pair.spec.tasks), [f"{family}-{k}" for k in seen_keys]
+    c_test = [f"{family}-{k}" for k in unseen]
+    plans = {t: recipe.plan(t) for t in sorted(set(tasks + c_train))}
+    build_shadow(pair, list(plans.values()), workers=args.workers)
+    scorer = Scorer(pair)
+    private = {t: cached_private_run(pair, scorer, t, recipe.tiny, recipe.llm) for t in tasks + c_test}
+    c_gt = f"{family}-seen-keys"
+    gts = {"A": {t: t for t in tasks}, "B": {t: ALL_TASKS for t in tasks}, "C": {t: c_gt for t in c_test}}
+    timings: dict = {}
+    for gt_id, chosen in [*[(t, [plans[t]]) for t in tasks], (ALL_TASKS, [plans[t] for t in tasks]),
+                          (c_gt, [plans[t] for t in c_train])]:
+        if gt_id not in pair.gt_ids():  # bench.quality leaves A and B; C's GT is kept here
+            fit(pair, chosen, pair.gt_dir(gt_id), gt_id, recipe.gt, timings)
+    variants = ("own", "public") if args.prompts == "both" else (args.prompts,)
+    rows: list[dict] = []
+    work = args.data_dir / "bench-modes"
+    for name in args.settings:
+        for task, gt_id in gts[name].items():
+            for prompts in variants:
+                for mode in MODES:
+                    row = upgrade_row(pair, scorer, private[task], gt_id, mode, prompts, work)
+                    rows.append({"setting": name, "gt_id": gt_id, **row})
+                    log.info("%s %s %s %s: PGR %.1f%% (%s, gain %.3f)", name, task, prompts, mode,
+                             100 * row["pgr"], row["verdict"], row["gain"])
+    print_rows(rows)
+    summary = {"separation": separation(rows), "average_pgr": {
+        f"{s}/{p}/{m}": _mean([r["pgr"] for r in rows if (r["setting"], r["prompts"], r["mode"]) == (s, p, m)])
+        for s in args.settings for p in variants for m in MODES},
+        "mean_seconds": {m: _mean([r["seconds"] for r in rows if r["mode"] == m]) for m in MODES}}
+    print("\n" + json.dumps(summary, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"pair": pair.id, "rows": rows, "summary": summary,
+                                    "quality": asdict(upgrade_recipe(pair.id).quality),
+                                    "distill": asdict(upgrade_recipe(pair.id).distill)}, indent=2, sort_keys=True))
+    print(f"wrote {args.out}")
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The quality report's parts: the verdict's rules on written numbers, the shadow-run reference of a GT,
+prompts files, and distillation on the toy pair (a real TinyLM teaching the real LLM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.data.datafile import Conversation, parse_prompts, prompt_record
+from models.errors import DataFileError
+from models.gt.network import GradientTransformer, GTArch, GTConfig
+from models.gt.reference import build_reference, load_reference, save_reference
+from models.recipes import QualityConfig
+from models.training.shadow import ShadowSet
+from models.upgrade.checks import agreement, split_prompts
+from models.upgrade.quality import confidence, report, verdict
+
+CFG = QualityConfig()
+
+
+def behaviour(rate: float, base: float) -> dict:
+    return {"probes": 100, "rate": rate, "base_rate": base, "similarity": 0.5, "base_similarity": 0.4}
+
+
+def near(relative: float) -> dict:
+    return {"nearest_task": "rotate-6", "nearest_cos": 0.3, "margin": 0.3, "runner_up_task": "drop-5",
+            "relative": relative, "runs": 8}
+
+
+def test_a_gts_update_is_judged_by_how_like_its_shadow_runs_the_upload_is() -> None:
+    assert verdict("gt", behaviour(0.10, 0.10), near(0.8), CFG)[0] == "ok"  # a weak TinyLM: agreement says nothing
+    assert verdict("gt", behaviour(0.00, 0.00), near(0.2), CFG)[0] == "no_gain"
+    assert verdict("gt", behaviour(0.20, 0.00), near(0.2), CFG)[0] == "low_confidence"
+    name, reason = verdict("gt", behaviour(0.05, 0.30), near(0.9), CFG)  # it took the LLM away from the TinyLM
+    assert name == "low_confidence" and "30%" in reason
+
+
+def test_without_a_reference_or_for_distillation_agreement_decides() -> None:
+    for mode, similarity in (("distill", near(0.9)), ("gt", None)):
+        assert verdict(mode, behaviour(0.30, 0.05), similarity, CFG)[0] == "ok"
+        assert verdict(mode, behaviour(0.08, 0.05), similarity, CFG)[0] == "low_confidence"
+        assert verdict(mode, behaviour(0.05, 0.05), similarity, CFG)[0] == "no_gain"
+
+
+def test_confidence_orders_by_verdict_then_evidence() -> None:
+    ok = report("gt", behaviour(0.1, 0.1), near(0.8), CFG, "pair")
+    weak = report("distill", behaviour(0.08, 0.05), None, CFG, "organization")
+    none = report("gt", behaviour(0.0, 0.0), near(0.1), CFG, "task")
+    assert (ok["verdict"], weak["verdict"], none["verdict"]) == ("ok", "low_confidence", "no_gain")
+    assert confidence(ok) > confidence(weak) > confidence(none)
+    assert weak["agreement"]["prompts"] == "organization" and weak["gain"] == pytest.approx(0.03)
+
+
+def test_agreement_counts_exact_answers_and_character_closeness() -> None:
+    exact, close = agreement(["abc", "xyz", "pig"], ["abc", "xyw", "dog"])
+    assert exact == pytest.approx(1 / 3)
+    assert close == pytest.approx((1 + 2 / 3 + 1 / 3) / 3)
+
+
+def test_probe_prompts_never_double_as_training_prompts() -> None:
+    pool = [f"p{i}" for i in range(100)]
+    probes, train = split_prompts(pool, 64)
+    assert len(probes) == 25 and not set(probes) & set(train) and len(probes) + len(train) == 100
+    assert split_prompts(pool, 64) == (probes, train)  # seeded
+    assert split_prompts(["only"], 64) == (["only"], ["only"])
+
+
+def two_task_shadow(seed: int = 0) -> ShadowSet:
+    """Two tasks, three runs each, three snapshots per run: each task's TinyLM updates share a direction."""
+    gen = torch.Generator().manual_seed(seed)
+    direction = {"a": torch.randn(2, 6, generator=gen), "b": torch.randn(2, 6, generator=gen)}
+    src, run, task = [], [], []
+    for r, name in enumerate(["a", "a", "a", "b", "b", "b"]):
+        for _ in range(3):
+            src.append(direction[name] + 0.3 * torch.randn(2, 6, generator=gen))
+            run.append(r)
+            task.append(name)
+    src_t = torch.stack(src)
+    return ShadowSet(src_t, torch.randn(len(src), 3, 4, generator=gen), torch.tensor(run), task)
+
+
+def test_a_gts_reference_finds_the_task_an_upload_resembles(tmp_path: Path) -> None:
+    data = two_task_shadow()
+    model = GradientTransformer(GTConfig(2, 6, 3, 4, GTArch(d_model=16, n_heads=2, d_ff=32)))
+    model.set_statistics(data.src, data.tgt)
+    reference = build_reference(model, data)
+    assert reference.tasks == ["a"] * 3 + ["b"] * 3 and reference.points.shape == (6, 12)
+    save_reference(reference, tmp_path)
+    loaded = load_reference(tmp_path)
+    assert torch.equal(loaded.points, reference.points) and loaded.tasks == reference.tasks
+    like_b = model.standardise_source(data.src[data.run == 4].mean(0, keepdim=True)).flatten(1)[0]
+    got = loaded.compare(like_b)
+    assert got["nearest_task"] == "b" and got["runner_up_task"] == "a" and got["margin"] > 0
+    assert got["relative"] > 1  # its own run's mean: closer than runs are to each other
+    stranger = torch.randn(12, generator=torch.Generator().manual_seed(9))
+    assert loaded.compare(stranger)["relative"] < got["relative"]
+    assert load_reference(tmp_path / "none") is None
+
+
+def test_prompts_files_take_prompts_or_unanswered_conversations() -> None:
+    text = '{"prompt": "rot ?: abc #### "}\n\n{"messages": [{"role": "system", "content": "s"}, ' \
+           '{"role": "user", "content": "q"}]}\n'
+    plain, chat = parse_prompts(text)
+    assert plain == "rot ?: abc #### " and isinstance(chat, Conversation) and chat.answer == ""
+    assert [m["role"] for m in chat.messages()] == ["system", "user"]
+    assert parse_prompts("\n".join(__import__("json").dumps(prompt_record(p)) for p in (plain, chat))) == [
+        plain, chat]
+    with pytest.raises(DataFileError) as caught:
+        parse_prompts('{"prompt": ""}\n[1]\n{"prompt": "a", "answer": "b"}\n{"prompt": "fine"}\n')
+    assert [n for n, _ in caught.value.problems] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_distillation_teaches_the_llm_the_tinylms_task(honest_pairs_dir: Path, recipe_adapters: dict) -> None:
+    """The TinyLM fine-tuned on a key no GT knows answers its own task's public prompts; the LLM distilled
+    from those answers does that task clearly better than the base LLM, without the private data."""
+    from bench.experiment import Scorer
+    from models.lora.update import read_adapter, subtract
+    from models.pairs import PairStore
+    from models.pairs.tasks import task_splits
+    from models.recipes import upgrade_recipe
+    from models.training.distill import distill
+    from tests.conftest import UNSEEN_TASK
+
+    pair = PairStore(honest_pairs_dir).get("toy")
+    tiny = subtract(read_adapter(recipe_adapters[UNSEEN_TASK] / "adapter_model.safetensors"), pair.init("tiny"))
+    splits = task_splits(pair, UNSEEN_TASK)
+    cfg = upgrade_recipe("toy").distill
+    done = distill(pair, tiny, [ex.prompt for ex in splits.public], cfg)
+    assert 0 < done.labelled <= cfg.prompts
+    scorer = Scorer(pair)
+    layout_tokens = scorer.layout.to_tokens(done.update)
+    test = splits.test[:100]
+    assert scorer.llm_accuracy(layout_tokens, test) >= scorer.llm_accuracy(None, test) + 0.2
