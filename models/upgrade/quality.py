@@ -12,8 +12,11 @@ it never trained on) gets a confident-looking but wrong update, and similarity c
 is weaker than the LLM, so a good update does not copy it; on a task where the fine-tuned TinyLM stays
 near its base behaviour, agreement cannot tell a perfect update from none (measured on the toy pair:
 drop-5's GT update scored 100% with the same agreement as the base LLM), so for a GT's update similarity
-decides and agreement only vetoes clear harm. A distilled update has no shadow runs to compare with: it
-is judged by whether it carries the TinyLM's behaviour at all, which bounds it by the TinyLM's quality.
+decides and agreement only vetoes clear harm. A distilled update has no shadow runs to compare with, and
+copying the TinyLM well is no sign of being right: on the toy pair a distilled LLM that repeated a
+useless TinyLM's answers (0% correct) agreed with it more than one that recovered 77% of the gap
+(bench/results/modes-toy.json). So a distilled update is at best `low_confidence` (it carries the
+TinyLM's behaviour, and is bounded by it), `no_gain` when it does not move towards the TinyLM at all.
 Thresholds: models/recipes.py QualityConfig, checked by `python -m bench.modes`.
 """
 
@@ -45,7 +48,13 @@ def _by_behaviour(behaviour: dict, cfg: QualityConfig) -> tuple[str, str]:
 
 def verdict(mode: str, behaviour: dict, similarity: dict | None, cfg: QualityConfig) -> tuple[str, str]:
     """(verdict, reason) for an update made by `mode` ("gt" or "distill")."""
-    if mode != "gt" or similarity is None:
+    if mode == "distill":
+        if gain(behaviour) < cfg.no_gain_below:
+            return "no_gain", _agree(behaviour) + ": the distilled update does not carry the TinyLM's behaviour"
+        return "low_confidence", (_agree(behaviour) + ": distilled from the TinyLM's answers, so about as good "
+                                  "as they are (often better, rarely as good as a GT on a task it knows); no "
+                                  "shadow run vouches for it")
+    if similarity is None:
         return _by_behaviour(behaviour, cfg)
     near = (f"the upload's nearest shadow run is of {similarity['nearest_task']} (cosine "
             f"{similarity['nearest_cos']:.2f}, {similarity['relative']:.2f} of a typical shadow run's)")
@@ -67,8 +76,10 @@ def report(mode: str, behaviour: dict, similarity: dict | None, cfg: QualityConf
 
 
 def confidence(quality: dict) -> float:
-    """One number that orders deltas by how much to trust them: the verdict's rank, then its evidence."""
+    """One number that orders deltas by how much to trust them: the verdict's rank, then its evidence (a GT's:
+    how close the upload is to its shadow runs; a distilled one's: how closely it answers as the TinyLM)."""
     rank = {"no_gain": 0.0, "low_confidence": 1.0, "ok": 2.0}[quality["verdict"]]
     similarity = quality.get("similarity")
-    evidence = similarity["relative"] if quality["mode"] == "gt" and similarity else quality["gain"]
+    evidence = similarity["relative"] if quality["mode"] == "gt" and similarity else \
+        quality["agreement"]["similarity"]
     return rank + max(0.0, min(evidence, 0.99))

@@ -37,11 +37,15 @@ def test_a_gts_update_is_judged_by_how_like_its_shadow_runs_the_upload_is() -> N
     assert name == "low_confidence" and "30%" in reason
 
 
-def test_without_a_reference_or_for_distillation_agreement_decides() -> None:
-    for mode, similarity in (("distill", near(0.9)), ("gt", None)):
-        assert verdict(mode, behaviour(0.30, 0.05), similarity, CFG)[0] == "ok"
-        assert verdict(mode, behaviour(0.08, 0.05), similarity, CFG)[0] == "low_confidence"
-        assert verdict(mode, behaviour(0.05, 0.05), similarity, CFG)[0] == "no_gain"
+def test_without_a_reference_agreement_decides() -> None:
+    assert verdict("gt", behaviour(0.30, 0.05), None, CFG)[0] == "ok"
+    assert verdict("gt", behaviour(0.08, 0.05), None, CFG)[0] == "low_confidence"
+    assert verdict("gt", behaviour(0.05, 0.05), None, CFG)[0] == "no_gain"
+
+
+def test_a_distilled_update_is_never_vouched_for() -> None:
+    assert verdict("distill", behaviour(0.60, 0.05), near(0.9), CFG)[0] == "low_confidence"
+    assert verdict("distill", behaviour(0.05, 0.05), None, CFG)[0] == "no_gain"
 
 
 def test_confidence_orders_by_verdict_then_evidence() -> None:
