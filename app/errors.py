@@ -26,6 +26,8 @@ class Code(StrEnum):
     checkpoint_not_found = "checkpoint_not_found"
     no_gradient_transformer = "no_gradient_transformer"
     invalid_adapter = "invalid_adapter"
+    invalid_data_file = "invalid_data_file"
+    invalid_settings = "invalid_settings"
     unsupported_file_type = "unsupported_file_type"
     file_too_large = "file_too_large"
     conflict = "conflict"
@@ -45,6 +47,8 @@ _STATUS: dict[Code, HTTPStatus] = {
     Code.checkpoint_not_found: HTTPStatus.NOT_FOUND,
     Code.no_gradient_transformer: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.invalid_adapter: HTTPStatus.UNPROCESSABLE_ENTITY,
+    Code.invalid_data_file: HTTPStatus.UNPROCESSABLE_ENTITY,
+    Code.invalid_settings: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.unsupported_file_type: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     Code.file_too_large: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     Code.conflict: HTTPStatus.CONFLICT,

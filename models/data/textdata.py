@@ -65,7 +65,16 @@ def encode_batch(tokenizer: PreTrainedTokenizerBase,
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> dict[str, torch.Tensor]:
     """Left-padded prompts for batched generation."""
-    rows = [prompt_ids(tokenizer, p) for p in prompts]
+    return _left_padded(tokenizer, [prompt_ids(tokenizer, p) for p in prompts])
+
+
+def encode_example_prompts(tokenizer: PreTrainedTokenizerBase,
+                           examples: list[TrainingExample]) -> dict[str, torch.Tensor]:
+    """Left-padded prompts of task examples or conversations (all their turns before the answer)."""
+    return _left_padded(tokenizer, [example_prompt_ids(tokenizer, ex) for ex in examples])
+
+
+def _left_padded(tokenizer: PreTrainedTokenizerBase, rows: list[list[int]]) -> dict[str, torch.Tensor]:
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -41,7 +41,7 @@ from models.lora.update import LoraLayout, save_update
 from models.pairs import Pair
 from models.pairs.tasks import task_splits
 from models.training.finetune import FinetuneConfig, finetune_lora
-from models.training.multirun import finetune_many
+from models.training.multirun import OnRunsStep, finetune_many
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,16 @@ class ShadowPlan:
         """The same plan without the privacy settings: its LLM runs are this plan's LLM runs."""
         return replace(self, dp=None, update_noise=None)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShadowPlan:
+        """The plan `asdict` wrote (as a build's row keeps it)."""
+        data = dict(data)
+        for name in ("finetune", "llm_finetune"):
+            data[name] = FinetuneConfig(**data[name]) if data.get(name) is not None else None
+        data["dp"] = DPConfig(**data["dp"]) if data.get("dp") else None
+        data["update_noise"] = UpdateNoise(**data["update_noise"]) if data.get("update_noise") else None
+        return cls(**data)
+
     def folder(self, pair: Pair) -> Path:
         return pair.shadow_dir / self.task / self.key()
 
@@ -108,7 +118,7 @@ def run_seed(plan: ShadowPlan, index: int) -> int:
 
 
 def _train_side(pair: Pair, plan: ShadowPlan, side: str, indices: list[int],
-                datasets: list[list[TrainingExample]]) -> list[torch.Tensor]:
+                datasets: list[list[TrainingExample]], on_step: OnRunsStep | None = None) -> list[torch.Tensor]:
     """One model's fine-tunes of the given runs, each as [keep_last, L, D] snapshot tokens. Plain runs
     train together in one loop (`finetune_many`); DP-SGD runs one at a time (per-example clipping)."""
     cfg = replace(plan.side_finetune(side), keep_last=plan.keep_last)
@@ -121,7 +131,8 @@ def _train_side(pair: Pair, plan: ShadowPlan, side: str, indices: list[int],
                               dp=replace(plan.dp, seed=seed)).snapshots
                 for data, seed in zip(datasets, seeds, strict=True)]
     else:
-        runs = [r.snapshots for r in finetune_many(model, tokenizer, init, pair.spec.lora, datasets, cfg, seeds)]
+        runs = [r.snapshots for r in finetune_many(model, tokenizer, init, pair.spec.lora, datasets, cfg, seeds,
+                                                   on_step)]
     if plan.update_noise is not None and side == "tiny":
         runs = [[replace(plan.update_noise, seed=seed * 1000 + i).apply(u) for i, u in enumerate(snapshots)]
                 for snapshots, seed in zip(runs, seeds, strict=True)]
@@ -137,9 +148,11 @@ def _write_run(out: Path, tokens: dict[str, torch.Tensor], meta: dict[str, Any])
     os.replace(tmp, out)
 
 
-def run_subsets(pair_root: str, plan: ShadowPlan, indices: Sequence[int]) -> list[str]:
+def run_subsets(pair_root: str, plan: ShadowPlan, indices: Sequence[int],
+                on_step: OnRunsStep | None = None) -> list[str]:
     """Fine-tune both models on each subset in `indices` (each model's runs in one loop); write each run's
-    paired snapshots as its own file. Runs whose file exists are left alone. Returns the file paths."""
+    paired snapshots as its own file. Runs whose file exists are left alone. Returns the file paths.
+    `on_step` hears every step of the batched loops (it may raise to stop the chunk: nothing is written)."""
     pair = Pair(Path(pair_root))
     todo = [i for i in indices if not plan.run_path(pair, i).is_file()]
     if todo:
@@ -154,7 +167,8 @@ def run_subsets(pair_root: str, plan: ShadowPlan, indices: Sequence[int]) -> lis
         for side in ("tiny", "llm"):
             need = [i for i in todo if side not in tokens[i]]
             if need:
-                for i, t in zip(need, _train_side(pair, plan, side, need, [datasets[i] for i in need]), strict=True):
+                trained = _train_side(pair, plan, side, need, [datasets[i] for i in need], on_step)
+                for i, t in zip(need, trained, strict=True):
                     tokens[i][side] = t
         for i in todo:
             _write_run(plan.run_path(pair, i), tokens[i], {"index": i, "plan": asdict(plan)})
