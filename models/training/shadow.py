@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -148,6 +149,17 @@ def _write_run(out: Path, tokens: dict[str, torch.Tensor], meta: dict[str, Any])
     os.replace(tmp, out)
 
 
+STALE_TMP_S = 600  # a run's file is written in well under a second: an older temporary file is a dead writer's
+
+
+def _clear_debris(folder: Path, indices: list[int]) -> None:
+    """Remove the temporary files of these runs that a worker killed while writing them left behind."""
+    for index in indices:
+        for tmp in folder.glob(f"{index:04d}.safetensors.*.tmp"):
+            if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+                tmp.unlink(missing_ok=True)
+
+
 def run_subsets(pair_root: str, plan: ShadowPlan, indices: Sequence[int],
                 on_step: OnRunsStep | None = None) -> list[str]:
     """Fine-tune both models on each subset in `indices` (each model's runs in one loop); write each run's
@@ -155,6 +167,7 @@ def run_subsets(pair_root: str, plan: ShadowPlan, indices: Sequence[int],
     `on_step` hears every step of the batched loops (it may raise to stop the chunk: nothing is written)."""
     pair = Pair(Path(pair_root))
     todo = [i for i in indices if not plan.run_path(pair, i).is_file()]
+    _clear_debris(plan.folder(pair), todo)
     if todo:
         public = task_splits(pair, plan.task).public
         datasets = {i: subset(public, plan.subset_size, plan.seed, i) for i in todo}
