@@ -1,10 +1,13 @@
 """The `gradlift` command line.
 
-    gradlift serve [--host H] [--port P]   migrate, then the API and one worker (embedded defaults)
+    gradlift serve [--host H] [--port P] [--train-workers N]  migrate, then the API and one worker (embedded
+                                           defaults), and N training workers
     gradlift api [--host H] [--port P]     the API alone (scaled out: run `gradlift migrate` first)
-    gradlift worker [celery options]       one upgrade worker
+    gradlift worker [--train] [celery options]  one upgrade worker (--train: one training worker, the
+                                           provider's shadow-run chunks and GT trainings)
     gradlift migrate                       bring the database to the newest schema
-    gradlift keys create --org NAME        a new API key (its organization made if missing)
+    gradlift keys create --org NAME [--admin]  a new API key (its organization made if missing; --admin: the
+                                           provider's, for /v1/admin and `gradlift admin ...`)
     gradlift pair build NAME               build a model pair: smol (SmolLM2, shipped GTs) or toy (+ a quick GT)
 """
 
@@ -27,11 +30,16 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, default=8000)
-    commands.add_parser("worker", help="run one upgrade worker (extra options go to celery worker)")
+    commands.choices["serve"].add_argument("--train-workers", type=int, default=0,
+                                           help="training workers to start too (the provider's shadow builds and "
+                                           "GT trainings; default 0)")
+    commands.add_parser("worker", help="run one upgrade worker, or with --train one training worker (extra "
+                        "options go to celery worker)")
     commands.add_parser("migrate", help="apply database migrations")
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
-    keys.add_parser("create", help="make a key; prints it alone on the last line").add_argument(
-        "--org", required=True, help="organization name (made if missing)")
+    create = keys.add_parser("create", help="make a key; prints it alone on the last line")
+    create.add_argument("--org", required=True, help="organization name (made if missing)")
+    create.add_argument("--admin", action="store_true", help="a provider's key: also reaches /v1/admin/...")
     pair = commands.add_parser("pair", help="model pairs").add_subparsers(dest="action", required=True)
     build = pair.add_parser("build", help="build a pair into GRADLIFT_PAIRS_DIR")
     build.add_argument("name", help="the pair's id, e.g. toy")
@@ -59,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "worker":
         os.execv(sys.executable, [sys.executable, "-m", "workers", *extra])
-    handlers = {"serve": lambda: serve(args.host, args.port), "api": lambda: run_api(args.host, args.port),
-                "migrate": migrate, "keys": lambda: create_key(args.org),
+    handlers = {"serve": lambda: serve(args.host, args.port, args.train_workers),
+                "api": lambda: run_api(args.host, args.port),
+                "migrate": migrate, "keys": lambda: create_key(args.org, args.admin),
                 "pair": lambda: build_pair(args.name)}
     handlers[args.command]()
 
@@ -72,15 +81,15 @@ def migrate() -> None:
     print("database is at the newest schema")
 
 
-def create_key(org_name: str) -> None:
+def create_key(org_name: str, admin: bool = False) -> None:
     from app.db import queries
     from app.db.migrate import upgrade_head
     from app.db.session import session_scope
 
     upgrade_head()
     with session_scope() as session:
-        org, key = queries.create_key(session, org_name)
-    print(f"organization {org.name} ({org.id})")
+        org, key = queries.create_key(session, org_name, admin)
+    print(f"organization {org.name} ({org.id}){'; an admin key' if admin else ''}")
     print("new API key (shown once; send it as `Authorization: Bearer <key>`):")
     print(key)
 
@@ -110,29 +119,33 @@ def run_api(host: str, port: int) -> None:
                 log_level=get_settings().log_level.lower())
 
 
-def serve(host: str, port: int) -> None:
-    """Everything on one machine: migrations, the default pair, one worker process, the API."""
+def serve(host: str, port: int, train_workers: int = 0) -> None:
+    """Everything on one machine: migrations, the default pair, one worker process (and `train_workers`
+    training workers), the API."""
     from app.config import get_settings
     from app.db.migrate import upgrade_head
 
     settings = get_settings()
     upgrade_head()
     _ensure_default_pair(settings.default_pair)
-    worker = subprocess.Popen([sys.executable, "-m", "workers"])
+    workers = [subprocess.Popen([sys.executable, "-m", "workers"])]
+    workers += [subprocess.Popen([sys.executable, "-m", "workers", "--train"]) for _ in range(train_workers)]
     print(f"gradlift: API on http://{host}:{port} (docs at /docs), data in {settings.data_dir}", flush=True)
     print("make an API key with:  gradlift keys create --org NAME", flush=True)
     # uvicorn re-raises the signal it stopped for once it is done; as SystemExit it runs `finally`,
-    # which stops the worker (gracefully: it finishes the job in hand) instead of orphaning it.
+    # which stops the workers (gracefully: each finishes the job in hand) instead of orphaning them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         run_api(host, port)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
 
 
 def _ensure_default_pair(name: str) -> None:

@@ -7,6 +7,7 @@ GRADLIFT_PAIRS_DIR           built model pairs (<data>/pairs)
 GRADLIFT_DEFAULT_PAIR        the pair `serve` makes ready (smol: SmolLM2-135M-Instruct; toy for tests)
 GRADLIFT_MAX_UPLOAD_BYTES    largest adapter upload, enforced while streaming (256 MiB)
 GRADLIFT_UPGRADE_QUEUE       the Celery queue upgrade tasks go to (upgrades; one per device kind)
+GRADLIFT_TRAIN_QUEUE         the Celery queue of the provider's jobs: shadow-run chunks, GT trainings (train)
 GRADLIFT_JOB_TIME_LIMIT_S    hard time limit of one upgrade (3600)
 GRADLIFT_JOB_LEASE_S         a running job whose worker sent no heartbeat for this long is requeued (60)
 GRADLIFT_VISIBILITY_TIMEOUT_S Redis redelivers an unacknowledged task after this long (2 x time limit)
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     default_pair: str = "smol"
     max_upload_bytes: int = Field(default=256 * 2**20, gt=0)
     upgrade_queue: str = "upgrades"
+    train_queue: str = "train"
     job_time_limit_s: int = Field(default=3600, gt=0)
     job_lease_s: float = Field(default=60.0, gt=0)
     visibility_timeout_s: int = 0

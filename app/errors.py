@@ -27,6 +27,8 @@ class Code(StrEnum):
     no_gradient_transformer = "no_gradient_transformer"
     invalid_adapter = "invalid_adapter"
     invalid_prompts = "invalid_prompts"
+    invalid_data_file = "invalid_data_file"
+    invalid_settings = "invalid_settings"
     unsupported_file_type = "unsupported_file_type"
     file_too_large = "file_too_large"
     conflict = "conflict"
@@ -47,6 +49,8 @@ _STATUS: dict[Code, HTTPStatus] = {
     Code.no_gradient_transformer: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.invalid_adapter: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.invalid_prompts: HTTPStatus.UNPROCESSABLE_ENTITY,
+    Code.invalid_data_file: HTTPStatus.UNPROCESSABLE_ENTITY,
+    Code.invalid_settings: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.unsupported_file_type: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     Code.file_too_large: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     Code.conflict: HTTPStatus.CONFLICT,

@@ -8,14 +8,17 @@ from fastapi import FastAPI
 
 from app.api.openapi import with_exact_errors
 from app.api.routes import (
+    admin_tasks,
     chat,
     checkpoints,
     collaborations,
     deltas,
+    gt_trainings,
     health,
     models,
     organizations,
     pairs,
+    shadow_builds,
     upgrades,
 )
 from app.config import get_settings
@@ -29,7 +32,8 @@ def create_app() -> FastAPI:
                   description="Lift a TinyLM LoRA update to an LLM adapter with a Gradient Transformer.")
     install_error_handler(app)
     routers = [m.router for m in (health, organizations, pairs, checkpoints, collaborations, upgrades, deltas,
-                                  models, chat)]
+                                  models, chat, admin_tasks, shadow_builds, gt_trainings)]
+    routers.append(gt_trainings.gts_router)
     for router in routers:
         app.include_router(router)
     app.openapi = with_exact_errors(app, routers)  # type: ignore[method-assign]

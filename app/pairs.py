@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from app.errors import ApiError, Code
 
 if TYPE_CHECKING:
+    from app.schemas.pairs import TaskGT
     from models.pairs import Pair
 
 
@@ -47,6 +49,25 @@ class PairCatalog:
     def tiny_adapter_shapes(pair: Pair) -> dict[str, tuple[int, ...]]:
         path = pair.tiny_init_path
         return _shapes(str(path), path.stat().st_mtime_ns)
+
+
+def task_gt(pair: Pair, task: str) -> TaskGT | None:
+    """The GT a plain upgrade on `task` uses, as `models.upgrade.resolve_gt` picks it for an upload without
+    privacy settings (the task's GTs, else the pair-wide ones for its procedural tasks; of those the plain
+    one), read from config.json alone: listing pairs loads no model."""
+    from app.schemas.pairs import TaskGT
+    from models.pairs import ALL_TASKS
+
+    by_task: dict[str, list[str]] = {}
+    for gt_id in pair.gt_ids():
+        by_task.setdefault(gt_id.split("@", 1)[0], []).append(gt_id)
+    name = task if task in by_task else ALL_TASKS if ALL_TASKS in by_task and task in pair.spec.tasks else None
+    if name is None:
+        return None
+    gt_id = min(by_task[name], key=lambda i: (len(i), i))
+    config = json.loads((pair.gt_dir(gt_id) / "config.json").read_text())
+    summary = (config.get("card") or {}).get("summary")
+    return TaskGT(id=gt_id, version=config["weights_sha256"][:12], card_summary=summary)
 
 
 @lru_cache(maxsize=16)

@@ -15,6 +15,8 @@ from celery import Celery
 from app.config import Settings, get_settings
 
 UPGRADE_TASK = "gradlift.upgrade"
+SHADOW_CHUNK_TASK = "gradlift.shadow_chunk"  # the provider's: on the train queue
+GT_TRAIN_TASK = "gradlift.gt_train"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -25,7 +27,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,  # the database holds job state, not a result backend
-        "task_routes": {UPGRADE_TASK: {"queue": settings.upgrade_queue}},
+        "task_routes": {UPGRADE_TASK: {"queue": settings.upgrade_queue},
+                        SHADOW_CHUNK_TASK: {"queue": settings.train_queue},
+                        GT_TRAIN_TASK: {"queue": settings.train_queue}},
         "task_default_queue": settings.upgrade_queue,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -4,8 +4,10 @@ were trained on); the benchmarks and the provider's builds use the rest."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+from models.errors import ConfigError
 from models.gt.train import GTTrainConfig
 from models.pairs import Pair
 from models.training.distill import DistillConfig
@@ -22,8 +24,9 @@ class Recipe:
     shadow_k: int  # shadow runs per task
     subset_size: int
     keep_last: int  # snapshots kept per run
-    unseen: tuple[str, tuple[int, ...], tuple[int, ...]]  # setting C: family, shadow keys, held-out keys
+    unseen: tuple[str, tuple[int, ...], tuple[int, ...]] | None  # setting C: family, shadow keys, held-out keys
     gt: GTTrainConfig = field(default_factory=GTTrainConfig)
+    batch_runs: int = 8  # shadow runs trained in one loop (one chunk of a build): bounded by memory
 
     def plan(self, task: str) -> ShadowPlan:
         llm = None if self.llm == self.tiny else self.llm
@@ -35,7 +38,8 @@ RECIPES = {
     # 150 steps of batch 16 from subsets of 1000 public examples, both models; 8 shadow runs per task.
     "toy": Recipe(tiny=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
                   llm=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
-                  shadow_k=8, subset_size=1000, keep_last=10, unseen=("rotate", (1, 3, 4, 6, 7), (2, 5))),
+                  shadow_k=8, subset_size=1000, keep_last=10, unseen=("rotate", (1, 3, 4, 6, 7), (2, 5)),
+                  batch_runs=16),
     # SmolLM2 learns these tasks in 40 steps of batch 8; so does the TinyLM, partly (measured). Setting C
     # asks the GT for pick keys 1 and 3 having seen only 2 and 4. The pair-wide GTs start from the shadow
     # runs nearest the input (`route`, see models/gt/network.py): without it the B GT scored 0% on
@@ -43,13 +47,43 @@ RECIPES = {
     "smol": Recipe(tiny=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
                    llm=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
                    shadow_k=4, subset_size=320, keep_last=10, unseen=("pick", (2, 4), (1, 3)),
-                   gt=GTTrainConfig(route=True)),
+                   gt=GTTrainConfig(route=True), batch_runs=4),
 }
+# A pair added from model folders: the fine-tune and GT defaults, 8 shadow runs of 1,000 examples per task.
+DEFAULT_RECIPE = Recipe(tiny=FinetuneConfig(), llm=FinetuneConfig(), shadow_k=8, subset_size=1000, keep_last=10,
+                        unseen=None, batch_runs=4)
+# What a provider may change of a recipe when it builds shadow runs (steps, batch size and rate: both models).
+PLAN_OVERRIDES = ("subset_size", "keep_last", "steps", "batch_size", "lr", "seed")
 
 
 def tiny_recipe(pair_id: str) -> FinetuneConfig:
     """The TinyLM fine-tune a pair's GTs were trained on: what an organization should run (defaults else)."""
     return RECIPES[pair_id].tiny if pair_id in RECIPES else FinetuneConfig()
+
+
+def provider_recipe(pair_id: str) -> Recipe:
+    """The recipe the service's shadow builds and GT trainings start from: the pair's own, else the defaults."""
+    return RECIPES.get(pair_id, DEFAULT_RECIPE)
+
+
+def provider_plan(pair_id: str, task: str, runs: int, pool_size: int, overrides: dict[str, Any]) -> ShadowPlan:
+    """A shadow build's plan: the recipe's, with `overrides`; subsets of at most half the task's public pool
+    by default (so runs differ in their data, not only in its order)."""
+    unknown = sorted(set(overrides) - set(PLAN_OVERRIDES))
+    if unknown:
+        raise ConfigError(f"unknown plan settings {unknown}; known: {', '.join(PLAN_OVERRIDES)}")
+    recipe = provider_recipe(pair_id)
+    tunes = {k: overrides[k] for k in ("steps", "batch_size", "lr") if overrides.get(k) is not None}
+    plan = replace(recipe.plan(task), subsets=runs, subset_size=min(recipe.subset_size, max(1, pool_size // 2)),
+                   finetune=replace(recipe.tiny, **tunes),
+                   llm_finetune=None if recipe.llm == recipe.tiny else replace(recipe.llm, **tunes))
+    plan = replace(plan, **{k: overrides[k] for k in ("subset_size", "keep_last", "seed")
+                            if overrides.get(k) is not None})
+    if plan.subset_size > pool_size or plan.subset_size < 1:
+        raise ConfigError(f"subset_size {plan.subset_size}: the task's public pool has {pool_size} examples")
+    if plan.keep_last > min(plan.side_finetune("tiny").steps, plan.side_finetune("llm").steps):
+        raise ConfigError(f"keep_last {plan.keep_last} is more than the fine-tune's steps")
+    return plan
 
 
 def recipe_for(pair: Pair) -> Recipe:

@@ -32,6 +32,16 @@ def toy_pairs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture
+def toy_copy_dir(toy_pairs_dir: Path, tmp_path: Path) -> Path:
+    """A pairs folder with this test's own copy of the toy pair (models, inits, GT "all"; no shadow runs,
+    no registered tasks): for tests that add tasks, shadow runs or GT versions."""
+    root = tmp_path / "own-pairs"
+    shutil.copytree(toy_pairs_dir / "toy", root / "toy",
+                    ignore=shutil.ignore_patterns("shadow", "bench", "tasks", "gt_versions", "*.lock"))
+    return root
+
+
 DP_GT = "all@dp-sgd-eps1"  # the dp_pairs_dir fixture's second all-task GT
 
 

@@ -33,6 +33,7 @@ def _after_fork(**_: Any) -> None:
 
 @worker_ready.connect
 def _start_sweeper(**_: Any) -> None:
+    from workers import training
     from workers.upgrade import sweep
 
     interval = get_settings().job_lease_s / 2
@@ -41,6 +42,7 @@ def _start_sweeper(**_: Any) -> None:
         while True:
             try:
                 sweep()
+                training.sweep()
             except Exception:
                 log.exception("sweep failed; trying again in %.0fs", interval)
             if _sweeper_stop.wait(interval):

@@ -79,6 +79,34 @@ async def current_org(credentials: Credentials, settings: SettingsDep) -> Organi
 CurrentOrg = Annotated[Organization, Depends(current_org)]
 
 
+@lru_cache(maxsize=1)
+def _admins(ttl_s: float) -> TtlCache[tuple[str, str], Organization]:
+    return TtlCache(ttl_s, size=1000)
+
+
+def _admin_for_key(database_url: str, key: str) -> Organization | None:
+    with new_session(database_url) as session:
+        return queries.admin_org_for_key(session, key)
+
+
+async def current_admin(credentials: Credentials, settings: SettingsDep, _org: CurrentOrg) -> Organization:
+    """The provider's organization, for the /v1/admin routes: an organization's key answers 403."""
+    assert credentials is not None  # current_org answered 401 otherwise
+    cache = _admins(settings.auth_cache_s)
+    cache_key = (settings.database_url, queries.hash_key(credentials.credentials))
+    org = cache.get(cache_key)
+    if org is None:
+        org = await run_in_threadpool(_admin_for_key, settings.database_url, credentials.credentials)
+        if org is None:
+            raise ApiError(Code.permission_denied, "This route is the provider's: it needs an admin key "
+                           "(`gradlift keys create --org NAME --admin`).")
+        cache.put(cache_key, org)
+    return org
+
+
+AdminOrg = Annotated[Organization, Depends(current_admin)]
+
+
 @lru_cache(maxsize=4)
 def _store(blobs_dir: Path, tmp_dir: Path) -> BlobStore:
     return BlobStore(blobs_dir, tmp_dir)

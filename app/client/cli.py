@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.client import collab
+from app.client import admin, collab
 from app.client.http import Api, ClientError, client_settings
 
 if TYPE_CHECKING:
     from models.lora.privacy import DPConfig, UpdateNoise
 
-COMMANDS = ("finetune", "upload", "upgrade", "watch", "download", "chat", "whoami", "collab")
+COMMANDS = ("finetune", "upload", "upgrade", "watch", "download", "chat", "whoami", "collab", "admin")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -61,6 +61,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     talk.add_argument("--max-tokens", type=int)
     talk.add_argument("--temperature", type=float)
     collab.add_commands(commands, service)
+    admin.add_commands(commands, service)
 
 
 def _add_finetune(commands: argparse._SubParsersAction, service: argparse.ArgumentParser) -> None:
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "finetune":
             return _finetune(args, args.usage)
+        if args.command == "admin" and args.group == "pair":  # on the server's machine, no HTTP
+            return admin.add_pair_locally(args)
         with Api(args.url, args.api_key) as api:
             return _HANDLERS[args.command](api, args)
     except ClientError as exc:
@@ -191,4 +194,4 @@ def _chat(api: Api, args: argparse.Namespace) -> int:
 
 
 _HANDLERS = {"upload": _upload, "upgrade": _upgrade, "watch": _watch, "download": _download, "chat": _chat,
-             "whoami": collab.whoami, "collab": collab.collab}
+             "whoami": collab.whoami, "collab": collab.collab, "admin": admin.run}

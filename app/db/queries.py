@@ -34,21 +34,29 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, org_name: str) -> tuple[Organization, str]:
-    """A new API key for the organization `org_name` (made if missing); the key is returned only here."""
+def create_key(session: Session, org_name: str, admin: bool = False) -> tuple[Organization, str]:
+    """A new API key for the organization `org_name` (made if missing); the key is returned only here.
+    An admin key is the provider's: it reaches the /v1/admin routes too."""
     org = session.scalar(select(Organization).where(Organization.name == org_name))
     if org is None:
         org = Organization(name=org_name)
         session.add(org)
         session.flush()
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(org_id=org.id, key_hash=hash_key(key), prefix=key[:12]))
+    session.add(ApiKey(org_id=org.id, key_hash=hash_key(key), prefix=key[:12], admin=admin))
     session.flush()
     return org, key
 
 
 def org_for_key(session: Session, key: str) -> Organization | None:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
+    return session.get(Organization, row.org_id) if row is not None else None
+
+
+def admin_org_for_key(session: Session, key: str) -> Organization | None:
+    """The organization of a valid admin key; None for any other key."""
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None),
+                                              ApiKey.admin.is_(True)))
     return session.get(Organization, row.org_id) if row is not None else None
 
 

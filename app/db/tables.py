@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -74,6 +75,8 @@ class ApiKey(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    # A provider's key: it reaches /v1/admin/... (tasks, shadow builds, GT training) as well.
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
 
@@ -215,3 +218,84 @@ class IdempotencyRecord(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     response: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ShadowBuild(Base):
+    """A provider's request for `runs` shadow runs of one task's plan; its chunks are the workers' jobs.
+    The row is the build's state; `done` counts runs on disk (reused ones included)."""
+
+    __tablename__ = "shadow_builds"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("sb"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    pair: Mapped[str] = mapped_column(String(100))
+    task: Mapped[str] = mapped_column(String(100), index=True)
+    plan: Mapped[dict[str, Any]]  # models.training.shadow.ShadowPlan, as a dict
+    plan_key: Mapped[str] = mapped_column(String(32))
+    total: Mapped[int] = mapped_column(Integer)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    reused: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value, index=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class ShadowChunk(Base):
+    """Some runs of a build, trained in one loop by one worker; leased and heartbeated like an upgrade job."""
+
+    __tablename__ = "shadow_chunks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    build_id: Mapped[str] = mapped_column(ForeignKey("shadow_builds.id", ondelete="CASCADE"), index=True)
+    indices: Mapped[list[Any]]  # run indices
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class GTTraining(Base):
+    """Training one Gradient Transformer on shadow runs, and measuring its card; the result is a new
+    version of the GT `gt_id`, in service only once activated."""
+
+    __tablename__ = "gt_trainings"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("gtt"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    pair: Mapped[str] = mapped_column(String(100))
+    tasks: Mapped[list[Any]]
+    gt_id: Mapped[str] = mapped_column(String(100))
+    plans: Mapped[list[Any]]  # the shadow plans trained on (from each task's latest finished build)
+    options: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value, index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[str] = mapped_column(String(100), default="queued")
+    version: Mapped[str | None] = mapped_column(String(64))
+    card: Mapped[dict[str, Any] | None]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class AdminEvent(Base):
+    """What happened to a shadow build or a GT training, in order (`subject_id` is its id)."""
+
+    __tablename__ = "admin_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_id: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stage: Mapped[str] = mapped_column(String(100))
+    progress: Mapped[float] = mapped_column(Float)
+    message: Mapped[str] = mapped_column(Text)

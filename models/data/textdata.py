@@ -63,10 +63,11 @@ def encode_batch(tokenizer: PreTrainedTokenizerBase,
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
-    """Left-padded prompts (plain text or conversations) for batched generation."""
-    rows = [example_prompt_ids(tokenizer, p) if isinstance(p, Conversation) else prompt_ids(tokenizer, p)
-            for p in prompts]
+def encode_prompts(tokenizer: PreTrainedTokenizerBase,
+                   prompts: list[Prompt] | list[TrainingExample]) -> dict[str, torch.Tensor]:
+    """Left-padded prompts for batched generation: plain text, task examples or conversations (every turn
+    before the reply)."""
+    rows = [prompt_ids(tokenizer, p) if isinstance(p, str) else example_prompt_ids(tokenizer, p) for p in prompts]
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -68,6 +68,12 @@ def train_gt(data: ShadowSet, cfg: GTTrainConfig, progress: bool = True) -> tupl
     return model, info
 
 
+def untrained_gt(data: ShadowSet, cfg: GTTrainConfig) -> GradientTransformer:
+    """The network `train_gt` starts from on these runs, before any step: the mean shadow update (or, routed,
+    the runs' updates weighted by their likeness to the input). What training must beat."""
+    return _fit(data, None, cfg, 0, progress=False)[0]
+
+
 def n_prototypes(data: ShadowSet, cfg: GTTrainConfig) -> int:
     """One prototype per shadow run when routing a GT for several tasks (one task: its mean suffices)."""
     return len(set(data.run.tolist())) if cfg.route and len(set(data.task)) > 1 else 0

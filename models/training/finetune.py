@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,20 @@ def finetune_lora(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, in
         model.eval()
 
 
+def batch_order(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """A run's batches of example indices: seeded shuffles of all n, one after another (one run alone
+    and the same run among many draw the same batches)."""
+    if n < 1:
+        raise ConfigError("no examples to fine-tune on")
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            order += rng.sample(range(n), n)
+        yield order[:batch_size]
+        del order[:batch_size]
+
+
 def _record(peft_model: torch.nn.Module, init: Update, out: FinetuneResult, cfg: FinetuneConfig, step: int,
             loss: float, on_step: OnStep | None) -> None:
     from peft import get_peft_model_state_dict
@@ -94,16 +108,12 @@ def _record(peft_model: torch.nn.Module, init: Update, out: FinetuneResult, cfg:
 
 def _plain_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, init: Update,
                  examples: list[TrainingExample], cfg: FinetuneConfig, on_step: OnStep | None) -> FinetuneResult:
-    rng = random.Random(cfg.seed)
     device = next(peft_model.parameters()).device  # the model trains where it is
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     out = FinetuneResult(update={})
-    order: list[int] = []
+    order = batch_order(len(examples), cfg.batch_size, cfg.seed)
     for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            order += rng.sample(range(len(examples)), len(examples))
-        batch = encode_batch(tokenizer, [examples[i] for i in order[:cfg.batch_size]])
-        del order[:cfg.batch_size]
+        batch = encode_batch(tokenizer, [examples[i] for i in next(order)])
         loss = peft_model(**{k: v.to(device) for k, v in batch.items()}).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

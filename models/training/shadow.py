@@ -2,8 +2,10 @@
 
 For each of K subsets of a task's public half, fine-tune the TinyLM and the LLM from the pair's fixed
 init on the same examples in the same order, keep the update at each of the last N steps, and pair
-TinyLM snapshot i with LLM snapshot i. One file per subset, written when the subset is done, so a
-killed build resumes where it stopped; subsets run in parallel worker processes.
+TinyLM snapshot i with LLM snapshot i. Runs train in chunks, each model's runs of a chunk in one loop
+(`models.training.multirun`); one file per run, written atomically when its chunk is done, so a killed
+build resumes where it stopped. Chunks run in parallel worker processes, or as jobs on the service's
+`train` queue.
 
 A plan may carry an organization's privacy settings, as the paper trains GTs for DP clients: the TinyLM
 runs are then DP-SGD fine-tunes (`dp`) and/or their snapshots are clipped and perturbed (`update_noise`),
@@ -20,6 +22,9 @@ import json
 import logging
 import multiprocessing
 import os
+import secrets
+import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,6 +34,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from models.data.datafile import TrainingExample
 from models.data.tasks import subset
 from models.errors import ConfigError
 from models.lora.privacy import DPConfig, UpdateNoise
@@ -36,6 +42,7 @@ from models.lora.update import LoraLayout, save_update
 from models.pairs import Pair
 from models.pairs.tasks import task_splits
 from models.training.finetune import FinetuneConfig, finetune_lora
+from models.training.multirun import OnRunsStep, finetune_many
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,16 @@ class ShadowPlan:
         """The same plan without the privacy settings: its LLM runs are this plan's LLM runs."""
         return replace(self, dp=None, update_noise=None)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShadowPlan:
+        """The plan `asdict` wrote (as a build's row keeps it)."""
+        data = dict(data)
+        for name in ("finetune", "llm_finetune"):
+            data[name] = FinetuneConfig(**data[name]) if data.get(name) is not None else None
+        data["dp"] = DPConfig(**data["dp"]) if data.get("dp") else None
+        data["update_noise"] = UpdateNoise(**data["update_noise"]) if data.get("update_noise") else None
+        return cls(**data)
+
     def folder(self, pair: Pair) -> Path:
         return pair.shadow_dir / self.task / self.key()
 
@@ -96,57 +113,116 @@ def _model(pair: Pair, side: str):
     return _MODELS[key]
 
 
+def run_seed(plan: ShadowPlan, index: int) -> int:
+    """Run `index`'s seed: its data order, its dropout and its privacy noise."""
+    return plan.seed * 100_003 + index
+
+
+def _train_side(pair: Pair, plan: ShadowPlan, side: str, indices: list[int],
+                datasets: list[list[TrainingExample]], on_step: OnRunsStep | None = None) -> list[torch.Tensor]:
+    """One model's fine-tunes of the given runs, each as [keep_last, L, D] snapshot tokens. Plain runs
+    train together in one loop (`finetune_many`); DP-SGD runs one at a time (per-example clipping)."""
+    cfg = replace(plan.side_finetune(side), keep_last=plan.keep_last)
+    model, tokenizer = _model(pair, side)
+    init = pair.init(side)
+    layout = LoraLayout(init, pair.spec.lora.targets)
+    seeds = [run_seed(plan, i) for i in indices]
+    if plan.dp is not None and side == "tiny":
+        runs = [finetune_lora(model, tokenizer, init, pair.spec.lora, data, replace(cfg, seed=seed),
+                              dp=replace(plan.dp, seed=seed)).snapshots
+                for data, seed in zip(datasets, seeds, strict=True)]
+    else:
+        runs = [r.snapshots for r in finetune_many(model, tokenizer, init, pair.spec.lora, datasets, cfg, seeds,
+                                                   on_step)]
+    if plan.update_noise is not None and side == "tiny":
+        runs = [[replace(plan.update_noise, seed=seed * 1000 + i).apply(u) for i, u in enumerate(snapshots)]
+                for snapshots, seed in zip(runs, seeds, strict=True)]
+    return [torch.stack([layout.to_tokens(u) for u in snapshots]) for snapshots in runs]  # [N, L, D] each
+
+
+def _write_run(out: Path, tokens: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write one run's file atomically under a name no other writer uses, so two workers that both ran
+    it (a lease ran out) leave one whole file, never a torn one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    save_update({"src": tokens["tiny"], "tgt": tokens["llm"]}, tmp, meta)
+    os.replace(tmp, out)
+
+
+STALE_TMP_S = 600  # a run's file is written in well under a second: an older temporary file is a dead writer's
+
+
+def _clear_debris(folder: Path, indices: list[int]) -> None:
+    """Remove the temporary files of these runs that a worker killed while writing them left behind."""
+    for index in indices:
+        for tmp in folder.glob(f"{index:04d}.safetensors.*.tmp"):
+            if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+                tmp.unlink(missing_ok=True)
+
+
+def run_subsets(pair_root: str, plan: ShadowPlan, indices: Sequence[int],
+                on_step: OnRunsStep | None = None) -> list[str]:
+    """Fine-tune both models on each subset in `indices` (each model's runs in one loop); write each run's
+    paired snapshots as its own file. Runs whose file exists are left alone. Returns the file paths.
+    `on_step` hears every step of the batched loops (it may raise to stop the chunk: nothing is written)."""
+    pair = Pair(Path(pair_root))
+    todo = [i for i in indices if not plan.run_path(pair, i).is_file()]
+    _clear_debris(plan.folder(pair), todo)
+    if todo:
+        public = task_splits(pair, plan.task).public
+        datasets = {i: subset(public, plan.subset_size, plan.seed, i) for i in todo}
+        tokens: dict[int, dict[str, torch.Tensor]] = {i: {} for i in todo}
+        if plan.privacy() is not None:  # the LLM side of a private plan is its plain plan's, bit for bit
+            for i in todo:
+                if (plain := plan.plain().run_path(pair, i)).is_file():
+                    with safe_open(str(plain), "pt") as f:
+                        tokens[i]["llm"] = f.get_tensor("tgt")
+        for side in ("tiny", "llm"):
+            need = [i for i in todo if side not in tokens[i]]
+            if need:
+                trained = _train_side(pair, plan, side, need, [datasets[i] for i in need], on_step)
+                for i, t in zip(need, trained, strict=True):
+                    tokens[i][side] = t
+        for i in todo:
+            _write_run(plan.run_path(pair, i), tokens[i], {"index": i, "plan": asdict(plan)})
+    return [str(plan.run_path(pair, i)) for i in indices]
+
+
 def run_subset(pair_root: str, plan: ShadowPlan, index: int) -> str:
     """Fine-tune both models on subset `index`; write its paired snapshots. Returns the file path."""
-    pair = Pair(Path(pair_root))
-    out = plan.run_path(pair, index)
-    if out.is_file():
-        return str(out)
-    examples = subset(task_splits(pair, plan.task).public, plan.subset_size, plan.seed, index)
-    tokens = {}
-    plain = plan.plain().run_path(pair, index)
-    if plan.privacy() is not None and plain.is_file():
-        with safe_open(str(plain), "pt") as f:  # the LLM side of a private plan is its plain plan's, bit for bit
-            tokens["llm"] = f.get_tensor("tgt")
-    for side in [s for s in ("tiny", "llm") if s not in tokens]:
-        cfg = FinetuneConfig(**{**asdict(plan.side_finetune(side)), "seed": plan.seed * 100_003 + index,
-                                "keep_last": plan.keep_last})
-        model, tokenizer = _model(pair, side)
-        init = pair.init(side)
-        layout = LoraLayout(init, pair.spec.lora.targets)
-        dp = replace(plan.dp, seed=cfg.seed) if plan.dp and side == "tiny" else None
-        snapshots = finetune_lora(model, tokenizer, init, pair.spec.lora, examples, cfg, dp=dp).snapshots
-        if plan.update_noise is not None and side == "tiny":
-            snapshots = [replace(plan.update_noise, seed=cfg.seed * 1000 + i).apply(u) for i, u in enumerate(snapshots)]
-        tokens[side] = torch.stack([layout.to_tokens(u) for u in snapshots])  # [N, L, D]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_update({"src": tokens["tiny"], "tgt": tokens["llm"]}, tmp, {"index": index, "plan": asdict(plan)})
-    os.replace(tmp, out)
-    return str(out)
+    return run_subsets(pair_root, plan, [index])[0]
 
 
 def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def build_shadow(pair: Pair, plans: list[ShadowPlan], workers: int = 1, progress: bool = True) -> None:
-    """Build every missing subset of every plan; safe to kill and run again."""
-    todo = [(plan, i) for plan in plans for i in range(plan.subsets) if not plan.run_path(pair, i).is_file()]
+def chunks(indices: list[int], size: int) -> list[list[int]]:
+    """Consecutive runs in groups of `size`: what one training loop (one worker's job) takes."""
+    if size < 1:
+        raise ConfigError(f"a chunk holds at least one run, not {size}")
+    return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+def build_shadow(pair: Pair, plans: list[ShadowPlan], workers: int = 1, progress: bool = True,
+                 chunk: int = 8) -> None:
+    """Build every missing subset of every plan, `chunk` runs per training loop; safe to kill and run again."""
+    todo = [(plan, part) for plan in plans
+            for part in chunks([i for i in range(plan.subsets) if not plan.run_path(pair, i).is_file()], chunk)]
     if not todo:
         return
-    bar = tqdm(total=len(todo), desc="shadow runs", unit="run", disable=not progress)
+    bar = tqdm(total=sum(len(part) for _, part in todo), desc="shadow runs", unit="run", disable=not progress)
     if workers <= 1:
-        for plan, i in todo:
-            run_subset(str(pair.root), plan, i)
-            bar.update()
+        for plan, part in todo:
+            run_subsets(str(pair.root), plan, part)
+            bar.update(len(part))
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-            futures = [pool.submit(run_subset, str(pair.root), plan, i) for plan, i in todo]
+            futures = {pool.submit(run_subsets, str(pair.root), plan, part): len(part) for plan, part in todo}
             for future in as_completed(futures):
                 future.result()
-                bar.update()
+                bar.update(futures[future])
     bar.close()
 
 

@@ -13,17 +13,19 @@ import difflib
 import hashlib
 import json
 import random
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from models.data.datafile import Prompt, prompt_record
+from models.data.datafile import Conversation, Prompt, prompt_record
 from models.data.evaluate import answers
+from models.data.tasks import Example
 from models.errors import NotFoundError, VerificationError
 from models.lora.update import LoraLayout, Update
 from models.pairs import Pair
-from models.pairs.tasks import task_splits
+from models.pairs.tasks import task_ids, task_splits
 from models.training.distill import fits, teacher_model
 
 CPU = torch.device("cpu")
@@ -51,11 +53,17 @@ def public_prompts(pair: Pair, task: str | None) -> tuple[list[Prompt], str]:
     which ("task" or "pair")."""
     if task is not None:
         try:
-            return [ex.prompt for ex in task_splits(pair, task).public], "task"
+            return [_prompt(ex) for ex in task_splits(pair, task).public], "task"
         except NotFoundError:
             pass  # a task the provider does not know: the organization's format is its own
     # Keys of one family share their inputs (the prompt hides the key): the same prompt comes once.
-    return list(dict.fromkeys(ex.prompt for t in pair.spec.tasks for ex in task_splits(pair, t).public)), "pair"
+    pool = [ex for t in task_ids(pair) for ex in task_splits(pair, t).public]
+    return list(dict.fromkeys(_prompt(ex) for ex in pool)), "pair"
+
+
+def _prompt(example: Example | Conversation) -> Prompt:
+    """An example without its answer."""
+    return replace(example, answer="") if isinstance(example, Conversation) else example.prompt
 
 
 def split_prompts(prompts: list[Prompt], probes: int, seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:

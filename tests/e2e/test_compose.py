@@ -14,8 +14,8 @@ COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
 def test_services_and_their_order() -> None:
     services = yaml.safe_load(COMPOSE.read_text())["services"]
-    assert set(services) == {"api", "worker", "redis", "postgres", "flower", "migrate"}
-    for name in ("api", "worker"):
+    assert set(services) == {"api", "worker", "train-worker", "redis", "postgres", "flower", "migrate"}
+    for name in ("api", "worker", "train-worker"):
         env = services[name]["environment"]
         assert env["GRADLIFT_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["GRADLIFT_BROKER_URL"].startswith("redis://")
@@ -23,6 +23,7 @@ def test_services_and_their_order() -> None:
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert services["migrate"]["command"] == ["gradlift", "migrate"]
+    assert services["train-worker"]["command"] == ["gradlift", "worker", "--train"]
 
 
 def has_compose() -> bool:

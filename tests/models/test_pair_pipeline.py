@@ -70,6 +70,22 @@ def test_shadow_build_resumes_and_pairs_snapshots(toy_pair: Pair):
     assert data.src.shape[0] == data.tgt.shape[0] == 6 and data.run.tolist() == [0, 0, 0, 1, 1, 1]
 
 
+def test_a_dead_writers_temporary_file_is_cleared_and_the_run_written_whole(toy_pair: Pair):
+    import os
+    import time
+
+    plan = ShadowPlan("drop-5", subsets=1, subset_size=32, keep_last=2, finetune=FinetuneConfig(steps=3))
+    plan.folder(toy_pair).mkdir(parents=True, exist_ok=True)
+    debris = plan.folder(toy_pair) / "0000.safetensors.4242-dead.tmp"
+    debris.write_bytes(b"half a file")
+    os.utime(debris, (time.time() - 3600, time.time() - 3600))
+    fresh = plan.folder(toy_pair) / "0000.safetensors.4243-live.tmp"  # another worker writing right now
+    fresh.write_bytes(b"being written")
+    build_shadow(toy_pair, [plan], progress=False)
+    assert not debris.exists() and fresh.exists()
+    assert load_shadow(toy_pair, [plan]).src.shape[0] == 2
+
+
 def test_a_generated_adapter_loads_with_peft_and_changes_the_llm(toy_pair: Pair, toy_adapter: Path,
                                                                   tmp_path: Path):
     assert resolve_gt(toy_pair, None) == ALL_TASKS

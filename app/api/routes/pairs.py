@@ -11,9 +11,9 @@ from fastapi.responses import FileResponse
 
 from app.api.deps import CurrentOrg, PairsDep
 from app.errors import ApiError, Code
-from app.pairs import PairCatalog, file_sha256
+from app.pairs import PairCatalog, file_sha256, task_gt
 from app.schemas.common import ERROR_RESPONSES
-from app.schemas.pairs import LoraPublic, PairFile, PairFiles, PairPublic, PairsPublic
+from app.schemas.pairs import LoraPublic, PairFile, PairFiles, PairPublic, PairsPublic, PairTask
 
 if TYPE_CHECKING:
     from models.pairs import Pair
@@ -22,11 +22,15 @@ router = APIRouter(prefix="/v1/pairs", tags=["pairs"], responses=ERROR_RESPONSES
 
 
 def to_public(pair: Pair) -> PairPublic:
+    from models.pairs.tasks import task_ids, task_info
+
     spec = pair.spec.to_dict()
     lora = spec["lora"]
+    details = [PairTask(id=task, metric=info.metric, source=info.source, gt=task_gt(pair, task))
+               for task in task_ids(pair) for info in [task_info(pair, task)]]
     return PairPublic(id=spec["id"], tiny=spec["tiny"], llm=spec["llm"], tasks=pair.gt_ids(),
                       lora=LoraPublic(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
-                                      targets=list(lora["targets"])))
+                                      targets=list(lora["targets"])), task_details=details)
 
 
 @router.get("")

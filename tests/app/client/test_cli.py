@@ -61,3 +61,11 @@ def test_commands_need_a_key_and_a_reachable_service(tmp_path: Path) -> None:
     assert done.returncode == 1 and "no API key" in done.stderr
     done = run(["watch", "upg_x", "--url", "http://127.0.0.1:9", "--api-key", "k"], tmp_path)
     assert done.returncode == 1 and "cannot reach http://127.0.0.1:9" in done.stderr
+
+
+def test_a_pair_from_folders_that_are_not_models_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "tiny").mkdir()
+    done = run(["admin", "pair", "add", "--id", "mine", "--tiny", str(tmp_path / "tiny"), "--llm",
+                str(tmp_path / "tiny")], tmp_path, GRADLIFT_DATA_DIR=str(tmp_path / "data"))
+    assert done.returncode == 1 and "--tiny" in done.stderr and "no config.json" in done.stderr
+    assert not (tmp_path / "data" / "pairs" / "mine").exists()
