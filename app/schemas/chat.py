@@ -40,7 +40,7 @@ class ChatCompletionCreate(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: Literal[1] = 1
     stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1, description="A 64-bit integer.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)

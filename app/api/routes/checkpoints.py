@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -32,6 +31,7 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=ERR
 
 SCOPE = "POST /v1/checkpoints"
 MAX_CONFIG_BYTES = 64 * 1024
+CONFIG_DEPTH = 8  # PEFT's adapter_config.json nests three levels at most
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _SEND_SAFETENSORS = "Send the adapter as safetensors (adapter_model.safetensors); pickles are never loaded."
 
@@ -84,7 +84,7 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
     sha256, size = upload.blob.sha256, upload.blob.size
     upload.blob.commit()  # the blob exists before any row points at it
     row = Checkpoint(org_id=org.id, pair=pair.id, sha256=sha256, bytes=size, adapter_config=config,
-                     privacy=privacy, filename=upload.filename or "adapter_model.safetensors")
+                     privacy=privacy, filename=_filename(upload.filename))
     session.add(row)
     session.flush()
     public = CheckpointPublic.model_validate(row)
@@ -98,6 +98,12 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
             raise
         return CheckpointPublic.model_validate(stored)
     return public
+
+
+def _filename(sent: str) -> str:
+    """The name the client gave the file, as a column holds it: no control characters, at most 255."""
+    name = "".join(c for c in sent if c.isprintable())[:255]
+    return name or "adapter_model.safetensors"
 
 
 def _invalid(message: str, param: str) -> ApiError:
@@ -116,17 +122,19 @@ def _check_format(filename: str, head: bytes, size: int) -> None:
 
 
 def _read_config(form: StreamedForm, rank: int) -> dict[str, Any] | None:
+    from models.lora.header import strict_json
+
     upload = form.files.get("config")
     if upload is None:
         return None
     try:
-        config = json.loads(upload.blob.path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = strict_json(upload.blob.path.read_bytes(), max_depth=CONFIG_DEPTH)
+    except ValueError as exc:
         raise _invalid(f"adapter_config.json is not valid JSON: {exc}.", "config") from None
     if not isinstance(config, dict):
         raise _invalid("adapter_config.json is not a JSON object.", "config")
-    if config.get("r", rank) != rank:
-        raise _invalid(f"adapter_config.json has r={config['r']}; the pair's LoRA rank is {rank}.", "config")
+    if config.get("r", rank) != rank or isinstance(config.get("r"), bool):
+        raise _invalid(f"adapter_config.json has r={config['r']!r}; the pair's LoRA rank is {rank}.", "config")
     return config
 
 

@@ -31,6 +31,7 @@ router = APIRouter(prefix="/v1/upgrades", tags=["upgrades"], responses=ERROR_RES
 SCOPE = "POST /v1/upgrades"
 # Below two, a "pooled" upgrade is one organization's own upgrade handed to organizations that gave nothing.
 MIN_POOLED = 2
+MAX_EVENT_ID = 2**63 - 1  # ids are 64-bit integers in the database; a larger `after` could not be compared
 
 
 def to_public(session: Session, job: Job, *, with_events: bool = True) -> UpgradePublic:
@@ -135,7 +136,8 @@ def get_upgrade(job: JobDep, session: SessionDep) -> UpgradePublic:
 
 @router.get("/{upgrade_id}/events")
 def list_upgrade_events(job: JobDep, session: SessionDep,
-                        after: int = Query(default=0, ge=0, description="Only events with a larger id.")
+                        after: int = Query(default=0, ge=0, le=MAX_EVENT_ID,
+                                                   description="Only events with a larger id.")
                         ) -> UpgradeEvents:
     """An upgrade's events in order; poll with `after` set to the last id seen."""
     rows = jobs.events(session, job.id, after)
