@@ -6,6 +6,8 @@ import logging
 
 from fastapi import FastAPI
 
+from app.api.deps import current_org
+from app.api.guard import RequestGuard
 from app.api.openapi import with_exact_errors
 from app.api.routes import (
     chat,
@@ -33,4 +35,6 @@ def create_app() -> FastAPI:
     for router in routers:
         app.include_router(router)
     app.openapi = with_exact_errors(app, routers)  # type: ignore[method-assign]
+    app.add_middleware(RequestGuard, routes=[route for router in routers for route in router.routes],
+                       key_dependency=current_org, streamed={checkpoints.create_checkpoint})
     return app

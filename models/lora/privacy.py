@@ -169,7 +169,7 @@ def adapter_privacy(metadata: dict[str, str]) -> dict[str, Any] | None:
     try:
         record = strict_json(metadata["gradlift"], max_depth=RECORD_DEPTH)
     except ValueError as exc:
-        raise ConfigError(f"the adapter's `gradlift` metadata is not readable JSON: {exc}") from None
+        raise ConfigError(f"the adapter's `gradlift` metadata is not JSON: {exc}") from None
     privacy = record.get("privacy") if isinstance(record, dict) else None
     if privacy is None:
         return None

@@ -70,7 +70,7 @@ def _org_id(api: Api, name: str) -> str:
 
 def test_framework_errors_use_the_same_body(api: Api) -> None:
     assert_error(api.client.get("/v1/nothing-here"), 404, "not_found")
-    assert_error(api.client.put("/healthz"), 405, "invalid_request")
+    assert_error(api.client.put("/healthz"), 405, "method_not_allowed")
     error = assert_error(api.client.post("/v1/upgrades", headers=api.auth(), json={"pair": 7}), 422,
                          "invalid_request")
     assert error["param"] == "pair"
