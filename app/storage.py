@@ -10,6 +10,8 @@ import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -105,8 +107,23 @@ class BlobStore:
             writer.abort()
             raise
 
-    def delete(self, sha256: str) -> None:
-        self.path(sha256).unlink(missing_ok=True)
+    @contextmanager
+    def removing(self, sha256: str) -> Iterator[None]:
+        """Remove a blob with the transaction that drops its last reference: it is moved aside now, deleted
+        when the block ends, and put back if the block raises (the commit failed: the reference stays)."""
+        aside = self.tmp_dir / f"removing-{sha256}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.replace(self.path(sha256), aside)
+        except FileNotFoundError:
+            aside = None
+        try:
+            yield
+        except BaseException:
+            if aside is not None:
+                os.replace(aside, self.path(sha256))
+            raise
+        if aside is not None:
+            aside.unlink(missing_ok=True)
 
     def work_dir(self, name: str) -> Path:
         """A fresh scratch folder for a job's outputs, removed by `discard`."""

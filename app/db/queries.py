@@ -7,7 +7,7 @@ import hashlib
 import secrets
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from app.db.tables import (
@@ -103,6 +103,18 @@ def collaboration_outputs(session: Session, collaboration_id: str) -> tuple[int,
     active = session.scalar(select(func.count()).select_from(Job).where(
         Job.collaboration_id == collaboration_id, Job.status.in_([JobStatus.queued.value, JobStatus.running.value])))
     return int(deltas or 0), int(active or 0)
+
+
+def lock_blob(session: Session, sha256: str) -> None:
+    """Hold the blob's lock until the session's transaction ends. Whoever makes a row point at a blob, or
+    removes a blob no row points at, holds it from before it looks until after it commits, so an upload
+    of the same bytes and a delete never interleave (a row whose blob is gone). PostgreSQL: a transaction
+    advisory lock on the hash; SQLite: the database's write lock, which every transaction here takes at
+    BEGIN IMMEDIATE (app.db.session)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": int(sha256[:15], 16)})
+    else:
+        session.execute(text("SELECT 1"))  # begins the transaction, if nothing has yet
 
 
 def blob_referenced(session: Session, sha256: str) -> bool:

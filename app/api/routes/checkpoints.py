@@ -82,6 +82,7 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
     except (AdapterError, ConfigError) as exc:
         raise _invalid(f"Invalid adapter for pair {pair.id!r}: {exc}.", "file") from None
     sha256, size = upload.blob.sha256, upload.blob.size
+    queries.lock_blob(session, sha256)  # until the commit: a delete of the same bytes waits, or went first
     upload.blob.commit()  # the blob exists before any row points at it
     row = Checkpoint(org_id=org.id, pair=pair.id, sha256=sha256, bytes=size, adapter_config=config,
                      privacy=privacy, filename=_filename(upload.filename))
@@ -155,13 +156,15 @@ def get_checkpoint(checkpoint: CheckpointDep) -> CheckpointPublic:
 @router.delete("/{checkpoint_id}", responses={409: {"model": ErrorResponse}})
 def delete_checkpoint(checkpoint: CheckpointDep, session: SessionDep, store: StoreDep) -> CheckpointDeleted:
     """Delete a checkpoint not used by a queued or running upgrade (its blob too, once unreferenced)."""
+    sha256 = checkpoint.sha256
+    queries.lock_blob(session, sha256)  # an upload of the same bytes or an upgrade reading it waits, or went first
     if queries.checkpoint_in_use(session, checkpoint):
         raise ApiError(Code.conflict, f"Checkpoint {checkpoint.id!r} is used by a queued or running upgrade.")
-    sha256 = checkpoint.sha256
     session.delete(checkpoint)
     session.flush()
-    referenced = queries.blob_referenced(session, sha256)
-    session.commit()
-    if not referenced:
-        store.delete(sha256)
+    if queries.blob_referenced(session, sha256):
+        session.commit()
+    else:
+        with store.removing(sha256):  # the blob goes with the commit, under the lock
+            session.commit()
     return CheckpointDeleted(id=checkpoint.id)

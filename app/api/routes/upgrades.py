@@ -77,9 +77,14 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
 
 def _own_inputs(session: Session, org: Organization, checkpoint_ids: list[str], pair_id: str
                 ) -> list[dict[str, Any]]:
-    """The caller's own checkpoints, in the order given."""
+    """The caller's own checkpoints, in the order given. Their blobs' locks are held until the job commits
+    (taken in one order, so two upgrades never wait on each other): a delete waits, or went first and
+    the checkpoint, read again, is gone."""
     if len(set(checkpoint_ids)) != len(checkpoint_ids):
         raise ApiError(Code.invalid_request, "A checkpoint is listed twice.", param="checkpoint_ids")
+    found = (queries.get_checkpoint(session, org.id, checkpoint_id) for checkpoint_id in checkpoint_ids)
+    for sha256 in sorted({checkpoint.sha256 for checkpoint in found if checkpoint is not None}):
+        queries.lock_blob(session, sha256)
     inputs = []
     for index, checkpoint_id in enumerate(checkpoint_ids):
         checkpoint = queries.get_checkpoint(session, org.id, checkpoint_id)
@@ -100,7 +105,12 @@ def _pooled_inputs(session: Session, org: Organization, collaboration_id: str, p
     if collaboration.pair != pair_id:
         raise ApiError(Code.invalid_request, f"Collaboration {collaboration_id!r} pools pair "
                        f"{collaboration.pair!r}, not {pair_id!r}.", param="pair")
-    inputs = queries.pooled_inputs(session, collaboration_id)
+    inputs, locked = queries.pooled_inputs(session, collaboration_id), set()
+    while unlocked := {item["sha256"] for item in inputs} - locked:  # held until the job commits, as for own
+        for sha256 in sorted(unlocked):
+            queries.lock_blob(session, sha256)
+        locked |= unlocked
+        inputs = queries.pooled_inputs(session, collaboration_id)
     if len(inputs) < MIN_POOLED:  # one contribution per organization
         raise ApiError(Code.conflict, f"A pooled upgrade needs contributions from at least {MIN_POOLED} "
                        f"organizations; collaboration {collaboration_id!r} has {len(inputs)}.",
