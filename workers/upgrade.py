@@ -159,17 +159,19 @@ def _fail(job_id: str, worker: str, code: str, message: str) -> None:
 
 
 def sweep() -> list[str]:
-    """Queue again the running jobs whose worker stopped sending heartbeats; returns their ids."""
+    """Send again the running jobs whose worker stopped sending heartbeats (queued anew), and the queued
+    jobs no worker took within a lease of being sent; returns their ids. A job sent twice still runs once:
+    only one claim of it succeeds."""
     lease_s = get_settings().job_lease_s
     with session_scope() as session:
-        stale = jobs.stale_job_ids(session, lease_s)
-    requeued = []
-    for job_id in stale:
-        # Send before commit: if sending fails the job stays stale and the next sweep tries again.
+        stale, unsent = jobs.stale_job_ids(session, lease_s), jobs.unsent_job_ids(session, lease_s)
+    sent = []
+    for job_id, mark in [*((j, jobs.requeue) for j in stale), *((j, jobs.resend) for j in unsent)]:
+        # Send before commit: if sending fails the job stays as it was and the next sweep tries again.
         with session_scope() as session:
-            if jobs.requeue(session, job_id, lease_s):
+            if mark(session, job_id, lease_s):
                 queue.send(queue.UPGRADE_TASK, job_id=job_id)
-                requeued.append(job_id)
-    if requeued:
-        log.warning("requeued jobs of lost workers: %s", ", ".join(requeued))
-    return requeued
+                sent.append(job_id)
+    if sent:
+        log.warning("sent again jobs that lost their worker or their message: %s", ", ".join(sent))
+    return sent

@@ -2,8 +2,10 @@
 
 queued -> running (claimed by one worker, which keeps a heartbeat) -> succeeded | failed | cancelled.
 A running job whose heartbeat is older than the lease belongs to a dead worker: it goes back to queued
-and is sent again. A claim succeeds only on a queued job or on a running one whose lease ran out, so two
-live workers never run the same job, and the unique delta per job makes a repeat harmless anyway.
+and is sent again; so is a queued job that no worker took within a lease of being sent (the API died
+before sending it, or the broker lost it). A claim succeeds only on a queued job or on a running one whose
+lease ran out, so two live workers never run the same job, and the unique delta per job makes a repeat
+harmless anyway.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import queries
-from app.db.tables import TERMINAL, Delta, Job, JobEvent, JobStatus, utcnow
+from app.db.tables import TERMINAL, Delta, Job, JobEvent, JobParticipant, JobStatus, utcnow
 
 MAX_ATTEMPTS = 3
 
@@ -47,15 +49,43 @@ def add_event(session: Session, job_id: str, stage: str, progress: float, messag
 
 
 def create_job(session: Session, org_id: str, pair: str, task: str | None, gt_id: str,
-               inputs: list[dict[str, str]], collaboration_id: str | None = None) -> Job:
+               inputs: list[dict[str, str]], collaboration_id: str | None = None,
+               participants: list[str] | None = None) -> Job:
+    """A queued job, not yet sent (`mark_sent` once its id is with the broker). A pooled one records the
+    organizations whose contributions it reads: with the member that asked, they are who may read it."""
     job = Job(org_id=org_id, pair=pair, task=task, gt_id=gt_id, inputs=inputs, collaboration_id=collaboration_id,
               status=JobStatus.queued.value, progress=0.0, stage="queued", cancel_requested=False, attempts=0,
               created_at=utcnow())
     session.add(job)
     session.flush()
+    session.add_all(JobParticipant(job_id=job.id, org_id=member) for member in sorted(set(participants or ())))
     pooled = f" pooled in {collaboration_id}" if collaboration_id else ""
     add_event(session, job.id, "queued", 0.0, f"queued: {len(inputs)} checkpoint(s){pooled}, GT {gt_id!r}")
     return job
+
+
+def mark_sent(session: Session, job_id: str) -> None:
+    _update(session, Job.id == job_id, sent_at=utcnow())
+
+
+def unsent_job_ids(session: Session, lease_s: float) -> list[str]:
+    """Queued jobs that no worker took within a lease of being sent (or made, if never sent): their
+    message never reached the broker, or the broker lost it."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    query = select(Job.id).where(Job.status == JobStatus.queued.value,
+                                 func.coalesce(Job.sent_at, Job.created_at) < stale)
+    return list(session.scalars(query))
+
+
+def resend(session: Session, job_id: str, lease_s: float) -> bool:
+    """Mark an unsent queued job sent now (the caller sends it before committing); False when a worker
+    took it meanwhile, or another sweeper sent it."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    if not _update(session, Job.id == job_id, Job.status == JobStatus.queued.value,
+                   func.coalesce(Job.sent_at, Job.created_at) < stale, sent_at=utcnow()):
+        return False
+    add_event(session, job_id, "queued", 0.0, f"not taken by a worker within {lease_s:g}s of being sent; sent again")
+    return True
 
 
 def get_job(session: Session, org_id: str, job_id: str) -> Job | None:
@@ -186,7 +216,7 @@ def requeue(session: Session, job_id: str, lease_s: float) -> bool:
             add_event(session, job_id, "failed", 0.0, message)
         return False
     if not _update(session, Job.id == job_id, Job.status == JobStatus.running.value, Job.heartbeat_at < stale,
-                   status=JobStatus.queued.value, stage="queued", worker=None):
+                   status=JobStatus.queued.value, stage="queued", worker=None, sent_at=utcnow()):
         return False
     add_event(session, job_id, "queued", 0.0, f"worker lost (no heartbeat for {lease_s:g}s); queued again")
     return True

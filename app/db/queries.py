@@ -19,6 +19,7 @@ from app.db.tables import (
     Delta,
     IdempotencyRecord,
     Job,
+    JobParticipant,
     JobStatus,
     MemberStatus,
     Organization,
@@ -58,10 +59,15 @@ def _joined(org_id: str) -> Select:
 
 
 def _readable_by(table: type, org_id: str) -> ColumnElement[bool]:
-    """The one rule of who reads what: an organization reads its own rows, and the rows of pooled
-    upgrades (jobs, deltas) of the collaborations it has joined. Everything else reads as absent."""
-    if hasattr(table, "collaboration_id"):
-        return or_(table.org_id == org_id, table.collaboration_id.in_(_joined(org_id)))
+    """The one rule of who reads what: an organization reads its own rows; and a pooled upgrade (its job
+    and its delta) belongs to the members who took part when it was made, the organizations whose
+    contributions went in, for as long as they stay joined. A member that joins later, one that left, one
+    only invited, reads none of it. Everything else reads as absent."""
+    if table is Job or table is Delta:
+        job_id = Job.id if table is Job else Delta.job_id
+        took_part = select(JobParticipant.job_id).where(JobParticipant.org_id == org_id)
+        return or_(table.org_id == org_id,
+                   table.collaboration_id.in_(_joined(org_id)) & job_id.in_(took_part))
     return table.org_id == org_id
 
 
@@ -218,12 +224,14 @@ def contribute(session: Session, collaboration_id: str, checkpoint: Checkpoint) 
 
 
 def pooled_inputs(session: Session, collaboration_id: str) -> list[dict[str, Any]]:
-    """The contributed checkpoints as a job's inputs, in the order they were contributed."""
-    query = (select(Checkpoint.id, Checkpoint.sha256, Checkpoint.privacy)
+    """The contributed checkpoints as a job's inputs, in the order they were contributed, each with the
+    organization that contributed it (`org_id`: the job's participants, not kept in its inputs)."""
+    query = (select(Checkpoint.id, Checkpoint.sha256, Checkpoint.privacy, Contribution.org_id)
              .join(Contribution, Contribution.checkpoint_id == Checkpoint.id)
              .where(Contribution.collaboration_id == collaboration_id)
              .order_by(Contribution.created_at, Contribution.id))
-    return [{"id": row.id, "sha256": row.sha256, "privacy": row.privacy} for row in session.execute(query)]
+    return [{"id": row.id, "sha256": row.sha256, "privacy": row.privacy, "org_id": row.org_id}
+            for row in session.execute(query)]
 
 
 def find_idempotent(session: Session, org_id: str, scope: str, key: str) -> IdempotencyRecord | None:

@@ -57,11 +57,11 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
         return UpgradePublic.model_validate(stored)
     pair = pairs.get(body.pair)
     if body.collaboration_id is not None:
-        inputs = _pooled_inputs(session, org, body.collaboration_id, pair.id)
+        inputs, participants = _pooled_inputs(session, org, body.collaboration_id, pair.id)
     else:
-        inputs = _own_inputs(session, org, body.checkpoint_ids or [], pair.id)
+        inputs, participants = _own_inputs(session, org, body.checkpoint_ids or [], pair.id), []
     gt_id = pairs.choose_gt(pair, body.task, [item["privacy"] for item in inputs])
-    job = jobs.create_job(session, org.id, pair.id, body.task, gt_id, inputs, body.collaboration_id)
+    job = jobs.create_job(session, org.id, pair.id, body.task, gt_id, inputs, body.collaboration_id, participants)
     public = to_public(session, job)
     idempotency.remember(session, org.id, SCOPE, key, print_, public)
     try:
@@ -99,8 +99,9 @@ def _own_inputs(session: Session, org: Organization, checkpoint_ids: list[str], 
 
 
 def _pooled_inputs(session: Session, org: Organization, collaboration_id: str, pair_id: str
-                   ) -> list[dict[str, Any]]:
-    """Every contribution of a collaboration the caller has joined, from at least two organizations."""
+                   ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every contribution of a collaboration the caller has joined and contributed to, from at least two
+    organizations; and those organizations, the upgrade's participants."""
     collaboration = joined_collaboration(session, org, collaboration_id, param="collaboration_id")
     if collaboration.pair != pair_id:
         raise ApiError(Code.invalid_request, f"Collaboration {collaboration_id!r} pools pair "
@@ -115,11 +116,16 @@ def _pooled_inputs(session: Session, org: Organization, collaboration_id: str, p
         raise ApiError(Code.conflict, f"A pooled upgrade needs contributions from at least {MIN_POOLED} "
                        f"organizations; collaboration {collaboration_id!r} has {len(inputs)}.",
                        param="collaboration_id")
-    return inputs
+    participants = [item.pop("org_id") for item in inputs]
+    if org.id not in participants:
+        raise ApiError(Code.conflict, "A pooled upgrade belongs to the members whose contributions go into it; "
+                       f"contribute a checkpoint to {collaboration_id!r} first.", param="collaboration_id")
+    return inputs, participants
 
 
 def _enqueue(session: Session, job: Job) -> None:
-    """Send the job id after the commit; a job the queue never got is failed, not left queued forever."""
+    """Send the job id after the commit; a job the queue refused is failed, not left queued forever (one
+    the API never sent, dying first, is sent by the workers' sweeper a lease later)."""
     try:
         queue.send(queue.UPGRADE_TASK, job_id=job.id)
     except Exception as exc:
@@ -128,6 +134,8 @@ def _enqueue(session: Session, job: Job) -> None:
         session.commit()
         message = "The task queue is unreachable; the upgrade did not start."
         raise ApiError(Code.queue_unavailable, message) from None
+    jobs.mark_sent(session, job.id)
+    session.commit()
 
 
 @router.get("")

@@ -105,3 +105,26 @@ def test_a_job_that_keeps_losing_its_worker_fails(job_id: str) -> None:
             assert jobs.requeue(s, job_id, LEASE) == (attempt < jobs.MAX_ATTEMPTS)
     failed = status(job_id)
     assert (failed.status, failed.error_code) == ("failed", "worker_lost")
+
+
+def age_job(job_id: str, seconds: float) -> None:
+    with session_scope() as s:
+        earlier = utcnow() - timedelta(seconds=seconds)
+        s.execute(update(Job).where(Job.id == job_id).values(created_at=earlier, sent_at=None))
+
+
+def test_a_queued_job_nobody_took_is_sent_again_once_a_lease(job_id: str) -> None:
+    with session_scope() as s:
+        assert jobs.unsent_job_ids(s, LEASE) == []  # just made: the API is sending it
+    age_job(job_id, LEASE + 1)
+    with session_scope() as s:
+        assert jobs.unsent_job_ids(s, LEASE) == [job_id]
+        assert jobs.resend(s, job_id, LEASE)
+    with session_scope() as s:  # a second sweeper within the lease sends nothing more
+        assert jobs.unsent_job_ids(s, LEASE) == [] and not jobs.resend(s, job_id, LEASE)
+    with session_scope() as s:
+        jobs.mark_sent(s, job_id)
+        assert jobs.claim(s, job_id, "w1", LEASE) is not None
+    age_job(job_id, LEASE + 1)
+    with session_scope() as s:  # taken by a worker: not the sweeper's business (its lease is)
+        assert jobs.unsent_job_ids(s, LEASE) == [] and not jobs.resend(s, job_id, LEASE)
