@@ -21,6 +21,7 @@ GRADLIFT_AUTH_CACHE_S        seconds the API reuses a checked API key (and the m
 GRADLIFT_AUTH_FAILURE_LIMIT  API keys that are not valid an address may send within the window before it is
 GRADLIFT_AUTH_FAILURE_WINDOW_S answered 429 for every key not already known valid (20 within 60 s)
 GRADLIFT_MAX_BODY_BYTES      largest request body of every route but the upload (1 MiB; 413 beyond, before reading)
+GRADLIFT_METRICS             serve /metrics (job counts of every organization, no key): false
 GRADLIFT_LOG_LEVEL           INFO
 
 The organization's command line (`gradlift finetune/upload/upgrade/download/chat`) reads its own three:
@@ -64,6 +65,7 @@ class Settings(BaseSettings):
     auth_failure_limit: int = Field(default=20, ge=1)
     auth_failure_window_s: float = Field(default=60.0, gt=0)
     max_body_bytes: int = Field(default=2**20, gt=0)
+    metrics: bool = False
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -153,7 +153,7 @@ def run_upgrade(pair: Pair, gt_id: str, adapter_paths: list[Path], out_dir: Path
     out_dir = Path(out_dir)
     sources = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in adapter_paths]
     meta = {"pair": pair.id, "gt": gt_id, "gt_version": gt_version, "sources": sources}
-    write_adapter_folder(out_dir, pair.spec.lora, str(pair.llm_dir), add(pair.init("llm"), update), meta)
+    write_adapter_folder(out_dir, pair.spec.lora, pair.llm_name, add(pair.init("llm"), update), meta)
     save_update(update, out_dir / "update.safetensors", metadata=meta)
     report(0.7, "verifying")
     checks = verify(pair, out_dir, update, device)

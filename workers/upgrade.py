@@ -24,6 +24,7 @@ from app.storage import BlobStore
 log = logging.getLogger(__name__)
 
 RUN_SHARE = 0.9  # of the job's progress bar: the GT run; the rest is loading and storing
+INTERNAL = "the upgrade failed on the server; its operators find the reason in the worker's log"
 
 
 class JobStopped(Exception):
@@ -104,9 +105,9 @@ def run_job(job_id: str, worker: str) -> None:
     except Exception as exc:
         from models.errors import GradliftError
 
-        if not isinstance(exc, GradliftError):
+        if not isinstance(exc, GradliftError):  # its text may name this machine's paths: kept in the log
             log.exception("job %s failed", job_id)
-        _fail(job_id, worker, _error_code(exc), str(exc) or type(exc).__name__)
+        _fail(job_id, worker, _error_code(exc), str(exc) if isinstance(exc, GradliftError) else INTERNAL)
     finally:
         store.discard(out_dir)
 

@@ -38,7 +38,8 @@ class ContributionPublic(BaseModel):
     object: Literal["contribution"] = "contribution"
     collaboration_id: str
     organization_id: str
-    checkpoint_id: str
+    checkpoint_id: str | None = Field(description="Null for an organization only invited: the members' "
+                                                  "checkpoints are theirs to see once it joins.")
     created_at: UnixTime
 
 

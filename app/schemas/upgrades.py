@@ -19,8 +19,9 @@ class UpgradeCreate(BaseModel):
     checkpoint_ids: list[str] | None = Field(default=None, min_length=1, max_length=64,
                                              description="Uploaded TinyLM adapters; several are averaged first.")
     collaboration_id: str | None = Field(default=None, min_length=1, max_length=32,
-                                         description="A collaboration the caller has joined: its contributions "
-                                         "are averaged, and every member can use the result.")
+                                         description="A collaboration the caller has joined and contributed to: "
+                                         "its contributions are averaged, and the members whose contributions "
+                                         "went in can use the result.")
 
     @model_validator(mode="after")
     def _one_source(self) -> UpgradeCreate:

@@ -120,3 +120,36 @@ def test_a_pooled_job_lifts_the_average_of_its_inputs(settings: Settings, toy_ad
     single, _ = generate_update(pair, "all", [own])
     assert all(torch.allclose(stored[k], pooled[k], atol=1e-6) for k in pooled)
     assert not all(torch.allclose(stored[k], single[k], atol=1e-6) for k in single)
+
+
+def test_what_a_job_hands_out_names_no_path_of_the_server(settings: Settings, toy_adapter: Path,
+                                                          toy_pairs_dir: Path) -> None:
+    """The generated adapter_config.json said `base_model_name_or_path`: "<the server's pairs folder>/toy/llm"."""
+    import json
+
+    job_id = new_job(settings, toy_adapter)
+    run_job(job_id, "w1")
+    with session_scope() as s:
+        delta = jobs.delta_for_job(s, job_id)
+    store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    config = json.loads(store.path(delta.files["adapter_config.json"]["sha256"]).read_bytes())
+    assert config["base_model_name_or_path"] == "toy-llm"
+    for info in delta.files.values():
+        content = store.path(info["sha256"]).read_bytes()
+        for path in (toy_pairs_dir, settings.data_dir):
+            assert str(path).encode() not in content
+
+
+def test_an_internal_failure_names_no_path_of_the_server(settings: Settings, toy_adapter: Path,
+                                                          toy_pairs_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error that is not the ML core's own (here: a pair file gone) kept its text, paths and all."""
+    broken = tmp_path / "pairs"
+    shutil.copytree(toy_pairs_dir / "toy", broken / "toy", ignore=shutil.ignore_patterns("shadow"))
+    (broken / "toy" / "llm_lora_init.safetensors").unlink()
+    use_settings(monkeypatch, pairs_dir=str(broken))
+    job_id = new_job(settings, toy_adapter)
+    run_job(job_id, "w1")
+    failed = job(job_id)
+    assert (failed.status, failed.error_code) == ("failed", "internal_error")
+    assert str(tmp_path) not in failed.error_message and "worker's log" in failed.error_message

@@ -2,7 +2,8 @@
 
 The organization that opens a collaboration invites others by id; an invited organization joins; each
 joined member may contribute one of its own checkpoints, and only its owner can (that is the consent).
-A member starts the pooled upgrade with `POST /v1/upgrades {"collaboration_id": ...}`. Outsiders get 404
+A member that contributed starts the pooled upgrade with `POST /v1/upgrades {"collaboration_id": ...}`;
+the upgrade and its delta belong to the members whose contributions went in, while they stay members. Outsiders get 404
 for everything here, as for any other organization's resource.
 
 Consent can be taken back: a member leaves (or declines an invitation) with `DELETE .../members/{its id}`,
@@ -27,7 +28,7 @@ from app.api.deps import (
     joined_collaboration,
 )
 from app.db import queries
-from app.db.tables import Collaboration, Contribution, Organization
+from app.db.tables import Collaboration, Contribution, MemberStatus, Organization
 from app.errors import ApiError, Code, not_found
 from app.schemas.collaborations import (
     CollaborationCreate,
@@ -49,19 +50,22 @@ _CONFLICT = {409: {"model": ErrorResponse}}
 _FORBIDDEN = {403: {"model": ErrorResponse, "description": "Allowed to another member only"}}
 
 
-def contribution_public(row: Contribution) -> ContributionPublic:
+def contribution_public(row: Contribution, *, show_checkpoint: bool = True) -> ContributionPublic:
     return ContributionPublic(id=row.id, collaboration_id=row.collaboration_id, organization_id=row.org_id,
-                              checkpoint_id=row.checkpoint_id, created_at=row.created_at)
+                              checkpoint_id=row.checkpoint_id if show_checkpoint else None, created_at=row.created_at)
 
 
 def to_public(session: Session, collaboration: Collaboration, org: Organization) -> CollaborationPublic:
+    """The collaboration as the caller sees it: an organization only invited sees who contributed, not
+    which checkpoints."""
     members = [MemberPublic(organization_id=m.org_id, organization_name=name, status=m.status,
                             invited_at=m.invited_at, joined_at=m.joined_at)
                for m, name in queries.members(session, collaboration.id)]
     status = next(m.status for m in members if m.organization_id == org.id)
+    joined = status == MemberStatus.joined
     return CollaborationPublic(id=collaboration.id, name=collaboration.name, pair=collaboration.pair,
                                owner=collaboration.org_id, status=status, members=members,
-                               contributions=[contribution_public(c)
+                               contributions=[contribution_public(c, show_checkpoint=joined)
                                               for c in queries.contributions(session, collaboration.id)],
                                created_at=collaboration.created_at)
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/v1/models", tags=["chat"], responses=ERROR_RESPONSES)
 
-BASE_SUFFIX = "-llm"  # a pair's base LLM is the model "<pair>-llm"
+BASE_SUFFIX = "-llm"  # a pair's base LLM is the model "<pair>-llm" (models.pairs.Pair.llm_name)
 MAX_DELTAS = 10_000
 OWNER = "gradlift"
 

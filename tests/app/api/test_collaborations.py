@@ -301,3 +301,42 @@ def test_only_the_opener_deletes_a_collaboration_and_not_while_members_rely_on_i
     with session_scope() as s:  # its invitations and contributions went with it
         for table in (CollaborationMember, Contribution):
             assert not s.scalars(select(table).where(table.collaboration_id == other)).all()
+
+
+def test_a_pooled_delta_belongs_to_the_members_who_took_part(toy_api: Api, init: dict) -> None:
+    """Joined later, joined without contributing, only invited, or gone: none of them reads it. Before,
+    every joined member read every pooled delta of the collaboration, whenever it joined."""
+    collab = open_with(toy_api, "globex", "initech")
+    for org in ("acme", "globex"):
+        contribute(toy_api, org, collab, checkpoint(toy_api, org, init, len(org)))
+    refused = pooled_upgrade(toy_api, "initech", collab)  # a member that gave nothing cannot start one
+    assert "contribute" in assert_error(refused, 409, "conflict")["message"]
+    job = pooled_upgrade(toy_api, "acme", collab).json()
+    delta_id = _store_delta(job["id"])
+    post(toy_api, "acme", f"/v1/collaborations/{collab}/invitations", {"organization_id": org_id(toy_api, "hooli")})
+    assert post(toy_api, "hooli", f"/v1/collaborations/{collab}/join").status_code == 200
+    contribute(toy_api, "hooli", collab, checkpoint(toy_api, "hooli", init, 9))  # joined and gave, afterwards
+    for member in ("acme", "globex"):
+        assert get(toy_api, member, f"/v1/deltas/{delta_id}").status_code == 200
+        assert get(toy_api, member, f"/v1/upgrades/{job['id']}").status_code == 200
+    for late in ("initech", "hooli"):
+        assert_error(get(toy_api, late, f"/v1/deltas/{delta_id}"), 404, "not_found")
+        assert_error(get(toy_api, late, f"/v1/upgrades/{job['id']}"), 404, "not_found")
+        assert get(toy_api, late, "/v1/deltas").json()["count"] == 0
+        assert delta_id not in [m["id"] for m in get(toy_api, late, "/v1/models").json()["data"]]
+    members = f"/v1/collaborations/{collab}/members"
+    assert delete(toy_api, "acme", f"{members}/{org_id(toy_api, 'globex')}").status_code == 200
+    assert_error(get(toy_api, "globex", f"/v1/deltas/{delta_id}"), 404, "not_found")  # took part, then left
+    assert get(toy_api, "acme", f"/v1/deltas/{delta_id}").status_code == 200
+
+
+def test_an_invited_organization_does_not_see_the_members_checkpoints(toy_api: Api, init: dict) -> None:
+    collab = open_with(toy_api, "globex")
+    mine = checkpoint(toy_api, "acme", init, 1)
+    contribute(toy_api, "acme", collab, mine)
+    post(toy_api, "acme", f"/v1/collaborations/{collab}/invitations", {"organization_id": org_id(toy_api, "hooli")})
+    for caller in ("hooli", "globex"):
+        for body in (get(toy_api, caller, f"/v1/collaborations/{collab}").json(),
+                     get(toy_api, caller, "/v1/collaborations").json()["data"][0]):
+            seen = [c["checkpoint_id"] for c in body["contributions"]]
+            assert seen == ([None] if caller == "hooli" else [mine]), caller
