@@ -131,6 +131,12 @@ class BlobStore:
         path.mkdir(parents=True)
         return path
 
+    def work_dirs(self, name: str = "") -> list[Path]:
+        """The scratch folders made by `work_dir(name)` (every one when no name is given) that are still
+        there: a process that died while using one left it behind."""
+        return sorted(p for p in self.tmp_dir.iterdir() if p.is_dir() and p.name.startswith(name)
+                      and len(p.name) > len(name) and p.name[-9] == "-")
+
     @staticmethod
     def discard(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)

@@ -89,6 +89,8 @@ def run_job(job_id: str, worker: str) -> None:
         log.info("job %s is finished or held by a live worker; nothing to do", job_id)
         return
     store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    for earlier in store.work_dirs(job_id):  # an attempt that died mid-job (this claim means it is gone)
+        store.discard(earlier)
     out_dir = store.work_dir(job_id)
     try:
         with Heartbeat(job_id, worker, settings.job_lease_s / 4) as heartbeat:
@@ -175,4 +177,21 @@ def sweep() -> list[str]:
                 sent.append(job_id)
     if sent:
         log.warning("sent again jobs that lost their worker or their message: %s", ", ".join(sent))
+    _tidy_scratch(lease_s)
     return sent
+
+
+def _tidy_scratch(lease_s: float) -> None:
+    """Remove the scratch folders of attempts that died, once their job is no longer running (and the
+    folder is older than a lease, so a claim that is just starting keeps its new one)."""
+    settings = get_settings()
+    store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    old = [p for p in store.work_dirs() if time.time() - p.stat().st_mtime > lease_s]
+    if not old:
+        return
+    with session_scope() as session:
+        running = set(jobs.running_job_ids(session))
+    for path in old:
+        if path.name.rsplit("-", 1)[0] not in running:
+            log.info("removing %s, left by an upgrade attempt that died", path.name)
+            store.discard(path)

@@ -195,6 +195,10 @@ def _finish(session: Session, job_id: str, status: JobStatus, message: str, *, c
         add_event(session, job_id, status.value, job.progress, message)
 
 
+def running_job_ids(session: Session) -> list[str]:
+    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.running.value)))
+
+
 def stale_job_ids(session: Session, lease_s: float) -> list[str]:
     """Running jobs whose worker sent no heartbeat within the lease: their worker is gone."""
     stale = utcnow() - timedelta(seconds=lease_s)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.config import Settings
 from app.db import jobs, queries
 from app.db.migrate import upgrade_head
 from app.db.session import session_scope
-from app.db.tables import Delta, Job
+from app.db.tables import Delta, Job, utcnow
 from app.storage import BlobStore
 from tests.conftest import use_settings
 from workers.upgrade import run_job, sweep
@@ -153,3 +156,39 @@ def test_an_internal_failure_names_no_path_of_the_server(settings: Settings, toy
     failed = job(job_id)
     assert (failed.status, failed.error_code) == ("failed", "internal_error")
     assert str(tmp_path) not in failed.error_message and "worker's log" in failed.error_message
+
+
+def _crashed_attempt(settings: Settings, job_id: str, worker: str) -> Path:
+    """What a worker killed mid-job leaves: the job claimed, its scratch folder with half its files."""
+    with session_scope() as s:
+        assert jobs.claim(s, job_id, worker, settings.job_lease_s) is not None
+    folder = BlobStore(settings.blobs_dir, settings.tmp_dir).work_dir(job_id)
+    (folder / "adapter_model.safetensors").write_bytes(b"half of it")
+    return folder
+
+
+def test_a_crashed_attempts_folder_goes_on_retry(settings: Settings, toy_adapter: Path) -> None:
+    job_id = new_job(settings, toy_adapter)
+    left = _crashed_attempt(settings, job_id, "w1")
+    with session_scope() as s:  # its lease runs out; the sweeper queues it again
+        s.execute(update(Job).where(Job.id == job_id).values(
+            heartbeat_at=utcnow() - timedelta(seconds=settings.job_lease_s + 1)))
+        assert jobs.requeue(s, job_id, settings.job_lease_s)
+    run_job(job_id, "w2")
+    assert job(job_id).status == "succeeded" and not left.exists()
+    assert list(settings.tmp_dir.iterdir()) == []
+
+
+def test_the_sweeper_removes_folders_of_attempts_that_died(settings: Settings, toy_adapter: Path) -> None:
+    queued, finished, running = (new_job(settings, toy_adapter) for _ in range(3))
+    folders = {job_id: _crashed_attempt(settings, job_id, "w1") for job_id in (queued, finished, running)}
+    with session_scope() as s:
+        s.execute(update(Job).where(Job.id == queued).values(status="queued", worker=None))
+        jobs.fail(s, finished, "w1", "internal_error", "died")
+    fresh = BlobStore(settings.blobs_dir, settings.tmp_dir).work_dir(queued)  # a claim just starting
+    long_ago = time.time() - settings.job_lease_s - 1
+    for folder in folders.values():
+        os.utime(folder, (long_ago, long_ago))
+    sweep()
+    assert not folders[queued].exists() and not folders[finished].exists()
+    assert folders[running].exists() and fresh.exists()  # in use, or too new to judge

@@ -44,8 +44,10 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
     }}}}}}
 
 
-@router.post("", openapi_extra=_UPLOAD_BODY,
-             responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}})
+@router.post("", openapi_extra=_UPLOAD_BODY, responses={
+    409: {"model": ErrorResponse, "description": "An Idempotency-Key reused for another request, or for a "
+                                                 "checkpoint deleted since"},
+    413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}})
 async def create_checkpoint(request: Request, session: SessionDep, org: CurrentOrg, settings: SettingsDep,
                             store: StoreDep, pairs: PairsDep, key: IdempotencyKey = None) -> CheckpointPublic:
     """Upload a TinyLM LoRA adapter (multipart, streamed, size-limited, validated)."""
@@ -71,8 +73,8 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
     if "pair" not in form.fields or not form.fields["pair"]:
         raise ApiError(Code.invalid_request, "Missing the form field `pair`.", param="pair")
     print_ = idempotency.fingerprint(form.fields["pair"], upload.blob.sha256)
-    if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
-        return CheckpointPublic.model_validate(stored)
+    if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
+        return _as_now(session, org, made)
     pair = pairs.get(form.fields["pair"])
     _check_format(upload.filename, upload.blob.head, upload.blob.size)
     config = _read_config(form, pair.spec.lora.r)
@@ -94,11 +96,17 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
         session.commit()
     except IntegrityError:  # a concurrent retry with the same key won
         session.rollback()
-        stored = idempotency.replay(session, org.id, SCOPE, key, print_)
-        if stored is None:
+        if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
             raise
-        return CheckpointPublic.model_validate(stored)
+        return _as_now(session, org, made)
     return public
+
+
+def _as_now(session: Session, org: Organization, checkpoint_id: str) -> CheckpointPublic:
+    row = queries.get_checkpoint(session, org.id, checkpoint_id)
+    if row is None:
+        raise idempotency.gone("checkpoint", checkpoint_id)
+    return CheckpointPublic.model_validate(row)
 
 
 def _filename(sent: str) -> str:

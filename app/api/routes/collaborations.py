@@ -70,13 +70,13 @@ def to_public(session: Session, collaboration: Collaboration, org: Organization)
                                created_at=collaboration.created_at)
 
 
-@router.post("")
+@router.post("", responses=_CONFLICT)
 def create_collaboration(body: CollaborationCreate, session: SessionDep, org: CurrentOrg, pairs: PairsDep,
                          key: IdempotencyKey = None) -> CollaborationPublic:
     """Open a collaboration on a pair; the caller is its first member and the one who invites."""
     print_ = idempotency.fingerprint(body.model_dump_json())
-    if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
-        return CollaborationPublic.model_validate(stored)
+    if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
+        return _as_now(session, org, made)
     pair = pairs.get(body.pair)
     collaboration = queries.create_collaboration(session, org.id, body.name, pair.id)
     public = to_public(session, collaboration, org)
@@ -85,10 +85,17 @@ def create_collaboration(body: CollaborationCreate, session: SessionDep, org: Cu
         session.commit()
     except IntegrityError:  # a concurrent retry with the same key won
         session.rollback()
-        if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
+        if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
             raise
-        return CollaborationPublic.model_validate(stored)
+        return _as_now(session, org, made)
     return public
+
+
+def _as_now(session: Session, org: Organization, collaboration_id: str) -> CollaborationPublic:
+    collaboration = queries.get_collaboration(session, org.id, collaboration_id)
+    if collaboration is None:
+        raise idempotency.gone("collaboration", collaboration_id)
+    return to_public(session, collaboration, org)
 
 
 @router.get("")

@@ -53,8 +53,8 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
                    key: IdempotencyKey = None) -> UpgradePublic:
     """Queue an upgrade of the caller's checkpoints, or of a collaboration's contributions (averaged)."""
     print_ = idempotency.fingerprint(body.model_dump_json())
-    if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
-        return UpgradePublic.model_validate(stored)
+    if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
+        return _as_now(session, org, made)
     pair = pairs.get(body.pair)
     if body.collaboration_id is not None:
         inputs, participants = _pooled_inputs(session, org, body.collaboration_id, pair.id)
@@ -68,11 +68,18 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
         session.commit()
     except IntegrityError:  # a concurrent retry with the same key won
         session.rollback()
-        if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
+        if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
             raise
-        return UpgradePublic.model_validate(stored)
+        return _as_now(session, org, made)
     _enqueue(session, job)
     return public
+
+
+def _as_now(session: Session, org: Organization, job_id: str) -> UpgradePublic:
+    job = jobs.get_job(session, org.id, job_id)
+    if job is None:
+        raise idempotency.gone("upgrade", job_id)
+    return to_public(session, job)
 
 
 def _own_inputs(session: Session, org: Organization, checkpoint_ids: list[str], pair_id: str

@@ -153,6 +153,9 @@ def test_idempotency_key(toy_api: Api) -> None:
     first = toy_api.client.post("/v1/collaborations", headers=headers, json=body).json()
     assert toy_api.client.post("/v1/collaborations", headers=headers, json=body).json()["id"] == first["id"]
     assert get(toy_api, "acme", "/v1/collaborations").json()["count"] == 1
+    assert delete(toy_api, "acme", f"/v1/collaborations/{first['id']}").status_code == 200
+    gone = toy_api.client.post("/v1/collaborations", headers=headers, json=body)
+    assert "deleted" in assert_error(gone, 409, "conflict")["message"]  # not the collaboration as it was
 
 
 def test_who_may_invite_and_whom(toy_api: Api) -> None:
