@@ -5,6 +5,9 @@
     gradlift worker [celery options]       one upgrade worker
     gradlift migrate                       bring the database to the newest schema
     gradlift keys create --org NAME        a new API key (its organization made if missing)
+    gradlift keys list [--org NAME]        every key: id, organization, first characters, made, revoked
+    gradlift keys revoke KEY_ID            revoke a key (refused within GRADLIFT_AUTH_CACHE_S seconds)
+    gradlift keys rotate KEY_ID            a new key for the same organization; the old one is revoked
     gradlift pair build NAME               build a model pair: smol (SmolLM2, shipped GTs) or toy (+ a quick GT)
 """
 
@@ -32,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     keys.add_parser("create", help="make a key; prints it alone on the last line").add_argument(
         "--org", required=True, help="organization name (made if missing)")
+    keys.add_parser("list", help="list keys (never the keys themselves)").add_argument(
+        "--org", help="only this organization's")
+    keys.add_parser("revoke", help="revoke a key by its id (key_...)").add_argument("key_id")
+    keys.add_parser("rotate", help="a new key for the key's organization, printed last; the old one is "
+                    "revoked").add_argument("key_id")
     pair = commands.add_parser("pair", help="model pairs").add_subparsers(dest="action", required=True)
     build = pair.add_parser("build", help="build a pair into GRADLIFT_PAIRS_DIR")
     build.add_argument("name", help="the pair's id, e.g. toy")
@@ -60,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "worker":
         os.execv(sys.executable, [sys.executable, "-m", "workers", *extra])
     handlers = {"serve": lambda: serve(args.host, args.port), "api": lambda: run_api(args.host, args.port),
-                "migrate": migrate, "keys": lambda: create_key(args.org),
+                "migrate": migrate, "keys": lambda: keys(args),
                 "pair": lambda: build_pair(args.name)}
     handlers[args.command]()
 
@@ -72,15 +80,35 @@ def migrate() -> None:
     print("database is at the newest schema")
 
 
-def create_key(org_name: str) -> None:
+def keys(args: argparse.Namespace) -> None:
+    """`gradlift keys create|list|revoke|rotate`; exits 1 for a key id that does not exist."""
+    from app.config import get_settings
     from app.db import queries
     from app.db.migrate import upgrade_head
     from app.db.session import session_scope
 
     upgrade_head()
+    later = f"it stops working within GRADLIFT_AUTH_CACHE_S ({get_settings().auth_cache_s:g} s)"
     with session_scope() as session:
-        org, key = queries.create_key(session, org_name)
-    print(f"organization {org.name} ({org.id})")
+        if args.action == "list":
+            for row, name in queries.list_keys(session, args.org):
+                state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+                print(f"{row.id}  {name}  {row.prefix}...  made {row.created_at:%Y-%m-%d %H:%M}  {state}")
+            return
+        if args.action == "create":
+            org, key = queries.create_key(session, args.org)
+            print(f"organization {org.name} ({org.id})")
+        elif args.action == "revoke":
+            if queries.revoke_key(session, args.key_id) is None:
+                sys.exit(f"no API key with id {args.key_id!r} (see `gradlift keys list`)")
+            print(f"revoked {args.key_id}; {later}")
+            return
+        else:
+            rotated = queries.rotate_key(session, args.key_id)
+            if rotated is None:
+                sys.exit(f"no API key with id {args.key_id!r} (see `gradlift keys list`)")
+            key = rotated[1]
+            print(f"revoked {args.key_id}; {later}")
     print("new API key (shown once; send it as `Authorization: Bearer <key>`):")
     print(key)
 

@@ -47,6 +47,34 @@ def create_key(session: Session, org_name: str) -> tuple[Organization, str]:
     return org, key
 
 
+def list_keys(session: Session, org_name: str | None = None) -> list[tuple[ApiKey, str]]:
+    """Every API key (or one organization's) with its organization's name, oldest first."""
+    query = select(ApiKey, Organization.name).join(Organization, Organization.id == ApiKey.org_id)
+    if org_name is not None:
+        query = query.where(Organization.name == org_name)
+    return [(key, name) for key, name in session.execute(query.order_by(ApiKey.created_at, ApiKey.id))]
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey | None:
+    """Revoke a key by its id (revoking it again changes nothing); None when there is no such key."""
+    key = session.get(ApiKey, key_id)
+    if key is not None and key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return key
+
+
+def rotate_key(session: Session, key_id: str) -> tuple[ApiKey, str] | None:
+    """A new key for the organization of `key_id`, which is revoked: (the old key's row, the new key)."""
+    old = session.get(ApiKey, key_id)
+    if old is None:
+        return None
+    org = session.get(Organization, old.org_id)
+    _, key = create_key(session, org.name)
+    revoke_key(session, key_id)
+    return old, key
+
+
 def org_for_key(session: Session, key: str) -> Organization | None:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
     return session.get(Organization, row.org_id) if row is not None else None
