@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 
+from app.api.admission import Slot, admit, check_prompt_size
 from app.api.deps import ChatDep, CurrentOrg, PairsDep, SettingsDep, StoreDep
 from app.api.routes.models import ChatModel, chat_model
 from app.errors import ApiError, Code
@@ -69,6 +70,8 @@ _STREAM = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
 _ERRORS = {**{status: spec for status, spec in ERROR_RESPONSES.items() if status != 422},
            400: {"model": ErrorResponse, "description": "Invalid parameters"},
            500: {"model": ErrorResponse, "description": "The server failed (before a stream started)"},
+           429: {"model": ErrorResponse, "description": "The model's queue or the organization's share of chat is "
+                                                        "full; see Retry-After"},
            503: {"model": ErrorResponse, "description": "The model cannot be loaded here (GRADLIFT_DEVICE names "
                                                         "a GPU this machine lacks)"}}
 router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute, responses=_ERRORS)
@@ -79,20 +82,27 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, o
                                  settings: SettingsDep, store: StoreDep, pairs: PairsDep,
                                  engines: ChatDep) -> Response:
     """A chat completion from a base LLM or a delta on it; streamed as server-sent events if asked."""
+    check_prompt_size([m.text() for m in body.messages], settings)  # before any tokenising
     model = await chat_model(body.model, settings, org, store, pairs)
     completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-    if body.stream:
-        generation = await run_in_threadpool(_start, engines, model, body)
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        events = _events(generation, request, completion_id, created, body.model, include_usage)
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    cancel = threading.Event()
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel.set))
+    slot = admit(settings, model.pair, org.id)  # 429 past the pair's queue or the organization's share
     try:
-        generation, text = await run_in_threadpool(_complete, engines, model, body, cancel)
+        if body.stream:
+            generation = await run_in_threadpool(_start, engines, model, body)
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            events = _events(generation, request, completion_id, created, body.model, include_usage)
+            streaming, slot = slot, None  # the stream holds its place until it ends
+            return StreamingResponse(_holding(events, streaming), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        cancel = threading.Event()
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel.set))
+        try:
+            generation, text = await run_in_threadpool(_complete, engines, model, body, cancel)
+        finally:
+            watcher.cancel()
     finally:
-        watcher.cancel()
+        if slot is not None:
+            slot.release()
     if generation.finish_reason == "cancelled":
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it
     completion = ChatCompletion(id=completion_id, created=created, model=body.model, usage=_usage(generation),
@@ -100,6 +110,14 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, o
                                                 finish_reason=generation.finish_reason)])
     # Serialised by pydantic directly: FastAPI's response_model path validates and encodes it again.
     return Response(completion.model_dump_json(), media_type="application/json")
+
+
+async def _holding(events: AsyncIterator[str], slot: Slot) -> AsyncIterator[str]:
+    try:
+        async for event in events:
+            yield event
+    finally:
+        slot.release()
 
 
 def _start(engines: ChatEngines, model: ChatModel, body: ChatCompletionCreate,
