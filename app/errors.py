@@ -25,6 +25,7 @@ class Code(StrEnum):
     not_found = "not_found"
     pair_not_found = "pair_not_found"
     checkpoint_not_found = "checkpoint_not_found"
+    reference_not_found = "reference_not_found"  # an id in the body of a request on another resource
     no_gradient_transformer = "no_gradient_transformer"
     invalid_adapter = "invalid_adapter"
     unsupported_file_type = "unsupported_file_type"
@@ -47,6 +48,7 @@ _STATUS: dict[Code, HTTPStatus] = {
     Code.not_found: HTTPStatus.NOT_FOUND,
     Code.pair_not_found: HTTPStatus.NOT_FOUND,
     Code.checkpoint_not_found: HTTPStatus.NOT_FOUND,
+    Code.reference_not_found: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.no_gradient_transformer: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.invalid_adapter: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.unsupported_file_type: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,

@@ -80,27 +80,25 @@ PairsDep = Annotated[PairCatalog, Depends(get_pairs)]
 
 
 _ENGINES_LOCK = threading.Lock()  # concurrent first chat requests make one ChatEngines, not several
+_ENGINES: dict[tuple[object, ...], ChatEngines] = {}  # one per process: the settings it was made with
 
 
 def _chat_engines_once(*args: object) -> ChatEngines:
     with _ENGINES_LOCK:
-        return _chat_engines(*args)  # type: ignore[arg-type]
+        if args not in _ENGINES:
+            from models.serving.engine import ChatEngines  # torch loads on the first chat request, not at start
 
-
-@lru_cache(maxsize=1)
-def _chat_engines(pairs_dir: Path, max_adapters: int, torch_threads: int, device: str,
-                  max_batch: int) -> ChatEngines:
-    from models.serving.engine import ChatEngines  # torch loads on the first chat request, not at start
-
-    return ChatEngines(pairs_dir, max_adapters, torch_threads, device, max_batch)
+            _ENGINES.clear()  # settings change only in tests; the engines of old ones go
+            _ENGINES[args] = ChatEngines(*args)  # type: ignore[arg-type]
+        return _ENGINES[args]
 
 
 async def get_chat_engines(settings: SettingsDep) -> ChatEngines:
     assert settings.pairs_dir is not None  # filled in by Settings
     args = (settings.pairs_dir, settings.chat_max_adapters, settings.chat_torch_threads, settings.device,
             settings.chat_max_batch)
-    if _chat_engines.cache_info().currsize:
-        return _chat_engines(*args)
+    if (engines := _ENGINES.get(args)) is not None:
+        return engines
     from models.device import DeviceError
 
     try:

@@ -66,6 +66,8 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
+            if "\x00" in scope.get("path", ""):  # names nothing here (and PostgreSQL's text cannot hold it)
+                raise ApiError(Code.not_found, "No resource has a NUL character in its path.")
             rule = self._rule(scope) if scope["type"] == "http" else None
         except ApiError as error:
             await error.response()(scope, receive, send)

@@ -36,11 +36,12 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _SEND_SAFETENSORS = "Send the adapter as safetensors (adapter_model.safetensors); pickles are never loaded."
 
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file", "pair"], "properties": {
+    "type": "object", "required": ["file", "pair"], "additionalProperties": False, "properties": {
         "file": {"type": "string", "format": "binary",
                  "description": "The TinyLM LoRA adapter, adapter_model.safetensors (PEFT tensor names)."},
         "config": {"type": "string", "format": "binary", "description": "Optional adapter_config.json."},
-        "pair": {"type": "string", "description": "The model pair the adapter was trained for, e.g. `toy`."},
+        "pair": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"\S",
+                 "description": "The model pair the adapter was trained for, e.g. `toy`."},
     }}}}}}
 
 

@@ -119,8 +119,8 @@ def create_invitation(body: InvitationCreate, collaboration: CollaborationDep, s
     """Invite an organization by its id; only the organization that opened the collaboration invites."""
     if collaboration.org_id != org.id:
         raise ApiError(Code.permission_denied, "Only the organization that opened the collaboration invites.")
-    if queries.get_organization(session, body.organization_id) is None:
-        raise not_found("organization", body.organization_id, param="organization_id")
+    if queries.get_organization(session, body.organization_id) is None:  # 422: the URL's resource is there
+        raise not_found("organization", body.organization_id, param="organization_id", code=Code.reference_not_found)
     if queries.membership(session, body.organization_id, collaboration.id) is not None:
         raise ApiError(Code.conflict, f"Organization {body.organization_id!r} is already invited or a member.",
                        param="organization_id")
@@ -146,8 +146,8 @@ def create_contribution(collaboration_id: str, body: ContributionCreate, session
     """Contribute one of the caller's own checkpoints (one per organization): consent to pool it here."""
     collaboration = joined_collaboration(session, org, collaboration_id)
     checkpoint = queries.get_checkpoint(session, org.id, body.checkpoint_id)
-    if checkpoint is None:
-        raise not_found("checkpoint", body.checkpoint_id, param="checkpoint_id", code=Code.checkpoint_not_found)
+    if checkpoint is None:  # 422, not 404: the collaboration the URL names is there
+        raise not_found("checkpoint", body.checkpoint_id, param="checkpoint_id", code=Code.reference_not_found)
     if checkpoint.pair != collaboration.pair:
         raise ApiError(Code.conflict, f"Checkpoint {checkpoint.id!r} was made for pair {checkpoint.pair!r}; "
                        f"the collaboration pools pair {collaboration.pair!r}.", param="checkpoint_id")

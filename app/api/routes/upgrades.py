@@ -31,7 +31,7 @@ router = APIRouter(prefix="/v1/upgrades", tags=["upgrades"], responses=ERROR_RES
 SCOPE = "POST /v1/upgrades"
 # Below two, a "pooled" upgrade is one organization's own upgrade handed to organizations that gave nothing.
 MIN_POOLED = 2
-MAX_EVENT_ID = 2**63 - 1  # ids are 64-bit integers in the database; a larger `after` could not be compared
+EVENT_IDS_BELOW = 2**63  # ids are 64-bit integers in the database; a larger `after` could not be compared
 
 
 def to_public(session: Session, job: Job, *, with_events: bool = True) -> UpgradePublic:
@@ -161,7 +161,7 @@ def get_upgrade(job: JobDep, session: SessionDep) -> UpgradePublic:
 
 @router.get("/{upgrade_id}/events")
 def list_upgrade_events(job: JobDep, session: SessionDep,
-                        after: int = Query(default=0, ge=0, le=MAX_EVENT_ID,
+                        after: int = Query(default=0, ge=0, lt=EVENT_IDS_BELOW,
                                                    description="Only events with a larger id.")
                         ) -> UpgradeEvents:
     """An upgrade's events in order; poll with `after` set to the last id seen."""

@@ -106,7 +106,7 @@ def test_only_the_owner_contributes_a_checkpoint(toy_api: Api, init: dict) -> No
     acme_checkpoint = checkpoint(toy_api, "acme", init, 0)
     # A joined member naming another member's checkpoint: it does not exist for them.
     refused = contribute(toy_api, "globex", collab, acme_checkpoint)
-    assert assert_error(refused, 404, "checkpoint_not_found")["param"] == "checkpoint_id"
+    assert assert_error(refused, 422, "reference_not_found")["param"] == "checkpoint_id"
     assert get(toy_api, "acme", f"/v1/collaborations/{collab}").json()["contributions"] == []
     # Nor can the owner of the collaboration pool a checkpoint by listing it in an upgrade of its own.
     globex_checkpoint = checkpoint(toy_api, "globex", init, 1)
@@ -163,7 +163,7 @@ def test_who_may_invite_and_whom(toy_api: Api) -> None:
     initech = org_id(toy_api, "initech")
     url = f"/v1/collaborations/{collab}/invitations"
     assert_error(post(toy_api, "globex", url, {"organization_id": initech}), 403, "permission_denied")
-    assert_error(post(toy_api, "acme", url, {"organization_id": "org_nope"}), 404, "not_found")
+    assert_error(post(toy_api, "acme", url, {"organization_id": "org_nope"}), 422, "reference_not_found")
     assert_error(post(toy_api, "acme", url, {"organization_id": org_id(toy_api, "globex")}), 409, "conflict")
     assert_error(post(toy_api, "acme", url, {}), 422, "invalid_request")
     assert_error(post(toy_api, "acme", "/v1/collaborations", {"name": "x", "pair": "nope"}), 404, "pair_not_found")

@@ -107,3 +107,12 @@ def test_405_says_what_is_allowed(api: Api) -> None:
         response = api.client.request(method, path)
         assert_error(response, 405, "method_not_allowed")
         assert "GET" in response.headers["allow"], (method, path)
+
+
+def test_nul_characters_are_refused_before_the_database(api: Api) -> None:
+    """PostgreSQL's text holds no NUL: a collaboration named with one was a 500 there."""
+    body = {"name": "a\x00b", "pair": "toy"}
+    assert_error(api.client.post("/v1/collaborations", headers=api.auth(), json=body), 422, "invalid_request")
+    assert_error(api.client.get("/v1/checkpoints/ckpt%00x", headers=api.auth()), 404, "not_found")
+    assert_error(api.client.post("/v1/upgrades", headers=api.auth(), json={"pair": "toy", "checkpoint_ids": ["\x00"]}),
+                 422, "invalid_request")
