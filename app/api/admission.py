@@ -23,18 +23,32 @@ RETRY_AFTER_S = 1  # a request decodes in about a second on the pairs served her
 
 
 class Slot:
-    """One admitted request; `release` (once, from anywhere, more calls do nothing) frees its place."""
+    """One admitted request: its organization's place, then (`enter`) its pair's. `release` (any number of
+    times, from anywhere; the first counts) frees both."""
 
-    def __init__(self, admission: ChatAdmission, pair: str, org: str) -> None:
-        self.admission, self.pair, self.org = admission, pair, org
+    def __init__(self, admission: ChatAdmission, org: str) -> None:
+        self.admission, self.org = admission, org
+        self.pair: str | None = None
         self._released = False
+
+    def enter(self, pair: str) -> None:
+        """Take a place on `pair`, or 429 with Retry-After (the organization's place stays held until
+        `release`)."""
+        admission = self.admission
+        with admission.lock:
+            if admission.by_pair[pair] >= admission.per_pair:
+                raise _busy(f"Model {pair!r} is answering and queueing as many chat requests as it takes "
+                            "(GRADLIFT_CHAT_MAX_BATCH + GRADLIFT_CHAT_MAX_QUEUE).")
+            admission.by_pair[pair] += 1
+            self.pair = pair
 
     def release(self) -> None:
         with self.admission.lock:
             if not self._released:
                 self._released = True
-                self.admission.by_pair[self.pair] -= 1
                 self.admission.by_org[self.org] -= 1
+                if self.pair is not None:
+                    self.admission.by_pair[self.pair] -= 1
 
 
 class ChatAdmission:
@@ -46,18 +60,15 @@ class ChatAdmission:
         self.by_org: Counter[str] = Counter()
         self.lock = threading.Lock()
 
-    def admit(self, pair: str, org: str) -> Slot:
-        """A place for one more request, or 429 with Retry-After."""
+    def admit(self, org: str) -> Slot:
+        """A place for one more request of the organization, or 429 with Retry-After; checked before
+        anything is looked up, so the excess costs nothing."""
         with self.lock:
             if self.by_org[org] >= self.per_org:
                 raise _busy(f"Your organization has {self.by_org[org]} chat requests in flight, the most it may "
                             "have at once (GRADLIFT_CHAT_MAX_PER_ORG).")
-            if self.by_pair[pair] >= self.per_pair:
-                raise _busy(f"Model {pair!r} is answering and queueing as many chat requests as it takes "
-                            "(GRADLIFT_CHAT_MAX_BATCH + GRADLIFT_CHAT_MAX_QUEUE).")
-            self.by_pair[pair] += 1
             self.by_org[org] += 1
-        return Slot(self, pair, org)
+        return Slot(self, org)
 
 
 def _busy(message: str) -> ApiError:
@@ -70,9 +81,9 @@ def _admission(per_pair: int, per_org: int) -> ChatAdmission:
     return ChatAdmission(per_pair, per_org)
 
 
-def admit(settings: Settings, pair: str, org: str) -> Slot:
-    """Admit one chat request on `pair` for organization `org` under the settings' limits."""
-    return _admission(settings.chat_max_batch + settings.chat_max_queue, settings.chat_max_per_org).admit(pair, org)
+def admit(settings: Settings, org: str) -> Slot:
+    """Admit one chat request of organization `org` under the settings' limits (`Slot.enter` its pair next)."""
+    return _admission(settings.chat_max_batch + settings.chat_max_queue, settings.chat_max_per_org).admit(org)
 
 
 def check_prompt_size(texts: list[str], settings: Settings) -> None:

@@ -102,9 +102,8 @@ async def authenticate(token: str | None, address: str, settings: Settings) -> O
         raise ApiError(Code.rate_limit_exceeded, f"Too many requests with API keys that are not valid from "
                        f"this address; try again in {math.ceil(wait)} s.",
                        headers={"Retry-After": str(math.ceil(wait))})
-    org = await run_in_threadpool(_org_for_key, settings.database_url, token)
+    org = await cache.get_or_load(cache_key, lambda: run_in_threadpool(_org_for_key, settings.database_url, token))
     if org is None:
         throttle.failed(address)
         raise ApiError(Code.invalid_api_key, "Incorrect API key provided.")
-    cache.put(cache_key, org)
     return org

@@ -83,10 +83,11 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, o
                                  engines: ChatDep) -> Response:
     """A chat completion from a base LLM or a delta on it; streamed as server-sent events if asked."""
     check_prompt_size([m.text() for m in body.messages], settings)  # before any tokenising
-    model = await chat_model(body.model, settings, org, store, pairs)
-    completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-    slot = admit(settings, model.pair, org.id)  # 429 past the pair's queue or the organization's share
+    slot: Slot | None = admit(settings, org.id)  # 429 past the organization's share, before any lookup
     try:
+        model = await chat_model(body.model, settings, org, store, pairs)
+        slot.enter(model.pair)  # 429 past the pair's batch and queue
+        completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if body.stream:
             generation = await run_in_threadpool(_start, engines, model, body)
             include_usage = body.stream_options is not None and body.stream_options.include_usage

@@ -22,8 +22,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def get_health() -> dict[str, str]:
-    """The process answers."""
+async def get_health() -> dict[str, str]:
+    """The process answers (on the event loop itself: no worker thread, so it answers while they are busy)."""
     return {"status": "ok"}
 
 

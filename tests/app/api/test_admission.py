@@ -78,6 +78,8 @@ def test_an_organization_gets_its_share_and_no_more(limited: Api, held: tuple) -
     refused = limited.client.post("/v1/chat/completions", headers=acme, json=body())
     assert_error(refused, 429, "rate_limit_exceeded")
     assert refused.headers["retry-after"] == "1" and "GRADLIFT_CHAT_MAX_PER_ORG" in refused.json()["error"]["message"]
+    unlooked = limited.client.post("/v1/chat/completions", headers=acme, json=body() | {"model": "dlt_unknown"})
+    assert_error(unlooked, 429, "rate_limit_exceeded")  # refused before the model is looked up (not a 404)
     other = post_in_thread(limited.client, globex, body(), out)  # another organization is not held up
     assert arrived.acquire(timeout=30)
     go.set()

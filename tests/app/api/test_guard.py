@@ -116,3 +116,28 @@ def test_nul_characters_are_refused_before_the_database(api: Api) -> None:
     assert_error(api.client.get("/v1/checkpoints/ckpt%00x", headers=api.auth()), 404, "not_found")
     assert_error(api.client.post("/v1/upgrades", headers=api.auth(), json={"pair": "toy", "checkpoint_ids": ["\x00"]}),
                  422, "invalid_request")
+
+
+def test_healthz_answers_while_every_worker_thread_is_busy(api: Api) -> None:
+    """It ran in the thread pool: with every thread held (by requests waiting on a locked database), the
+    liveness probe waited too (five minutes, once)."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/healthz", "raw_path": b"/healthz", "query_string": b"", "root_path": "", "state": {},
+             "headers": [], "client": ("127.0.0.9", 40000), "server": ("testserver", 80)}
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = 1
+        async with limiter:  # the only worker thread is taken
+            with anyio.fail_after(5):
+                await api.client.app(scope, receive, send)
+
+    anyio.run(main)
+    assert sent[0]["status"] == 200
