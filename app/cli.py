@@ -134,7 +134,9 @@ def run_api(host: str, port: int) -> None:
 
     from app.config import get_settings
 
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port,
+    # Keep-alive well above clients' reuse windows (httpx: 5 s): a connection the server closes as a client
+    # reuses it loses that request.
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, timeout_keep_alive=30,
                 log_level=get_settings().log_level.lower())
 
 
