@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,6 +125,19 @@ class BlobStore:
             raise
         if aside is not None:
             aside.unlink(missing_ok=True)
+
+    def set_aside(self, older_than_s: float) -> list[tuple[str, Path]]:
+        """Blobs `removing` moved aside that are still there after `older_than_s`: the process died between
+        the move and its commit. (sha256, where the bytes are)."""
+        now = time.time()
+        return [(p.name.split("-")[1], p) for p in sorted(self.tmp_dir.glob("removing-*"))
+                if now - p.stat().st_mtime > older_than_s]
+
+    def restore(self, sha256: str, aside: Path) -> None:
+        """Put a blob set aside back (its delete never committed)."""
+        target = self.path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(aside, target)
 
     def work_dir(self, name: str) -> Path:
         """A fresh scratch folder for a job's outputs, removed by `discard`."""

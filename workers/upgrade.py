@@ -16,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from app import queue
 from app.config import get_settings
-from app.db import jobs
+from app.db import jobs, queries
 from app.db.session import session_scope
 from app.db.tables import Delta, Job, utcnow
 from app.storage import BlobStore
@@ -183,9 +183,18 @@ def sweep() -> list[str]:
 
 def _tidy_scratch(lease_s: float) -> None:
     """Remove the scratch folders of attempts that died, once their job is no longer running (and the
-    folder is older than a lease, so a claim that is just starting keeps its new one)."""
+    folder is older than a lease, so a claim that is just starting keeps its new one); put back a blob a
+    delete set aside and died before committing, if a row still points at it."""
     settings = get_settings()
     store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    for sha256, aside in store.set_aside(lease_s):
+        with session_scope() as session:
+            queries.lock_blob(session, sha256)
+            if queries.blob_referenced(session, sha256) and not store.exists(sha256):
+                log.warning("restoring blob %s: its delete died before committing", sha256)
+                store.restore(sha256, aside)
+            else:
+                aside.unlink(missing_ok=True)
     old = [p for p in store.work_dirs() if time.time() - p.stat().st_mtime > lease_s]
     if not old:
         return

@@ -192,3 +192,24 @@ def test_the_sweeper_removes_folders_of_attempts_that_died(settings: Settings, t
     sweep()
     assert not folders[queued].exists() and not folders[finished].exists()
     assert folders[running].exists() and fresh.exists()  # in use, or too new to judge
+
+
+def test_the_sweeper_puts_back_a_blob_whose_delete_died(settings: Settings, toy_adapter: Path) -> None:
+    """A delete moves the blob aside, then commits; a process that dies in between leaves the row, whose
+    blob the sweeper puts back (and a blob whose row went is removed for good)."""
+    from app.db.tables import Checkpoint
+
+    store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    kept, _ = store.put_file(toy_adapter / "adapter_model.safetensors")
+    gone, _ = store.put_file(toy_adapter / "adapter_config.json")
+    with session_scope() as s:
+        org, _ = queries.create_key(s, "acme")
+        s.add(Checkpoint(org_id=org.id, pair="toy", sha256=kept, bytes=1, filename="a", adapter_config=None))
+    long_ago = time.time() - settings.job_lease_s - 1
+    for sha in (kept, gone):
+        aside = settings.tmp_dir / f"removing-{sha}-0000dead"
+        os.replace(store.path(sha), aside)
+        os.utime(aside, (long_ago, long_ago))
+    sweep()
+    assert store.exists(kept) and not store.exists(gone)
+    assert list(settings.tmp_dir.iterdir()) == []
