@@ -11,7 +11,7 @@ harmless anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -55,7 +55,7 @@ def create_job(session: Session, org_id: str, pair: str, task: str | None, gt_id
     organizations whose contributions it reads: with the member that asked, they are who may read it."""
     job = Job(org_id=org_id, pair=pair, task=task, gt_id=gt_id, inputs=inputs, collaboration_id=collaboration_id,
               status=JobStatus.queued.value, progress=0.0, stage="queued", cancel_requested=False, attempts=0,
-              created_at=utcnow())
+              sends=0, created_at=utcnow())
     session.add(job)
     session.flush()
     session.add_all(JobParticipant(job_id=job.id, org_id=member) for member in sorted(set(participants or ())))
@@ -65,26 +65,37 @@ def create_job(session: Session, org_id: str, pair: str, task: str | None, gt_id
 
 
 def mark_sent(session: Session, job_id: str) -> None:
-    _update(session, Job.id == job_id, sent_at=utcnow())
+    _update(session, Job.id == job_id, sent_at=utcnow(), sends=Job.sends + 1)
+
+
+def _overdue(sent_at: datetime | None, created_at: datetime, sends: int, lease_s: float) -> bool:
+    """Whether a queued job has waited longer than its sends allow: a lease after it was made (never sent)
+    or first sent, twice that after the second send, and so on. A job waiting behind others is sent again
+    a few times, not once a lease; a lost one goes again a lease later."""
+    wait = lease_s * 2 ** min(max(sends - 1, 0), 10)
+    return utcnow() - (sent_at or created_at) > timedelta(seconds=wait)
 
 
 def unsent_job_ids(session: Session, lease_s: float) -> list[str]:
-    """Queued jobs that no worker took within a lease of being sent (or made, if never sent): their
-    message never reached the broker, or the broker lost it."""
+    """Queued jobs that no worker took in the time their sends allow (`_overdue`): their message never
+    reached the broker, or the broker lost it, or it waits behind others."""
     stale = utcnow() - timedelta(seconds=lease_s)
-    query = select(Job.id).where(Job.status == JobStatus.queued.value,
-                                 func.coalesce(Job.sent_at, Job.created_at) < stale)
-    return list(session.scalars(query))
+    query = select(Job.id, Job.sent_at, Job.created_at, Job.sends).where(
+        Job.status == JobStatus.queued.value, func.coalesce(Job.sent_at, Job.created_at) < stale)
+    return [row.id for row in session.execute(query) if _overdue(row.sent_at, row.created_at, row.sends, lease_s)]
 
 
 def resend(session: Session, job_id: str, lease_s: float) -> bool:
-    """Mark an unsent queued job sent now (the caller sends it before committing); False when a worker
+    """Mark an overdue queued job sent now (the caller sends it before committing); False when a worker
     took it meanwhile, or another sweeper sent it."""
-    stale = utcnow() - timedelta(seconds=lease_s)
-    if not _update(session, Job.id == job_id, Job.status == JobStatus.queued.value,
-                   func.coalesce(Job.sent_at, Job.created_at) < stale, sent_at=utcnow()):
+    row = session.execute(select(Job.sent_at, Job.created_at, Job.sends).where(
+        Job.id == job_id, Job.status == JobStatus.queued.value)).first()
+    if row is None or not _overdue(row.sent_at, row.created_at, row.sends, lease_s):
         return False
-    add_event(session, job_id, "queued", 0.0, f"not taken by a worker within {lease_s:g}s of being sent; sent again")
+    if not _update(session, Job.id == job_id, Job.status == JobStatus.queued.value, Job.sends == row.sends,
+                   sent_at=utcnow(), sends=row.sends + 1):
+        return False
+    add_event(session, job_id, "queued", 0.0, "not taken by a worker in the time its sends allow; sent again")
     return True
 
 
@@ -220,7 +231,7 @@ def requeue(session: Session, job_id: str, lease_s: float) -> bool:
             add_event(session, job_id, "failed", 0.0, message)
         return False
     if not _update(session, Job.id == job_id, Job.status == JobStatus.running.value, Job.heartbeat_at < stale,
-                   status=JobStatus.queued.value, stage="queued", worker=None, sent_at=utcnow()):
+                   status=JobStatus.queued.value, stage="queued", worker=None, sent_at=utcnow(), sends=1):
         return False
     add_event(session, job_id, "queued", 0.0, f"worker lost (no heartbeat for {lease_s:g}s); queued again")
     return True

@@ -1,5 +1,6 @@
-"""Jobs record when their id last went to the broker (the sweeper sends again the queued jobs nobody took);
-pooled jobs record the organizations whose contributions went into them (who may read them and their deltas).
+"""Jobs record when and how often their id went to the broker (the sweeper sends again the queued jobs nobody
+took); pooled jobs record the organizations whose contributions went into them (who may read them and
+their deltas).
 
 Revision ID: 0006_hardening
 Revises: 7c1e5a0f3b2d
@@ -21,6 +22,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('sends', sa.Integer(), server_default='0', nullable=False))
     op.create_table('job_participants',
     sa.Column('job_id', sa.String(length=32), nullable=False),
     sa.Column('org_id', sa.String(length=32), nullable=False),
@@ -56,4 +58,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_job_participants_org_id'))
     op.drop_table('job_participants')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('sends')
         batch_op.drop_column('sent_at')
