@@ -25,7 +25,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 
 from app.api.admission import Slot, admit, check_prompt_size
-from app.api.deps import ChatDep, CurrentOrg, PairsDep, SettingsDep, StoreDep
+from app.api.deps import CurrentOrg, PairsDep, SettingsDep, StoreDep, get_chat_engines
 from app.api.routes.models import ChatModel, chat_model
 from app.errors import ApiError, Code
 from app.schemas.chat import (
@@ -79,14 +79,14 @@ router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute
 
 @router.post("/completions", response_model=ChatCompletion, responses={200: _STREAM})
 async def create_chat_completion(body: ChatCompletionCreate, request: Request, org: CurrentOrg,
-                                 settings: SettingsDep, store: StoreDep, pairs: PairsDep,
-                                 engines: ChatDep) -> Response:
+                                 settings: SettingsDep, store: StoreDep, pairs: PairsDep) -> Response:
     """A chat completion from a base LLM or a delta on it; streamed as server-sent events if asked."""
     check_prompt_size([m.text() for m in body.messages], settings)  # before any tokenising
     slot: Slot | None = admit(settings, org.id)  # 429 past the organization's share, before any lookup
     try:
         model = await chat_model(body.model, settings, org, store, pairs)
         slot.enter(model.pair)  # 429 past the pair's batch and queue
+        engines = await get_chat_engines(settings)  # loaded for a request that will use them, not before
         completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if body.stream:
             generation = await run_in_threadpool(_start, engines, model, body)

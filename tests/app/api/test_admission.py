@@ -126,3 +126,18 @@ def test_retry_after_says_when_a_place_is_likely_free() -> None:
     for slot in [*slots, extra, extra]:  # releasing twice counts once
         slot.release()
     assert admission.by_pair["toy"] == 0 and admission.by_org["acme"] == 0
+
+
+def test_requests_that_will_not_decode_do_not_load_the_model(limited: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chat engines (torch, the pair's LLM: seconds on a cold server) were loaded for every request
+    that reached the route, a malformed or an unknown-model one included."""
+    from app.api import deps
+
+    monkeypatch.setattr(deps, "_ENGINES", {})
+    assert limited.client.post("/v1/chat/completions", headers=limited.auth(), json={"model": "toy-llm"}
+                               ).status_code == 400
+    assert limited.client.post("/v1/chat/completions", headers=limited.auth(), json=body() | {"model": "nope"}
+                               ).status_code == 404
+    assert deps._ENGINES == {}
+    assert limited.client.post("/v1/chat/completions", headers=limited.auth(), json=body()).status_code == 200
+    assert len(deps._ENGINES) == 1
