@@ -8,6 +8,9 @@
     gradlift migrate                       bring the database to the newest schema
     gradlift keys create --org NAME [--admin]  a new API key (its organization made if missing; --admin: the
                                            provider's, for /v1/admin and `gradlift admin ...`)
+    gradlift keys list [--org NAME]        every key: id, organization, first characters, made, revoked
+    gradlift keys revoke KEY_ID            revoke a key (refused within GRADLIFT_AUTH_CACHE_S seconds)
+    gradlift keys rotate KEY_ID            a new key for the same organization; the old one is revoked
     gradlift pair build NAME               build a model pair: smol (SmolLM2, shipped GTs) or toy (+ a quick GT)
 """
 
@@ -40,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="make a key; prints it alone on the last line")
     create.add_argument("--org", required=True, help="organization name (made if missing)")
     create.add_argument("--admin", action="store_true", help="a provider's key: also reaches /v1/admin/...")
+    keys.add_parser("list", help="list keys (never the keys themselves)").add_argument(
+        "--org", help="only this organization's")
+    keys.add_parser("revoke", help="revoke a key by its id (key_...)").add_argument("key_id")
+    keys.add_parser("rotate", help="a new key for the key's organization, printed last; the old one is "
+                    "revoked").add_argument("key_id")
     pair = commands.add_parser("pair", help="model pairs").add_subparsers(dest="action", required=True)
     build = pair.add_parser("build", help="build a pair into GRADLIFT_PAIRS_DIR")
     build.add_argument("name", help="the pair's id, e.g. toy")
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         os.execv(sys.executable, [sys.executable, "-m", "workers", *extra])
     handlers = {"serve": lambda: serve(args.host, args.port, args.train_workers),
                 "api": lambda: run_api(args.host, args.port),
-                "migrate": migrate, "keys": lambda: create_key(args.org, args.admin),
+                "migrate": migrate, "keys": lambda: keys(args),
                 "pair": lambda: build_pair(args.name)}
     handlers[args.command]()
 
@@ -81,15 +89,36 @@ def migrate() -> None:
     print("database is at the newest schema")
 
 
-def create_key(org_name: str, admin: bool = False) -> None:
+def keys(args: argparse.Namespace) -> None:
+    """`gradlift keys create|list|revoke|rotate`; exits 1 for a key id that does not exist."""
+    from app.config import get_settings
     from app.db import queries
     from app.db.migrate import upgrade_head
     from app.db.session import session_scope
 
     upgrade_head()
+    later = f"it stops working within GRADLIFT_AUTH_CACHE_S ({get_settings().auth_cache_s:g} s)"
     with session_scope() as session:
-        org, key = queries.create_key(session, org_name, admin)
-    print(f"organization {org.name} ({org.id}){'; an admin key' if admin else ''}")
+        if args.action == "list":
+            for row, name in queries.list_keys(session, args.org):
+                state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+                admin = "  admin" if row.admin else ""
+                print(f"{row.id}  {name}  {row.prefix}...  made {row.created_at:%Y-%m-%d %H:%M}  {state}{admin}")
+            return
+        if args.action == "create":
+            org, key = queries.create_key(session, args.org, args.admin)
+            print(f"organization {org.name} ({org.id}){'; an admin key' if args.admin else ''}")
+        elif args.action == "revoke":
+            if queries.revoke_key(session, args.key_id) is None:
+                sys.exit(f"no API key with id {args.key_id!r} (see `gradlift keys list`)")
+            print(f"revoked {args.key_id}; {later}")
+            return
+        else:
+            rotated = queries.rotate_key(session, args.key_id)
+            if rotated is None:
+                sys.exit(f"no API key with id {args.key_id!r} (see `gradlift keys list`)")
+            key = rotated[1]
+            print(f"revoked {args.key_id}; {later}")
     print("new API key (shown once; send it as `Authorization: Bearer <key>`):")
     print(key)
 
@@ -115,7 +144,9 @@ def run_api(host: str, port: int) -> None:
 
     from app.config import get_settings
 
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port,
+    # Keep-alive well above clients' reuse windows (httpx: 5 s): a connection the server closes as a client
+    # reuses it loses that request.
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, timeout_keep_alive=30,
                 log_level=get_settings().log_level.lower())
 
 

@@ -17,8 +17,15 @@ GRADLIFT_CHAT_MAX_ADAPTERS   generated adapters the chat engine keeps in memory 
 GRADLIFT_CHAT_MAX_BATCH      chat requests of one pair decoded together, one forward per token for all (8; 1: each
                              request decodes alone in its own thread)
 GRADLIFT_CHAT_TORCH_THREADS  torch threads of the API process, which decodes chat requests (1; 0: torch's default)
+GRADLIFT_CHAT_MAX_QUEUE      chat requests of one pair that wait for room in its batch; more get 429 (16)
+GRADLIFT_CHAT_MAX_PER_ORG    chat requests one organization may have in flight; more get 429 (8)
+GRADLIFT_CHAT_MAX_PROMPT_CHARS longest prompt, in characters, checked before tokenising (65536; 400 beyond)
 GRADLIFT_AUTH_CACHE_S        seconds the API reuses a checked API key (and the model a chat request names)
                              before asking the database again (10; 0: every request)
+GRADLIFT_AUTH_FAILURE_LIMIT  API keys that are not valid an address may send within the window before it is
+GRADLIFT_AUTH_FAILURE_WINDOW_S answered 429 for every key not already known valid (20 within 60 s)
+GRADLIFT_MAX_BODY_BYTES      largest request body of every route but the upload (1 MiB; 413 beyond, before reading)
+GRADLIFT_METRICS             serve /metrics (job counts of every organization, no key): false
 GRADLIFT_LOG_LEVEL           INFO
 
 The organization's command line (`gradlift finetune/upload/upgrade/download/chat`) reads its own three:
@@ -59,7 +66,14 @@ class Settings(BaseSettings):
     chat_max_adapters: int = Field(default=32, ge=1)
     chat_max_batch: int = Field(default=8, ge=1)
     chat_torch_threads: int = Field(default=1, ge=0)
+    chat_max_queue: int = Field(default=16, ge=0)
+    chat_max_per_org: int = Field(default=8, ge=1)
+    chat_max_prompt_chars: int = Field(default=65_536, ge=1)
     auth_cache_s: float = Field(default=10.0, ge=0)
+    auth_failure_limit: int = Field(default=20, ge=1)
+    auth_failure_window_s: float = Field(default=60.0, gt=0)
+    max_body_bytes: int = Field(default=2**20, gt=0)
+    metrics: bool = False
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -20,10 +20,12 @@ class Code(StrEnum):
     missing_api_key = "missing_api_key"
     invalid_api_key = "invalid_api_key"
     invalid_request = "invalid_request"
+    method_not_allowed = "method_not_allowed"
     permission_denied = "permission_denied"
     not_found = "not_found"
     pair_not_found = "pair_not_found"
     checkpoint_not_found = "checkpoint_not_found"
+    reference_not_found = "reference_not_found"  # an id in the body of a request on another resource
     no_gradient_transformer = "no_gradient_transformer"
     invalid_adapter = "invalid_adapter"
     invalid_prompts = "invalid_prompts"
@@ -31,6 +33,8 @@ class Code(StrEnum):
     invalid_settings = "invalid_settings"
     unsupported_file_type = "unsupported_file_type"
     file_too_large = "file_too_large"
+    request_too_large = "request_too_large"
+    rate_limit_exceeded = "rate_limit_exceeded"
     conflict = "conflict"
     idempotency_key_reused = "idempotency_key_reused"
     queue_unavailable = "queue_unavailable"
@@ -42,10 +46,12 @@ _STATUS: dict[Code, HTTPStatus] = {
     Code.missing_api_key: HTTPStatus.UNAUTHORIZED,
     Code.invalid_api_key: HTTPStatus.UNAUTHORIZED,
     Code.invalid_request: HTTPStatus.BAD_REQUEST,
+    Code.method_not_allowed: HTTPStatus.METHOD_NOT_ALLOWED,
     Code.permission_denied: HTTPStatus.FORBIDDEN,
     Code.not_found: HTTPStatus.NOT_FOUND,
     Code.pair_not_found: HTTPStatus.NOT_FOUND,
     Code.checkpoint_not_found: HTTPStatus.NOT_FOUND,
+    Code.reference_not_found: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.no_gradient_transformer: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.invalid_adapter: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.invalid_prompts: HTTPStatus.UNPROCESSABLE_ENTITY,
@@ -53,6 +59,8 @@ _STATUS: dict[Code, HTTPStatus] = {
     Code.invalid_settings: HTTPStatus.UNPROCESSABLE_ENTITY,
     Code.unsupported_file_type: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     Code.file_too_large: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    Code.request_too_large: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    Code.rate_limit_exceeded: HTTPStatus.TOO_MANY_REQUESTS,
     Code.conflict: HTTPStatus.CONFLICT,
     Code.idempotency_key_reused: HTTPStatus.CONFLICT,
     Code.queue_unavailable: HTTPStatus.SERVICE_UNAVAILABLE,
@@ -73,10 +81,17 @@ def error_type(status: int) -> str:
 class ApiError(Exception):
     """Raised anywhere in a request; the handler turns it into a response."""
 
-    def __init__(self, code: Code, message: str, *, param: str | None = None) -> None:
+    def __init__(self, code: Code, message: str, *, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.param = code, message, param
         self.status = int(_STATUS[code])
+        self.headers = dict(headers or {})
+        if self.status == 401:
+            self.headers["WWW-Authenticate"] = "Bearer"
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers or None)
 
     def body(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": error_type(self.status), "param": self.param,
@@ -89,8 +104,10 @@ def not_found(kind: str, object_id: str, *, param: str | None = None,
 
 
 def _from_http_exception(exc: StarletteHTTPException) -> ApiError:
-    codes = {401: Code.missing_api_key, 404: Code.not_found, 409: Code.conflict, 413: Code.file_too_large}
-    error = ApiError(codes.get(exc.status_code, Code.invalid_request), str(exc.detail))
+    codes = {401: Code.missing_api_key, 404: Code.not_found, 405: Code.method_not_allowed, 409: Code.conflict,
+             413: Code.file_too_large}
+    error = ApiError(codes.get(exc.status_code, Code.invalid_request), str(exc.detail),
+                     headers=exc.headers)  # 405's Allow, 416's Content-Range
     error.status = exc.status_code  # keep the framework's own status (405, 416, ...)
     return error
 
@@ -115,8 +132,7 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         error = ApiError(Code.internal_error, "The server failed to handle the request.")
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    return error.response()
 
 
 def install_error_handler(app: FastAPI) -> None:

@@ -52,12 +52,17 @@ def _checked(prompts: list, param: str) -> list:
     return prompts
 
 
-def store(blobs: BlobStore, prompts: list) -> tuple[str, int]:
-    """The prompts as one canonical JSONL blob; returns (sha256, count)."""
+def encode(prompts: list) -> bytes:
+    """The prompts as one canonical JSONL file (what the worker reads back)."""
     from models.data.datafile import prompt_record
 
-    body = "".join(json.dumps(prompt_record(p), ensure_ascii=False) + "\n" for p in prompts)
-    sha256, _ = blobs.put_bytes(body.encode("utf-8"))
+    return "".join(json.dumps(prompt_record(p), ensure_ascii=False) + "\n" for p in prompts).encode("utf-8")
+
+
+def store(blobs: BlobStore, prompts: list) -> tuple[str, int]:
+    """Store the prompts as one canonical JSONL blob; returns (sha256, count). The caller holds the blob's
+    lock (app.db.queries.lock_blob) until the row that points at it is committed."""
+    sha256, _ = blobs.put_bytes(encode(prompts))
     return sha256, len(prompts)
 
 

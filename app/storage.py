@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -115,14 +118,48 @@ class BlobStore:
             writer.abort()
             raise
 
-    def delete(self, sha256: str) -> None:
-        self.path(sha256).unlink(missing_ok=True)
+    @contextmanager
+    def removing(self, sha256: str) -> Iterator[None]:
+        """Remove a blob with the transaction that drops its last reference: it is moved aside now, deleted
+        when the block ends, and put back if the block raises (the commit failed: the reference stays)."""
+        aside = self.tmp_dir / f"removing-{sha256}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.replace(self.path(sha256), aside)
+        except FileNotFoundError:
+            aside = None
+        try:
+            yield
+        except BaseException:
+            if aside is not None:
+                os.replace(aside, self.path(sha256))
+            raise
+        if aside is not None:
+            aside.unlink(missing_ok=True)
+
+    def set_aside(self, older_than_s: float) -> list[tuple[str, Path]]:
+        """Blobs `removing` moved aside that are still there after `older_than_s`: the process died between
+        the move and its commit. (sha256, where the bytes are)."""
+        now = time.time()
+        return [(p.name.split("-")[1], p) for p in sorted(self.tmp_dir.glob("removing-*"))
+                if now - p.stat().st_mtime > older_than_s]
+
+    def restore(self, sha256: str, aside: Path) -> None:
+        """Put a blob set aside back (its delete never committed)."""
+        target = self.path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(aside, target)
 
     def work_dir(self, name: str) -> Path:
         """A fresh scratch folder for a job's outputs, removed by `discard`."""
         path = self.tmp_dir / f"{name}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
         return path
+
+    def work_dirs(self, name: str = "") -> list[Path]:
+        """The scratch folders made by `work_dir(name)` (every one when no name is given) that are still
+        there: a process that died while using one left it behind."""
+        return sorted(p for p in self.tmp_dir.iterdir() if p.is_dir() and p.name.startswith(name)
+                      and len(p.name) > len(name) and p.name[-9] == "-")
 
     @staticmethod
     def discard(path: Path) -> None:

@@ -16,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from app import prompts, queue
 from app.config import get_settings
-from app.db import jobs
+from app.db import jobs, queries
 from app.db.session import session_scope
 from app.db.tables import Delta, Job, utcnow
 from app.storage import BlobStore
@@ -24,6 +24,7 @@ from app.storage import BlobStore
 log = logging.getLogger(__name__)
 
 RUN_SHARE = 0.9  # of the job's progress bar: the GT run; the rest is loading and storing
+INTERNAL = "the upgrade failed on the server; its operators find the reason in the worker's log"
 
 
 class JobStopped(Exception):
@@ -89,6 +90,8 @@ def run_job(job_id: str, worker: str) -> None:
         log.info("job %s is finished or held by a live worker; nothing to do", job_id)
         return
     store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    for earlier in store.work_dirs(job_id):  # an attempt that died mid-job (this claim means it is gone)
+        store.discard(earlier)
     out_dir = store.work_dir(job_id)
     try:
         with Heartbeat(job_id, worker, settings.job_lease_s / 4) as heartbeat:
@@ -105,9 +108,9 @@ def run_job(job_id: str, worker: str) -> None:
     except Exception as exc:
         from models.errors import GradliftError
 
-        if not isinstance(exc, GradliftError):
+        if not isinstance(exc, GradliftError):  # its text may name this machine's paths: kept in the log
             log.exception("job %s failed", job_id)
-        _fail(job_id, worker, _error_code(exc), str(exc) or type(exc).__name__)
+        _fail(job_id, worker, _error_code(exc), str(exc) if isinstance(exc, GradliftError) else INTERNAL)
     finally:
         store.discard(out_dir)
 
@@ -165,17 +168,45 @@ def _fail(job_id: str, worker: str, code: str, message: str) -> None:
 
 
 def sweep() -> list[str]:
-    """Queue again the running jobs whose worker stopped sending heartbeats; returns their ids."""
+    """Send again the running jobs whose worker stopped sending heartbeats (queued anew), and the queued
+    jobs no worker took within a lease of being sent; returns their ids. A job sent twice still runs once:
+    only one claim of it succeeds."""
     lease_s = get_settings().job_lease_s
     with session_scope() as session:
-        stale = jobs.stale_job_ids(session, lease_s)
-    requeued = []
-    for job_id in stale:
-        # Send before commit: if sending fails the job stays stale and the next sweep tries again.
+        stale, unsent = jobs.stale_job_ids(session, lease_s), jobs.unsent_job_ids(session, lease_s)
+    sent = []
+    for job_id, mark in [*((j, jobs.requeue) for j in stale), *((j, jobs.resend) for j in unsent)]:
+        # Send before commit: if sending fails the job stays as it was and the next sweep tries again.
         with session_scope() as session:
-            if jobs.requeue(session, job_id, lease_s):
+            if mark(session, job_id, lease_s):
                 queue.send(queue.UPGRADE_TASK, job_id=job_id)
-                requeued.append(job_id)
-    if requeued:
-        log.warning("requeued jobs of lost workers: %s", ", ".join(requeued))
-    return requeued
+                sent.append(job_id)
+    if sent:
+        log.warning("sent again jobs that lost their worker or their message: %s", ", ".join(sent))
+    _tidy_scratch(lease_s)
+    return sent
+
+
+def _tidy_scratch(lease_s: float) -> None:
+    """Remove the scratch folders of attempts that died, once their job is no longer running (and the
+    folder is older than a lease, so a claim that is just starting keeps its new one); put back a blob a
+    delete set aside and died before committing, if a row still points at it."""
+    settings = get_settings()
+    store = BlobStore(settings.blobs_dir, settings.tmp_dir)
+    for sha256, aside in store.set_aside(lease_s):
+        with session_scope() as session:
+            queries.lock_blob(session, sha256)
+            if queries.blob_referenced(session, sha256) and not store.exists(sha256):
+                log.warning("restoring blob %s: its delete died before committing", sha256)
+                store.restore(sha256, aside)
+            else:
+                aside.unlink(missing_ok=True)
+    old = [p for p in store.work_dirs() if time.time() - p.stat().st_mtime > lease_s]
+    if not old:
+        return
+    with session_scope() as session:
+        running = set(jobs.running_job_ids(session))
+    for path in old:
+        if path.name.rsplit("-", 1)[0] not in running:
+            log.info("removing %s, left by an upgrade attempt that died", path.name)
+            store.discard(path)

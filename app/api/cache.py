@@ -1,12 +1,14 @@
 """A small in-process cache whose entries expire, for answers the API may reuse for a few seconds
-(which organization a key belongs to, what a chat model id names) instead of asking the database again."""
+(which organization a key belongs to, what a chat model id names) instead of asking the database again;
+concurrent misses of one key share one lookup."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -21,6 +23,7 @@ class TtlCache(Generic[K, V]):
         self.ttl_s, self.size, self.clock = ttl_s, size, clock
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[K, asyncio.Future[V | None]] = {}  # lookups in flight, on the event loop
 
     def get(self, key: K) -> V | None:
         with self._lock:
@@ -41,6 +44,38 @@ class TtlCache(Generic[K, V]):
             self._entries.move_to_end(key)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
+
+    async def get_or_load(self, key: K, load: Callable[[], Awaitable[V | None]]) -> V | None:
+        """The cached value, or `load()`'s, stored unless None. Callers that miss the same key while a
+        load is in flight wait for that one instead of loading again: when an entry expires under load,
+        one lookup reaches the database, not every request that wanted it (event loop callers only)."""
+        value = self.get(key)
+        if value is not None:
+            return value
+        if (pending := self._loading.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():  # this caller was cancelled, not the load
+                    raise
+                return await self.get_or_load(key, load)  # the loading request went away: load anew
+        future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            value = await load()
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # marked retrieved: the waiters, if any, raise it
+            raise
+        finally:
+            del self._loading[key]
+        if value is not None:
+            self.put(key, value)
+        future.set_result(value)
+        return value
 
     def clear(self) -> None:
         with self._lock:

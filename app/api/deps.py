@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -50,30 +50,11 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `gradlift ke
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-@lru_cache(maxsize=1)
-def _orgs(ttl_s: float) -> TtlCache[tuple[str, str], Organization]:
-    return TtlCache(ttl_s, size=10_000)
-
-
-def _org_for_key(database_url: str, key: str) -> Organization | None:
-    with new_session(database_url) as session:
-        return queries.org_for_key(session, key)  # detached when the session closes, attributes loaded
-
-
-async def current_org(credentials: Credentials, settings: SettingsDep) -> Organization:
-    """The organization of the request's API key. A key found valid is trusted for `auth_cache_s`
-    seconds without asking the database again (so a revoked key goes on working that long at most)."""
-    if credentials is None:
-        raise ApiError(Code.missing_api_key, "You didn't provide an API key. Send `Authorization: Bearer "
-                       "<key>`; make a key with `gradlift keys create --org NAME`.")
-    cache, cache_key = _orgs(settings.auth_cache_s), (settings.database_url, queries.hash_key(credentials.credentials))
-    org = cache.get(cache_key)
-    if org is None:
-        org = await run_in_threadpool(_org_for_key, settings.database_url, credentials.credentials)
-        if org is None:
-            raise ApiError(Code.invalid_api_key, "Incorrect API key provided.")
-        cache.put(cache_key, org)
-    return org
+async def current_org(request: Request, _credentials: Credentials) -> Organization:
+    """The organization of the request's API key, found by `app.api.guard` before the body was read
+    (`app.api.auth`: cached for `auth_cache_s`, throttled per address). `Credentials` puts the bearer
+    scheme into the OpenAPI document."""
+    return request.state.org
 
 
 CurrentOrg = Annotated[Organization, Depends(current_org)]
@@ -128,27 +109,25 @@ PairsDep = Annotated[PairCatalog, Depends(get_pairs)]
 
 
 _ENGINES_LOCK = threading.Lock()  # concurrent first chat requests make one ChatEngines, not several
+_ENGINES: dict[tuple[object, ...], ChatEngines] = {}  # one per process: the settings it was made with
 
 
 def _chat_engines_once(*args: object) -> ChatEngines:
     with _ENGINES_LOCK:
-        return _chat_engines(*args)  # type: ignore[arg-type]
+        if args not in _ENGINES:
+            from models.serving.engine import ChatEngines  # torch loads on the first chat request, not at start
 
-
-@lru_cache(maxsize=1)
-def _chat_engines(pairs_dir: Path, max_adapters: int, torch_threads: int, device: str,
-                  max_batch: int) -> ChatEngines:
-    from models.serving.engine import ChatEngines  # torch loads on the first chat request, not at start
-
-    return ChatEngines(pairs_dir, max_adapters, torch_threads, device, max_batch)
+            _ENGINES.clear()  # settings change only in tests; the engines of old ones go
+            _ENGINES[args] = ChatEngines(*args)  # type: ignore[arg-type]
+        return _ENGINES[args]
 
 
 async def get_chat_engines(settings: SettingsDep) -> ChatEngines:
     assert settings.pairs_dir is not None  # filled in by Settings
     args = (settings.pairs_dir, settings.chat_max_adapters, settings.chat_torch_threads, settings.device,
             settings.chat_max_batch)
-    if _chat_engines.cache_info().currsize:
-        return _chat_engines(*args)
+    if (engines := _ENGINES.get(args)) is not None:
+        return engines
     from models.device import DeviceError
 
     try:

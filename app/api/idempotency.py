@@ -1,9 +1,10 @@
-"""`Idempotency-Key` on creating POSTs: the first response is stored and replayed to retries."""
+"""`Idempotency-Key` on creating POSTs: the first request's outcome is stored, and a retry gets the
+resource it made as that resource is now (a job that has run since shows its progress; a resource
+deleted since answers 409 saying so), never a copy of an answer that is no longer true."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
@@ -16,8 +17,9 @@ def fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
-def replay(session: Session, org_id: str, scope: str, key: str | None, print_: str) -> dict[str, Any] | None:
-    """The stored response for this key, or None; a key reused for a different request is refused."""
+def replay(session: Session, org_id: str, scope: str, key: str | None, print_: str) -> str | None:
+    """The id of the resource the first request with this key made, or None; a key reused for a
+    different request is refused."""
     if key is None:
         return None
     record = queries.find_idempotent(session, org_id, scope, key)
@@ -25,7 +27,13 @@ def replay(session: Session, org_id: str, scope: str, key: str | None, print_: s
         return None
     if record.fingerprint != print_:
         raise ApiError(Code.idempotency_key_reused, "This Idempotency-Key was used with a different request.")
-    return record.response
+    return str(record.response["id"])
+
+
+def gone(kind: str, resource_id: str) -> ApiError:
+    """The answer to a retry whose resource has been deleted since the first request made it."""
+    return ApiError(Code.conflict, f"This Idempotency-Key made {kind} {resource_id!r}, which has been deleted "
+                    "since; send the request without the key (or with a new one) to make another.", param=None)
 
 
 def remember(session: Session, org_id: str, scope: str, key: str | None, print_: str,

@@ -2,22 +2,24 @@
 
 queued -> running (claimed by one worker, which keeps a heartbeat) -> succeeded | failed | cancelled.
 A running job whose heartbeat is older than the lease belongs to a dead worker: it goes back to queued
-and is sent again. A claim succeeds only on a queued job or on a running one whose lease ran out, so two
-live workers never run the same job, and the unique delta per job makes a repeat harmless anyway.
+and is sent again; so is a queued job that no worker took within a lease of being sent (the API died
+before sending it, or the broker lost it). A claim succeeds only on a queued job or on a running one whose
+lease ran out, so two live workers never run the same job, and the unique delta per job makes a repeat
+harmless anyway.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import queries
-from app.db.tables import TERMINAL, Delta, Job, JobEvent, JobStatus, utcnow
+from app.db.tables import TERMINAL, Delta, Job, JobEvent, JobParticipant, JobStatus, utcnow
 
 MAX_ATTEMPTS = 3
 
@@ -49,20 +51,59 @@ def add_event(session: Session, job_id: str, stage: str, progress: float, messag
 
 
 def create_job(session: Session, org_id: str, pair: str, task: str | None, gt_id: str | None,
-               inputs: list[dict[str, str]], collaboration_id: str | None = None, *, mode: str = "gt",
+               inputs: list[dict[str, str]], collaboration_id: str | None = None,
+               participants: list[str] | None = None, *, mode: str = "gt",
                prompts: tuple[str, int] | None = None) -> Job:
+    """A queued job, not yet sent (`mark_sent` once its id is with the broker). A pooled one records the
+    organizations whose contributions it reads: with the member that asked, they are who may read it."""
     job = Job(org_id=org_id, pair=pair, task=task, gt_id=gt_id, inputs=inputs, collaboration_id=collaboration_id,
               mode=mode, prompts_sha256=prompts[0] if prompts else None, prompts_count=prompts[1] if prompts else None,
               status=JobStatus.queued.value, progress=0.0, stage="queued", cancel_requested=False, attempts=0,
-              created_at=utcnow())
+              sends=0, created_at=utcnow())
     session.add(job)
     session.flush()
+    session.add_all(JobParticipant(job_id=job.id, org_id=member) for member in sorted(set(participants or ())))
     pooled = f" pooled in {collaboration_id}" if collaboration_id else ""
     gt = f"GT {gt_id!r}" if gt_id else "no GT covers it"
     attached = f", {prompts[1]} prompts of the organization's" if prompts else ""
     add_event(session, job.id, "queued", 0.0, f"queued: {len(inputs)} checkpoint(s){pooled}, mode {mode}, {gt}"
               f"{attached}")
     return job
+
+
+def mark_sent(session: Session, job_id: str) -> None:
+    _update(session, Job.id == job_id, sent_at=utcnow(), sends=Job.sends + 1)
+
+
+def _overdue(sent_at: datetime | None, created_at: datetime, sends: int, lease_s: float) -> bool:
+    """Whether a queued job has waited longer than its sends allow: a lease after it was made (never sent)
+    or first sent, twice that after the second send, and so on. A job waiting behind others is sent again
+    a few times, not once a lease; a lost one goes again a lease later."""
+    wait = lease_s * 2 ** min(max(sends - 1, 0), 10)
+    return utcnow() - (sent_at or created_at) > timedelta(seconds=wait)
+
+
+def unsent_job_ids(session: Session, lease_s: float) -> list[str]:
+    """Queued jobs that no worker took in the time their sends allow (`_overdue`): their message never
+    reached the broker, or the broker lost it, or it waits behind others."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    query = select(Job.id, Job.sent_at, Job.created_at, Job.sends).where(
+        Job.status == JobStatus.queued.value, func.coalesce(Job.sent_at, Job.created_at) < stale)
+    return [row.id for row in session.execute(query) if _overdue(row.sent_at, row.created_at, row.sends, lease_s)]
+
+
+def resend(session: Session, job_id: str, lease_s: float) -> bool:
+    """Mark an overdue queued job sent now (the caller sends it before committing); False when a worker
+    took it meanwhile, or another sweeper sent it."""
+    row = session.execute(select(Job.sent_at, Job.created_at, Job.sends).where(
+        Job.id == job_id, Job.status == JobStatus.queued.value)).first()
+    if row is None or not _overdue(row.sent_at, row.created_at, row.sends, lease_s):
+        return False
+    if not _update(session, Job.id == job_id, Job.status == JobStatus.queued.value, Job.sends == row.sends,
+                   sent_at=utcnow(), sends=row.sends + 1):
+        return False
+    add_event(session, job_id, "queued", 0.0, "not taken by a worker in the time its sends allow; sent again")
+    return True
 
 
 def get_job(session: Session, org_id: str, job_id: str) -> Job | None:
@@ -172,6 +213,10 @@ def _finish(session: Session, job_id: str, status: JobStatus, message: str, *, c
         add_event(session, job_id, status.value, job.progress, message)
 
 
+def running_job_ids(session: Session) -> list[str]:
+    return list(session.scalars(select(Job.id).where(Job.status == JobStatus.running.value)))
+
+
 def stale_job_ids(session: Session, lease_s: float) -> list[str]:
     """Running jobs whose worker sent no heartbeat within the lease: their worker is gone."""
     stale = utcnow() - timedelta(seconds=lease_s)
@@ -193,7 +238,7 @@ def requeue(session: Session, job_id: str, lease_s: float) -> bool:
             add_event(session, job_id, "failed", 0.0, message)
         return False
     if not _update(session, Job.id == job_id, Job.status == JobStatus.running.value, Job.heartbeat_at < stale,
-                   status=JobStatus.queued.value, stage="queued", worker=None):
+                   status=JobStatus.queued.value, stage="queued", worker=None, sent_at=utcnow(), sends=1):
         return False
     add_event(session, job_id, "queued", 0.0, f"worker lost (no heartbeat for {lease_s:g}s); queued again")
     return True

@@ -7,7 +7,7 @@ import hashlib
 import secrets
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from app.db.tables import (
@@ -20,6 +20,7 @@ from app.db.tables import (
     Delta,
     IdempotencyRecord,
     Job,
+    JobParticipant,
     JobStatus,
     MemberStatus,
     Organization,
@@ -48,6 +49,34 @@ def create_key(session: Session, org_name: str, admin: bool = False) -> tuple[Or
     return org, key
 
 
+def list_keys(session: Session, org_name: str | None = None) -> list[tuple[ApiKey, str]]:
+    """Every API key (or one organization's) with its organization's name, oldest first."""
+    query = select(ApiKey, Organization.name).join(Organization, Organization.id == ApiKey.org_id)
+    if org_name is not None:
+        query = query.where(Organization.name == org_name)
+    return [(key, name) for key, name in session.execute(query.order_by(ApiKey.created_at, ApiKey.id))]
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey | None:
+    """Revoke a key by its id (revoking it again changes nothing); None when there is no such key."""
+    key = session.get(ApiKey, key_id)
+    if key is not None and key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return key
+
+
+def rotate_key(session: Session, key_id: str) -> tuple[ApiKey, str] | None:
+    """A new key for the organization of `key_id`, which is revoked: (the old key's row, the new key)."""
+    old = session.get(ApiKey, key_id)
+    if old is None:
+        return None
+    org = session.get(Organization, old.org_id)
+    _, key = create_key(session, org.name, old.admin)  # a provider's key stays a provider's
+    revoke_key(session, key_id)
+    return old, key
+
+
 def org_for_key(session: Session, key: str) -> Organization | None:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
     return session.get(Organization, row.org_id) if row is not None else None
@@ -67,10 +96,15 @@ def _joined(org_id: str) -> Select:
 
 
 def _readable_by(table: type, org_id: str) -> ColumnElement[bool]:
-    """The one rule of who reads what: an organization reads its own rows, and the rows of pooled
-    upgrades (jobs, deltas) of the collaborations it has joined. Everything else reads as absent."""
-    if hasattr(table, "collaboration_id"):
-        return or_(table.org_id == org_id, table.collaboration_id.in_(_joined(org_id)))
+    """The one rule of who reads what: an organization reads its own rows; and a pooled upgrade (its job
+    and its delta) belongs to the members who took part when it was made, the organizations whose
+    contributions went in, for as long as they stay joined. A member that joins later, one that left, one
+    only invited, reads none of it. Everything else reads as absent."""
+    if table is Job or table is Delta:
+        job_id = Job.id if table is Job else Delta.job_id
+        took_part = select(JobParticipant.job_id).where(JobParticipant.org_id == org_id)
+        return or_(table.org_id == org_id,
+                   table.collaboration_id.in_(_joined(org_id)) & job_id.in_(took_part))
     return table.org_id == org_id
 
 
@@ -112,6 +146,18 @@ def collaboration_outputs(session: Session, collaboration_id: str) -> tuple[int,
     active = session.scalar(select(func.count()).select_from(Job).where(
         Job.collaboration_id == collaboration_id, Job.status.in_([JobStatus.queued.value, JobStatus.running.value])))
     return int(deltas or 0), int(active or 0)
+
+
+def lock_blob(session: Session, sha256: str) -> None:
+    """Hold the blob's lock until the session's transaction ends. Whoever makes a row point at a blob, or
+    removes a blob no row points at, holds it from before it looks until after it commits, so an upload
+    of the same bytes and a delete never interleave (a row whose blob is gone). PostgreSQL: a transaction
+    advisory lock on the hash; SQLite: the database's write lock, which every transaction here takes at
+    BEGIN IMMEDIATE (app.db.session)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": int(sha256[:15], 16)})
+    else:
+        session.execute(text("SELECT 1"))  # begins the transaction, if nothing has yet
 
 
 def blob_referenced(session: Session, sha256: str) -> bool:
@@ -219,12 +265,14 @@ def contribute(session: Session, collaboration_id: str, checkpoint: Checkpoint) 
 
 
 def pooled_inputs(session: Session, collaboration_id: str) -> list[dict[str, Any]]:
-    """The contributed checkpoints as a job's inputs, in the order they were contributed."""
-    query = (select(Checkpoint.id, Checkpoint.sha256, Checkpoint.privacy)
+    """The contributed checkpoints as a job's inputs, in the order they were contributed, each with the
+    organization that contributed it (`org_id`: the job's participants, not kept in its inputs)."""
+    query = (select(Checkpoint.id, Checkpoint.sha256, Checkpoint.privacy, Contribution.org_id)
              .join(Contribution, Contribution.checkpoint_id == Checkpoint.id)
              .where(Contribution.collaboration_id == collaboration_id)
              .order_by(Contribution.created_at, Contribution.id))
-    return [{"id": row.id, "sha256": row.sha256, "privacy": row.privacy} for row in session.execute(query)]
+    return [{"id": row.id, "sha256": row.sha256, "privacy": row.privacy, "org_id": row.org_id}
+            for row in session.execute(query)]
 
 
 def find_idempotent(session: Session, org_id: str, scope: str, key: str) -> IdempotencyRecord | None:

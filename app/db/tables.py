@@ -166,9 +166,25 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None]
+    # When the job's id last went to the broker (None: not yet), and how many times it went. A queued job
+    # not taken within a lease of this (doubling with each send) is sent again by the sweeper: the API may
+    # have died before sending, or the broker lost it.
+    sent_at: Mapped[datetime | None]
+    sends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class JobParticipant(Base):
+    """An organization whose contribution went into a pooled upgrade: the job and its delta are its (and
+    the asking member's) while it stays a member. Fixed when the job is made."""
+
+    __tablename__ = "job_participants"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True,
+                                        index=True)
 
 
 class JobEvent(Base):

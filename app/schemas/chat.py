@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from app.schemas.common import NO_NUL
 
 
 class TextPart(BaseModel):
@@ -28,9 +31,12 @@ class StreamOptions(BaseModel):
 class ChatCompletionCreate(BaseModel):
     """The request body. Parameters this service does not serve are rejected (400), not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The document says what `_check` enforces: stream_options only with stream true.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["stream"], "properties": {"stream": {"const": True}}},
+        {"not": {"required": ["stream_options"]}}]})
 
-    model: str = Field(description="A delta id (`dlt_…`) or a base model id from GET /v1/models.")
+    model: str = Field(pattern=NO_NUL, description="A delta id (`dlt_…`) or a base model id from GET /v1/models.")
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, description="The newer name of max_tokens.")
@@ -40,16 +46,16 @@ class ChatCompletionCreate(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: Literal[1] = 1
     stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63, description="A 64-bit integer.")
     stream: bool = False
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | SkipJsonSchema[None] = None
     user: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionCreate:
         if self.stop == "":
             raise ValueError("stop must not be an empty string")
-        if self.stream_options is not None and not self.stream:
+        if "stream_options" in self.model_fields_set and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         if self.token_limit is not None and self.min_tokens > self.token_limit:
             raise ValueError("min_tokens must not exceed max_tokens")

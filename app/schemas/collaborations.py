@@ -4,23 +4,25 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app.schemas.common import UnixTime
+from app.schemas.common import NO_NUL, UnixTime
 
 MemberStatus = Literal["invited", "joined"]
 
 
 class CollaborationCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200, description="A name the members will recognise.")
-    pair: str = Field(min_length=1, max_length=100, description="The model pair every contribution is for.")
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL, description="A name the members will recognise.")
+    pair: str = Field(min_length=1, max_length=100, pattern=NO_NUL,
+                      description="The model pair every contribution is for.")
 
 
 class InvitationCreate(BaseModel):
-    organization_id: str = Field(min_length=1, max_length=32,
+    organization_id: str = Field(min_length=1, max_length=32, pattern=NO_NUL,
                                  description="The invited organization's id (`org_…`, from GET /v1/organizations/me).")
 
 
 class ContributionCreate(BaseModel):
-    checkpoint_id: str = Field(min_length=1, max_length=32, description="One of the caller's own checkpoints.")
+    checkpoint_id: str = Field(min_length=1, max_length=32, pattern=NO_NUL,
+                               description="One of the caller's own checkpoints.")
 
 
 class MemberPublic(BaseModel):
@@ -38,7 +40,8 @@ class ContributionPublic(BaseModel):
     object: Literal["contribution"] = "contribution"
     collaboration_id: str
     organization_id: str
-    checkpoint_id: str
+    checkpoint_id: str | None = Field(description="Null for an organization only invited: the members' "
+                                                  "checkpoints are theirs to see once it joins.")
     created_at: UnixTime
 
 

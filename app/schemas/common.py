@@ -5,6 +5,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, PlainSerializer
 
+# Text that is stored or looked up in the database: PostgreSQL's text holds no NUL character, so none is
+# accepted (422), here and in the document alike.
+NO_NUL = r"^[^\x00]*$"
+
 # Unix seconds on the wire, as OpenAI's API gives times.
 UnixTime = Annotated[datetime, PlainSerializer(lambda dt: int(dt.timestamp()), return_type=int)]
 

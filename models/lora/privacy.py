@@ -16,7 +16,6 @@ provider's shadow runs on public data and for tests.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import warnings
@@ -27,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from models.errors import ConfigError
+from models.lora.header import strict_json
 from models.lora.update import Update
 
 NoiseKind = Literal["gaussian", "laplace"]
@@ -161,12 +161,14 @@ MISMATCH = 10.0  # distance between different mechanisms (or none and one): wors
 
 def adapter_privacy(metadata: dict[str, str]) -> dict[str, Any] | None:
     """The privacy settings `gradlift finetune` recorded in an adapter file's metadata (None: none recorded,
-    or a plain run). ConfigError if the record is there but unreadable."""
+    or a plain run). ConfigError if the record is there but unreadable: not JSON, nested deeper than the
+    record is, a mechanism whose settings are not plain values, an epsilon that is not a positive finite
+    number. What is returned is stored and shown back, so nothing else gets through."""
     if "gradlift" not in metadata:
         return None
     try:
-        record = json.loads(metadata["gradlift"])
-    except json.JSONDecodeError as exc:
+        record = strict_json(metadata["gradlift"], max_depth=RECORD_DEPTH)
+    except ValueError as exc:
         raise ConfigError(f"the adapter's `gradlift` metadata is not JSON: {exc}") from None
     privacy = record.get("privacy") if isinstance(record, dict) else None
     if privacy is None:
@@ -175,12 +177,27 @@ def adapter_privacy(metadata: dict[str, str]) -> dict[str, Any] | None:
     if mechanisms is None or any(k not in ("dp_sgd", "update_noise") or not _epsilon(v)
                                  for k, v in mechanisms.items()):
         raise ConfigError("the adapter's `gradlift` metadata has a `privacy` entry without an epsilon per mechanism")
+    if not all(_plain(value) for settings in mechanisms.values() for value in settings.values()):
+        raise ConfigError("the adapter's `gradlift` privacy settings hold something other than numbers and words")
     return mechanisms or None
+
+
+RECORD_DEPTH = 4  # {"privacy": {"dp_sgd": {"epsilon": ...}}} and lists of sources: no record nests deeper
+_MAX_WORD = 200
+
+
+def _plain(value: object) -> bool:
+    """A setting's value as the fine-tune writes them: a finite number, a short string, a flag or null."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, bool | int) or (isinstance(value, str) and len(value) <= _MAX_WORD)
 
 
 def _epsilon(settings: object) -> float | None:
     value = settings.get("epsilon") if isinstance(settings, dict) else None
-    return float(value) if isinstance(value, int | float) and value > 0 else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
 
 
 def privacy_distance(upload: dict[str, Any] | None, shadow: dict[str, Any] | None) -> float:

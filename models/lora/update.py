@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from models.errors import AdapterError
@@ -129,7 +130,11 @@ def validate_adapter_file(path: Path, expected_shapes: dict[str, tuple[int, ...]
     extra = sorted(set(header) - set(expected_shapes))
     if extra:
         raise AdapterError(f"unexpected tensor {extra[0]!r}: not a LoRA weight of this pair's TinyLM")
-    for name, tensor in load_file(str(path)).items():
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as exc:  # read_header refuses what the library refuses; this is the backstop
+        raise AdapterError(f"safetensors cannot read the file: {exc}") from None
+    for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise AdapterError(f"tensor {name!r} holds NaN or Inf")
         if tensor.abs().max() > MAX_ABS:

@@ -72,6 +72,12 @@ class Pair:
     llm_init_path = property(lambda self: self.root / "llm_lora_init.safetensors")
     shadow_dir = property(lambda self: self.root / "shadow")
 
+    @property
+    def llm_name(self) -> str:
+        """What the pair's LLM is called where this machine's paths mean nothing: the service's model id for
+        it (`GET /v1/models`), written as a generated adapter's `base_model_name_or_path`."""
+        return f"{self.id}-llm"
+
     def gt_dir(self, gt_id: str) -> Path:
         return self.root / "gts" / gt_id
 

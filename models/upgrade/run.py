@@ -143,7 +143,7 @@ def _deliver(inputs: _Inputs, update: Update, out_dir: Path, mode: str, version:
     """Write the PEFT folder and update file, check them, and judge them (unless `quality` is given)."""
     pair = inputs.pair
     meta = {"pair": pair.id, "mode": mode, "gt": gt_id, "gt_version": version, "sources": inputs.sources}
-    write_adapter_folder(out_dir, pair.spec.lora, pair.id + "-llm", add(pair.init("llm"), update),
+    write_adapter_folder(out_dir, pair.spec.lora, pair.llm_name, add(pair.init("llm"), update),
                          {k: v for k, v in meta.items() if v is not None})
     save_update(update, out_dir / "update.safetensors", metadata={k: v for k, v in meta.items() if v is not None})
     verification, behaviour = check(pair, out_dir, update, inputs.probes, inputs.taught, inputs.device)

@@ -37,13 +37,18 @@ def test_limit_stops_the_write_and_abort_leaves_nothing(store: BlobStore) -> Non
     assert files(store.tmp_dir) == [] and files(store.blobs_dir) == []
 
 
-def test_put_file_and_delete(store: BlobStore, tmp_path: Path) -> None:
+def test_put_file_and_remove(store: BlobStore, tmp_path: Path) -> None:
     source = tmp_path / "x.bin"
     source.write_bytes(b"abc")
     sha, size = store.put_file(source)
     assert (size, store.exists(sha)) == (3, True)
-    store.delete(sha)
-    assert not store.exists(sha)
+    with pytest.raises(RuntimeError), store.removing(sha):  # the commit failed: the blob comes back
+        assert not store.exists(sha)
+        raise RuntimeError("commit failed")
+    assert store.exists(sha)
+    with store.removing(sha):
+        pass
+    assert not store.exists(sha) and files(store.tmp_dir) == []
 
 
 def test_path_refuses_names_that_are_not_sha256(store: BlobStore) -> None:

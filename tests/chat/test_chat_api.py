@@ -118,7 +118,7 @@ def test_errors_come_before_any_stream(server: Server) -> None:
 def test_the_documented_responses_are_the_ones_it_answers(server: Server) -> None:
     doc = httpx.get(f"{server.services.base_url}/openapi.json", timeout=30).json()
     responses = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "401", "404", "500", "503"}  # not FastAPI's 422
+    assert set(responses) == {"200", "400", "401", "404", "413", "429", "500", "503"}  # not FastAPI's 422
     for status in ("400", "401", "404", "500"):
         assert responses[status]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorResponse"}

@@ -24,7 +24,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 
-from app.api.deps import ChatDep, CurrentOrg, PairsDep, SettingsDep, StoreDep
+from app.api.admission import Slot, admit, check_prompt_size
+from app.api.deps import CurrentOrg, PairsDep, SettingsDep, StoreDep, get_chat_engines
 from app.api.routes.models import ChatModel, chat_model
 from app.errors import ApiError, Code
 from app.schemas.chat import (
@@ -69,6 +70,8 @@ _STREAM = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
 _ERRORS = {**{status: spec for status, spec in ERROR_RESPONSES.items() if status != 422},
            400: {"model": ErrorResponse, "description": "Invalid parameters"},
            500: {"model": ErrorResponse, "description": "The server failed (before a stream started)"},
+           429: {"model": ErrorResponse, "description": "The model's queue or the organization's share of chat is "
+                                                        "full; see Retry-After"},
            503: {"model": ErrorResponse, "description": "The model cannot be loaded here (GRADLIFT_DEVICE names "
                                                         "a GPU this machine lacks)"}}
 router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute, responses=_ERRORS)
@@ -76,23 +79,31 @@ router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute
 
 @router.post("/completions", response_model=ChatCompletion, responses={200: _STREAM})
 async def create_chat_completion(body: ChatCompletionCreate, request: Request, org: CurrentOrg,
-                                 settings: SettingsDep, store: StoreDep, pairs: PairsDep,
-                                 engines: ChatDep) -> Response:
+                                 settings: SettingsDep, store: StoreDep, pairs: PairsDep) -> Response:
     """A chat completion from a base LLM or a delta on it; streamed as server-sent events if asked."""
-    model = await chat_model(body.model, settings, org, store, pairs)
-    completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-    if body.stream:
-        generation = await run_in_threadpool(_start, engines, model, body)
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-        events = _events(generation, request, completion_id, created, body.model, include_usage)
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    cancel = threading.Event()
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel.set))
+    check_prompt_size([m.text() for m in body.messages], settings)  # before any tokenising
+    slot: Slot | None = admit(settings, org.id)  # 429 past the organization's share, before any lookup
     try:
-        generation, text = await run_in_threadpool(_complete, engines, model, body, cancel)
+        model = await chat_model(body.model, settings, org, store, pairs)
+        slot.enter(model.pair)  # 429 past the pair's batch and queue
+        engines = await get_chat_engines(settings)  # loaded for a request that will use them, not before
+        completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        if body.stream:
+            generation = await run_in_threadpool(_start, engines, model, body)
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            events = _events(generation, request, completion_id, created, body.model, include_usage)
+            streaming, slot = slot, None  # the stream holds its place until it ends
+            return StreamingResponse(_holding(events, streaming), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        cancel = threading.Event()
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel.set))
+        try:
+            generation, text = await run_in_threadpool(_complete, engines, model, body, cancel)
+        finally:
+            watcher.cancel()
     finally:
-        watcher.cancel()
+        if slot is not None:
+            slot.release()
     if generation.finish_reason == "cancelled":
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it
     completion = ChatCompletion(id=completion_id, created=created, model=body.model, usage=_usage(generation),
@@ -100,6 +111,14 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, o
                                                 finish_reason=generation.finish_reason)])
     # Serialised by pydantic directly: FastAPI's response_model path validates and encodes it again.
     return Response(completion.model_dump_json(), media_type="application/json")
+
+
+async def _holding(events: AsyncIterator[str], slot: Slot) -> AsyncIterator[str]:
+    try:
+        async for event in events:
+            yield event
+    finally:
+        slot.release()
 
 
 def _start(engines: ChatEngines, model: ChatModel, body: ChatCompletionCreate,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
+from contextlib import ExitStack
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -34,15 +35,17 @@ router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=ERR
 
 SCOPE = "POST /v1/checkpoints"
 MAX_CONFIG_BYTES = 64 * 1024
+CONFIG_DEPTH = 8  # PEFT's adapter_config.json nests three levels at most
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _SEND_SAFETENSORS = "Send the adapter as safetensors (adapter_model.safetensors); pickles are never loaded."
 
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file", "pair"], "properties": {
+    "type": "object", "required": ["file", "pair"], "additionalProperties": False, "properties": {
         "file": {"type": "string", "format": "binary",
                  "description": "The TinyLM LoRA adapter, adapter_model.safetensors (PEFT tensor names)."},
         "config": {"type": "string", "format": "binary", "description": "Optional adapter_config.json."},
-        "pair": {"type": "string", "description": "The model pair the adapter was trained for, e.g. `toy`."},
+        "pair": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"\S",
+                 "description": "The model pair the adapter was trained for, e.g. `toy`."},
         "prompts": {"type": "string", "format": "binary",
                     "description": "Optional JSONL of unlabelled prompts in the organization's own format "
                                    "(`{\"prompt\": ...}` or `{\"messages\": [...]}` ending on a user turn): "
@@ -50,8 +53,10 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
     }}}}}}
 
 
-@router.post("", openapi_extra=_UPLOAD_BODY,
-             responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}})
+@router.post("", openapi_extra=_UPLOAD_BODY, responses={
+    409: {"model": ErrorResponse, "description": "An Idempotency-Key reused for another request, or for a "
+                                                 "checkpoint deleted since"},
+    413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}})
 async def create_checkpoint(request: Request, session: SessionDep, org: CurrentOrg, settings: SettingsDep,
                             store: StoreDep, pairs: PairsDep, key: IdempotencyKey = None) -> CheckpointPublic:
     """Upload a TinyLM LoRA adapter (multipart, streamed, size-limited, validated)."""
@@ -80,8 +85,8 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
     attached = form.files.get("prompts")
     print_ = idempotency.fingerprint(form.fields["pair"], upload.blob.sha256,
                                      *([attached.blob.sha256] if attached else []))
-    if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
-        return CheckpointPublic.model_validate(stored)
+    if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
+        return _as_now(session, org, made)
     pair = pairs.get(form.fields["pair"])
     _check_format(upload.filename, upload.blob.head, upload.blob.size)
     config = _read_config(form, pair.spec.lora.r)
@@ -90,15 +95,20 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
         privacy = adapter_privacy(read_metadata(upload.blob.path))
     except (AdapterError, ConfigError) as exc:
         raise _invalid(f"Invalid adapter for pair {pair.id!r}: {exc}.", "file") from None
-    prompts_sha256, prompts_count = None, None
+    body, prompts_sha256, prompts_count = b"", None, None
     if attached is not None:
         attached.blob.close()
         parsed = prompts.parse_upload(attached.blob.path, "prompts")
-        prompts_sha256, prompts_count = prompts.store(store, parsed)  # stored before a row points at it
+        body, prompts_count = prompts.encode(parsed), len(parsed)
+        prompts_sha256 = hashlib.sha256(body).hexdigest()
     sha256, size = upload.blob.sha256, upload.blob.size
-    upload.blob.commit()  # the blob exists before any row points at it
+    for blob in sorted({sha256, prompts_sha256} - {None}):  # one order: never two holders waiting on each other
+        queries.lock_blob(session, blob)  # until the commit: a delete of the same bytes waits, or went first
+    if body:
+        store.put_bytes(body)
+    upload.blob.commit()  # the blobs exist before any row points at them
     row = Checkpoint(org_id=org.id, pair=pair.id, sha256=sha256, bytes=size, adapter_config=config,
-                     privacy=privacy, filename=upload.filename or "adapter_model.safetensors",
+                     privacy=privacy, filename=_filename(upload.filename),
                      prompts_sha256=prompts_sha256, prompts_count=prompts_count)
     session.add(row)
     session.flush()
@@ -108,11 +118,23 @@ def _store_checkpoint(session: Session, org: Organization, form: StreamedForm, p
         session.commit()
     except IntegrityError:  # a concurrent retry with the same key won
         session.rollback()
-        stored = idempotency.replay(session, org.id, SCOPE, key, print_)
-        if stored is None:
+        if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
             raise
-        return CheckpointPublic.model_validate(stored)
+        return _as_now(session, org, made)
     return public
+
+
+def _as_now(session: Session, org: Organization, checkpoint_id: str) -> CheckpointPublic:
+    row = queries.get_checkpoint(session, org.id, checkpoint_id)
+    if row is None:
+        raise idempotency.gone("checkpoint", checkpoint_id)
+    return CheckpointPublic.model_validate(row)
+
+
+def _filename(sent: str) -> str:
+    """The name the client gave the file, as a column holds it: no control characters, at most 255."""
+    name = "".join(c for c in sent if c.isprintable())[:255]
+    return name or "adapter_model.safetensors"
 
 
 def _invalid(message: str, param: str) -> ApiError:
@@ -131,17 +153,19 @@ def _check_format(filename: str, head: bytes, size: int) -> None:
 
 
 def _read_config(form: StreamedForm, rank: int) -> dict[str, Any] | None:
+    from models.lora.header import strict_json
+
     upload = form.files.get("config")
     if upload is None:
         return None
     try:
-        config = json.loads(upload.blob.path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = strict_json(upload.blob.path.read_bytes(), max_depth=CONFIG_DEPTH)
+    except ValueError as exc:
         raise _invalid(f"adapter_config.json is not valid JSON: {exc}.", "config") from None
     if not isinstance(config, dict):
         raise _invalid("adapter_config.json is not a JSON object.", "config")
-    if config.get("r", rank) != rank:
-        raise _invalid(f"adapter_config.json has r={config['r']}; the pair's LoRA rank is {rank}.", "config")
+    if config.get("r", rank) != rank or isinstance(config.get("r"), bool):
+        raise _invalid(f"adapter_config.json has r={config['r']!r}; the pair's LoRA rank is {rank}.", "config")
     return config
 
 
@@ -162,13 +186,16 @@ def get_checkpoint(checkpoint: CheckpointDep) -> CheckpointPublic:
 @router.delete("/{checkpoint_id}", responses={409: {"model": ErrorResponse}})
 def delete_checkpoint(checkpoint: CheckpointDep, session: SessionDep, store: StoreDep) -> CheckpointDeleted:
     """Delete a checkpoint not used by a queued or running upgrade (its blob too, once unreferenced)."""
+    blobs = sorted({checkpoint.sha256, checkpoint.prompts_sha256} - {None})
+    for blob in blobs:  # an upload of the same bytes or an upgrade reading them waits, or went first
+        queries.lock_blob(session, blob)
     if queries.checkpoint_in_use(session, checkpoint):
         raise ApiError(Code.conflict, f"Checkpoint {checkpoint.id!r} is used by a queued or running upgrade.")
-    blobs = [sha for sha in (checkpoint.sha256, checkpoint.prompts_sha256) if sha]
     session.delete(checkpoint)
     session.flush()
-    unreferenced = [sha for sha in blobs if not queries.blob_referenced(session, sha)]
-    session.commit()
-    for sha256 in unreferenced:
-        store.delete(sha256)
+    gone = [sha for sha in blobs if not queries.blob_referenced(session, sha)]
+    with ExitStack() as removing:  # the unreferenced blobs go with the commit, under their locks
+        for sha in gone:
+            removing.enter_context(store.removing(sha))
+        session.commit()
     return CheckpointDeleted(id=checkpoint.id)

@@ -2,7 +2,8 @@
 
 The organization that opens a collaboration invites others by id; an invited organization joins; each
 joined member may contribute one of its own checkpoints, and only its owner can (that is the consent).
-A member starts the pooled upgrade with `POST /v1/upgrades {"collaboration_id": ...}`. Outsiders get 404
+A member that contributed starts the pooled upgrade with `POST /v1/upgrades {"collaboration_id": ...}`;
+the upgrade and its delta belong to the members whose contributions went in, while they stay members. Outsiders get 404
 for everything here, as for any other organization's resource.
 
 Consent can be taken back: a member leaves (or declines an invitation) with `DELETE .../members/{its id}`,
@@ -27,7 +28,7 @@ from app.api.deps import (
     joined_collaboration,
 )
 from app.db import queries
-from app.db.tables import Collaboration, Contribution, Organization
+from app.db.tables import Collaboration, Contribution, MemberStatus, Organization
 from app.errors import ApiError, Code, not_found
 from app.schemas.collaborations import (
     CollaborationCreate,
@@ -49,30 +50,33 @@ _CONFLICT = {409: {"model": ErrorResponse}}
 _FORBIDDEN = {403: {"model": ErrorResponse, "description": "Allowed to another member only"}}
 
 
-def contribution_public(row: Contribution) -> ContributionPublic:
+def contribution_public(row: Contribution, *, show_checkpoint: bool = True) -> ContributionPublic:
     return ContributionPublic(id=row.id, collaboration_id=row.collaboration_id, organization_id=row.org_id,
-                              checkpoint_id=row.checkpoint_id, created_at=row.created_at)
+                              checkpoint_id=row.checkpoint_id if show_checkpoint else None, created_at=row.created_at)
 
 
 def to_public(session: Session, collaboration: Collaboration, org: Organization) -> CollaborationPublic:
+    """The collaboration as the caller sees it: an organization only invited sees who contributed, not
+    which checkpoints."""
     members = [MemberPublic(organization_id=m.org_id, organization_name=name, status=m.status,
                             invited_at=m.invited_at, joined_at=m.joined_at)
                for m, name in queries.members(session, collaboration.id)]
     status = next(m.status for m in members if m.organization_id == org.id)
+    joined = status == MemberStatus.joined
     return CollaborationPublic(id=collaboration.id, name=collaboration.name, pair=collaboration.pair,
                                owner=collaboration.org_id, status=status, members=members,
-                               contributions=[contribution_public(c)
+                               contributions=[contribution_public(c, show_checkpoint=joined)
                                               for c in queries.contributions(session, collaboration.id)],
                                created_at=collaboration.created_at)
 
 
-@router.post("")
+@router.post("", responses=_CONFLICT)
 def create_collaboration(body: CollaborationCreate, session: SessionDep, org: CurrentOrg, pairs: PairsDep,
                          key: IdempotencyKey = None) -> CollaborationPublic:
     """Open a collaboration on a pair; the caller is its first member and the one who invites."""
     print_ = idempotency.fingerprint(body.model_dump_json())
-    if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
-        return CollaborationPublic.model_validate(stored)
+    if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
+        return _as_now(session, org, made)
     pair = pairs.get(body.pair)
     collaboration = queries.create_collaboration(session, org.id, body.name, pair.id)
     public = to_public(session, collaboration, org)
@@ -81,10 +85,17 @@ def create_collaboration(body: CollaborationCreate, session: SessionDep, org: Cu
         session.commit()
     except IntegrityError:  # a concurrent retry with the same key won
         session.rollback()
-        if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
+        if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
             raise
-        return CollaborationPublic.model_validate(stored)
+        return _as_now(session, org, made)
     return public
+
+
+def _as_now(session: Session, org: Organization, collaboration_id: str) -> CollaborationPublic:
+    collaboration = queries.get_collaboration(session, org.id, collaboration_id)
+    if collaboration is None:
+        raise idempotency.gone("collaboration", collaboration_id)
+    return to_public(session, collaboration, org)
 
 
 @router.get("")
@@ -108,8 +119,8 @@ def create_invitation(body: InvitationCreate, collaboration: CollaborationDep, s
     """Invite an organization by its id; only the organization that opened the collaboration invites."""
     if collaboration.org_id != org.id:
         raise ApiError(Code.permission_denied, "Only the organization that opened the collaboration invites.")
-    if queries.get_organization(session, body.organization_id) is None:
-        raise not_found("organization", body.organization_id, param="organization_id")
+    if queries.get_organization(session, body.organization_id) is None:  # 422: the URL's resource is there
+        raise not_found("organization", body.organization_id, param="organization_id", code=Code.reference_not_found)
     if queries.membership(session, body.organization_id, collaboration.id) is not None:
         raise ApiError(Code.conflict, f"Organization {body.organization_id!r} is already invited or a member.",
                        param="organization_id")
@@ -135,8 +146,8 @@ def create_contribution(collaboration_id: str, body: ContributionCreate, session
     """Contribute one of the caller's own checkpoints (one per organization): consent to pool it here."""
     collaboration = joined_collaboration(session, org, collaboration_id)
     checkpoint = queries.get_checkpoint(session, org.id, body.checkpoint_id)
-    if checkpoint is None:
-        raise not_found("checkpoint", body.checkpoint_id, param="checkpoint_id", code=Code.checkpoint_not_found)
+    if checkpoint is None:  # 422, not 404: the collaboration the URL names is there
+        raise not_found("checkpoint", body.checkpoint_id, param="checkpoint_id", code=Code.reference_not_found)
     if checkpoint.pair != collaboration.pair:
         raise ApiError(Code.conflict, f"Checkpoint {checkpoint.id!r} was made for pair {checkpoint.pair!r}; "
                        f"the collaboration pools pair {collaboration.pair!r}.", param="checkpoint_id")

@@ -23,7 +23,7 @@ from app.storage import CHUNK, BlobStore, sha256_file
 router = APIRouter(prefix="/v1/deltas", tags=["deltas"], responses=ERROR_RESPONSES)
 
 METADATA_FILE = "gradlift.json"  # beside the PEFT files in the archive: where the adapter came from
-_MEDIA = {".json": "application/json", ".safetensors": "application/octet-stream"}
+_MEDIA = {".json": "application/json", ".safetensors": "application/octet-stream", ".zip": "application/zip"}
 _FILE_RESPONSE = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                   "description": "The file, or the requested byte range (206)."}
 

@@ -1,4 +1,4 @@
-"""Liveness, readiness (database, broker, storage) and Prometheus metrics; no key needed."""
+"""Liveness, readiness (database, broker, storage) and Prometheus metrics (off unless turned on); no key needed."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from app.api.deps import SettingsDep
 from app.config import Settings
 from app.db.session import new_session
 from app.db.tables import Job
+from app.errors import ApiError, Code
+from app.schemas.common import ErrorResponse
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def get_health() -> dict[str, str]:
-    """The process answers."""
+async def get_health() -> dict[str, str]:
+    """The process answers (on the event loop itself: no worker thread, so it answers while they are busy)."""
     return {"status": "ok"}
 
 
@@ -58,9 +60,13 @@ async def get_ready(settings: SettingsDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={404: {"model": ErrorResponse, "description": "Metrics are off (GRADLIFT_METRICS)"}})
 def get_metrics(settings: SettingsDep) -> Response:
-    """Prometheus text format: upgrade jobs by status."""
+    """Prometheus text format: upgrade jobs by status, of every organization together. Off unless
+    GRADLIFT_METRICS is set (it needs no key: serve it where only the operators' scraper reaches)."""
+    if not settings.metrics:
+        raise ApiError(Code.not_found, "Metrics are off; the operators turn them on with GRADLIFT_METRICS=true.")
     registry = CollectorRegistry()
     gauge = Gauge("gradlift_upgrades", "Upgrade jobs by status", ["status"], registry=registry)
     with new_session(settings.database_url) as session:

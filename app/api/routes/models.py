@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/v1/models", tags=["chat"], responses=ERROR_RESPONSES)
 
-BASE_SUFFIX = "-llm"  # a pair's base LLM is the model "<pair>-llm"
+BASE_SUFFIX = "-llm"  # a pair's base LLM is the model "<pair>-llm" (models.pairs.Pair.llm_name)
 MAX_DELTAS = 10_000
 OWNER = "gradlift"
 
@@ -81,10 +81,9 @@ async def chat_model(model_id: str, settings: Settings, org: Organization, store
     """`resolve_model`, remembered for `auth_cache_s` seconds: a delta's content never changes, so only
     its removal could be seen that late. Unknown ids are looked up every time."""
     cache, key = _resolved(settings.auth_cache_s), (settings.database_url, org.id, model_id)
-    model = cache.get(key)
-    if model is None:
-        model = await run_in_threadpool(_resolve_in_new_session, model_id, settings, org, store, pairs)
-        cache.put(key, model)
+    model = await cache.get_or_load(key, lambda: run_in_threadpool(_resolve_in_new_session, model_id, settings,
+                                                                   org, store, pairs))
+    assert model is not None  # resolve_model answers a model or raises
     return model
 
 

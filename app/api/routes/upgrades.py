@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ router = APIRouter(prefix="/v1/upgrades", tags=["upgrades"], responses=ERROR_RES
 SCOPE = "POST /v1/upgrades"
 # Below two, a "pooled" upgrade is one organization's own upgrade handed to organizations that gave nothing.
 MIN_POOLED = 2
+EVENT_IDS_BELOW = 2**63  # ids are 64-bit integers in the database; a larger `after` could not be compared
 
 
 def to_public(session: Session, job: Job, *, with_events: bool = True) -> UpgradePublic:
@@ -67,16 +69,16 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
                    key: IdempotencyKey = None) -> UpgradePublic:
     """Queue an upgrade of the caller's checkpoints, or of a collaboration's contributions (averaged)."""
     print_ = idempotency.fingerprint(body.model_dump_json(exclude_defaults=True))
-    if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
-        return UpgradePublic.model_validate(stored)
+    if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is not None:
+        return _as_now(session, org, made)
     pair = pairs.get(body.pair)
     if body.collaboration_id is not None:
-        inputs = _pooled_inputs(session, org, body.collaboration_id, pair.id)
+        inputs, participants = _pooled_inputs(session, org, body.collaboration_id, pair.id)
     else:
-        inputs = _own_inputs(session, org, body.checkpoint_ids or [], pair.id)
+        inputs, participants = _own_inputs(session, org, body.checkpoint_ids or [], pair.id), []
     gt_id = _gt_for(pairs, pair, body, [item["privacy"] for item in inputs])
     attached = _prompts(session, org, body, store)
-    job = jobs.create_job(session, org.id, pair.id, body.task, gt_id, inputs, body.collaboration_id,
+    job = jobs.create_job(session, org.id, pair.id, body.task, gt_id, inputs, body.collaboration_id, participants,
                           mode=body.mode, prompts=attached)
     public = to_public(session, job)
     idempotency.remember(session, org.id, SCOPE, key, print_, public)
@@ -84,11 +86,18 @@ def create_upgrade(body: UpgradeCreate, session: SessionDep, org: CurrentOrg, pa
         session.commit()
     except IntegrityError:  # a concurrent retry with the same key won
         session.rollback()
-        if (stored := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
+        if (made := idempotency.replay(session, org.id, SCOPE, key, print_)) is None:
             raise
-        return UpgradePublic.model_validate(stored)
+        return _as_now(session, org, made)
     _enqueue(session, job)
     return public
+
+
+def _as_now(session: Session, org: Organization, job_id: str) -> UpgradePublic:
+    job = jobs.get_job(session, org.id, job_id)
+    if job is None:
+        raise idempotency.gone("upgrade", job_id)
+    return to_public(session, job)
 
 
 def _gt_for(pairs: PairCatalog, pair: Pair, body: UpgradeCreate, privacies: list) -> str | None:
@@ -108,7 +117,9 @@ def _prompts(session: Session, org: Organization, body: UpgradeCreate, store: Bl
     """(blob, count) of the prompts to probe and distill with: the request's, else those attached to the
     first of its checkpoints that has some (pooled upgrades use the pair's public prompts)."""
     if body.prompts is not None:
-        return prompts.store(store, prompts.parse_inline(body.prompts, "prompts"))
+        parsed = prompts.parse_inline(body.prompts, "prompts")
+        queries.lock_blob(session, hashlib.sha256(prompts.encode(parsed)).hexdigest())  # until the job is committed
+        return prompts.store(store, parsed)
     for checkpoint_id in body.checkpoint_ids or []:
         checkpoint = queries.get_checkpoint(session, org.id, checkpoint_id)
         if checkpoint is not None and checkpoint.prompts_sha256:
@@ -118,9 +129,14 @@ def _prompts(session: Session, org: Organization, body: UpgradeCreate, store: Bl
 
 def _own_inputs(session: Session, org: Organization, checkpoint_ids: list[str], pair_id: str
                 ) -> list[dict[str, Any]]:
-    """The caller's own checkpoints, in the order given."""
+    """The caller's own checkpoints, in the order given. Their blobs' locks are held until the job commits
+    (taken in one order, so two upgrades never wait on each other): a delete waits, or went first and
+    the checkpoint, read again, is gone."""
     if len(set(checkpoint_ids)) != len(checkpoint_ids):
         raise ApiError(Code.invalid_request, "A checkpoint is listed twice.", param="checkpoint_ids")
+    found = (queries.get_checkpoint(session, org.id, checkpoint_id) for checkpoint_id in checkpoint_ids)
+    for sha256 in sorted({checkpoint.sha256 for checkpoint in found if checkpoint is not None}):
+        queries.lock_blob(session, sha256)
     inputs = []
     for index, checkpoint_id in enumerate(checkpoint_ids):
         checkpoint = queries.get_checkpoint(session, org.id, checkpoint_id)
@@ -135,22 +151,33 @@ def _own_inputs(session: Session, org: Organization, checkpoint_ids: list[str], 
 
 
 def _pooled_inputs(session: Session, org: Organization, collaboration_id: str, pair_id: str
-                   ) -> list[dict[str, Any]]:
-    """Every contribution of a collaboration the caller has joined, from at least two organizations."""
+                   ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every contribution of a collaboration the caller has joined and contributed to, from at least two
+    organizations; and those organizations, the upgrade's participants."""
     collaboration = joined_collaboration(session, org, collaboration_id, param="collaboration_id")
     if collaboration.pair != pair_id:
         raise ApiError(Code.invalid_request, f"Collaboration {collaboration_id!r} pools pair "
                        f"{collaboration.pair!r}, not {pair_id!r}.", param="pair")
-    inputs = queries.pooled_inputs(session, collaboration_id)
+    inputs, locked = queries.pooled_inputs(session, collaboration_id), set()
+    while unlocked := {item["sha256"] for item in inputs} - locked:  # held until the job commits, as for own
+        for sha256 in sorted(unlocked):
+            queries.lock_blob(session, sha256)
+        locked |= unlocked
+        inputs = queries.pooled_inputs(session, collaboration_id)
     if len(inputs) < MIN_POOLED:  # one contribution per organization
         raise ApiError(Code.conflict, f"A pooled upgrade needs contributions from at least {MIN_POOLED} "
                        f"organizations; collaboration {collaboration_id!r} has {len(inputs)}.",
                        param="collaboration_id")
-    return inputs
+    participants = [item.pop("org_id") for item in inputs]
+    if org.id not in participants:
+        raise ApiError(Code.conflict, "A pooled upgrade belongs to the members whose contributions go into it; "
+                       f"contribute a checkpoint to {collaboration_id!r} first.", param="collaboration_id")
+    return inputs, participants
 
 
 def _enqueue(session: Session, job: Job) -> None:
-    """Send the job id after the commit; a job the queue never got is failed, not left queued forever."""
+    """Send the job id after the commit; a job the queue refused is failed, not left queued forever (one
+    the API never sent, dying first, is sent by the workers' sweeper a lease later)."""
     try:
         queue.send(queue.UPGRADE_TASK, job_id=job.id)
     except Exception as exc:
@@ -159,6 +186,8 @@ def _enqueue(session: Session, job: Job) -> None:
         session.commit()
         message = "The task queue is unreachable; the upgrade did not start."
         raise ApiError(Code.queue_unavailable, message) from None
+    jobs.mark_sent(session, job.id)
+    session.commit()
 
 
 @router.get("")
@@ -177,7 +206,8 @@ def get_upgrade(job: JobDep, session: SessionDep) -> UpgradePublic:
 
 @router.get("/{upgrade_id}/events")
 def list_upgrade_events(job: JobDep, session: SessionDep,
-                        after: int = Query(default=0, ge=0, description="Only events with a larger id.")
+                        after: int = Query(default=0, ge=0, lt=EVENT_IDS_BELOW,
+                                                   description="Only events with a larger id.")
                         ) -> UpgradeEvents:
     """An upgrade's events in order; poll with `after` set to the last id seen."""
     rows = jobs.events(session, job.id, after)

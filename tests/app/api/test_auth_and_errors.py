@@ -25,6 +25,12 @@ def test_health_needs_no_key(api: Api) -> None:
     ready = api.client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+
+
+def test_metrics_are_off_unless_turned_on(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """They count every organization's jobs for anyone who asks: only the operators turn them on."""
+    assert "GRADLIFT_METRICS" in assert_error(api.client.get("/metrics"), 404, "not_found")["message"]
+    use_settings(monkeypatch, metrics="true")
     assert "gradlift_upgrades" in api.client.get("/metrics").text
 
 
@@ -70,7 +76,7 @@ def _org_id(api: Api, name: str) -> str:
 
 def test_framework_errors_use_the_same_body(api: Api) -> None:
     assert_error(api.client.get("/v1/nothing-here"), 404, "not_found")
-    assert_error(api.client.put("/healthz"), 405, "invalid_request")
+    assert_error(api.client.put("/healthz"), 405, "method_not_allowed")
     error = assert_error(api.client.post("/v1/upgrades", headers=api.auth(), json={"pair": 7}), 422,
                          "invalid_request")
     assert error["param"] == "pair"

@@ -58,3 +58,36 @@ def test_a_cached_key_is_trusted_for_auth_cache_s(api: Api, monkeypatch: pytest.
     assert api.client.get("/v1/checkpoints", headers=headers).status_code == 200
     revoke_every_key()
     assert api.client.get("/v1/checkpoints", headers=headers).status_code == 200
+
+
+def test_concurrent_misses_share_one_lookup() -> None:
+    """An entry expiring under load sent every waiting request to the database at once (SQLite's write
+    lock then timed out: 500s)."""
+    import asyncio
+
+    cache: TtlCache[str, int] = TtlCache(ttl_s=10, size=10)
+    calls: list[int] = []
+
+    async def load() -> int:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        return 7
+
+    async def missing() -> int | None:
+        calls.append(1)
+        await asyncio.sleep(0.05)
+        return None
+
+    async def failing() -> int:
+        await asyncio.sleep(0.05)
+        raise LookupError("gone")
+
+    async def main() -> None:
+        assert await asyncio.gather(*(cache.get_or_load("a", load) for _ in range(50))) == [7] * 50
+        assert len(calls) == 1 and cache.get("a") == 7
+        assert await asyncio.gather(*(cache.get_or_load("b", missing) for _ in range(20))) == [None] * 20
+        assert len(calls) == 2 and cache.get("b") is None  # a miss is shared, not stored
+        results = await asyncio.gather(*(cache.get_or_load("c", failing) for _ in range(5)), return_exceptions=True)
+        assert all(isinstance(r, LookupError) for r in results)
+
+    asyncio.run(main())

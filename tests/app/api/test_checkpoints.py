@@ -171,3 +171,13 @@ def test_malformed_requests(toy_api: Api, init: dict) -> None:
                                 files={"file": ("a.safetensors", save(init))})
     assert assert_error(stray, 400, "invalid_request")["param"] == "x"
     assert toy_api.stored_files() == []
+
+
+def test_a_retry_answers_as_the_resource_is_now(toy_api: Api, init: dict) -> None:
+    """A replay returned the first response, a checkpoint long deleted included."""
+    content = save(adapter(init))
+    first = upload(toy_api, content, key="k2").json()
+    assert toy_api.client.delete(f"/v1/checkpoints/{first['id']}", headers=toy_api.auth()).status_code == 200
+    error = assert_error(upload(toy_api, content, key="k2"), 409, "conflict")
+    assert first["id"] in error["message"] and "deleted" in error["message"]
+    assert toy_api.stored_files() == []

@@ -106,7 +106,7 @@ def test_only_the_owner_contributes_a_checkpoint(toy_api: Api, init: dict) -> No
     acme_checkpoint = checkpoint(toy_api, "acme", init, 0)
     # A joined member naming another member's checkpoint: it does not exist for them.
     refused = contribute(toy_api, "globex", collab, acme_checkpoint)
-    assert assert_error(refused, 404, "checkpoint_not_found")["param"] == "checkpoint_id"
+    assert assert_error(refused, 422, "reference_not_found")["param"] == "checkpoint_id"
     assert get(toy_api, "acme", f"/v1/collaborations/{collab}").json()["contributions"] == []
     # Nor can the owner of the collaboration pool a checkpoint by listing it in an upgrade of its own.
     globex_checkpoint = checkpoint(toy_api, "globex", init, 1)
@@ -153,6 +153,9 @@ def test_idempotency_key(toy_api: Api) -> None:
     first = toy_api.client.post("/v1/collaborations", headers=headers, json=body).json()
     assert toy_api.client.post("/v1/collaborations", headers=headers, json=body).json()["id"] == first["id"]
     assert get(toy_api, "acme", "/v1/collaborations").json()["count"] == 1
+    assert delete(toy_api, "acme", f"/v1/collaborations/{first['id']}").status_code == 200
+    gone = toy_api.client.post("/v1/collaborations", headers=headers, json=body)
+    assert "deleted" in assert_error(gone, 409, "conflict")["message"]  # not the collaboration as it was
 
 
 def test_who_may_invite_and_whom(toy_api: Api) -> None:
@@ -160,7 +163,7 @@ def test_who_may_invite_and_whom(toy_api: Api) -> None:
     initech = org_id(toy_api, "initech")
     url = f"/v1/collaborations/{collab}/invitations"
     assert_error(post(toy_api, "globex", url, {"organization_id": initech}), 403, "permission_denied")
-    assert_error(post(toy_api, "acme", url, {"organization_id": "org_nope"}), 404, "not_found")
+    assert_error(post(toy_api, "acme", url, {"organization_id": "org_nope"}), 422, "reference_not_found")
     assert_error(post(toy_api, "acme", url, {"organization_id": org_id(toy_api, "globex")}), 409, "conflict")
     assert_error(post(toy_api, "acme", url, {}), 422, "invalid_request")
     assert_error(post(toy_api, "acme", "/v1/collaborations", {"name": "x", "pair": "nope"}), 404, "pair_not_found")
@@ -301,3 +304,42 @@ def test_only_the_opener_deletes_a_collaboration_and_not_while_members_rely_on_i
     with session_scope() as s:  # its invitations and contributions went with it
         for table in (CollaborationMember, Contribution):
             assert not s.scalars(select(table).where(table.collaboration_id == other)).all()
+
+
+def test_a_pooled_delta_belongs_to_the_members_who_took_part(toy_api: Api, init: dict) -> None:
+    """Joined later, joined without contributing, only invited, or gone: none of them reads it. Before,
+    every joined member read every pooled delta of the collaboration, whenever it joined."""
+    collab = open_with(toy_api, "globex", "initech")
+    for org in ("acme", "globex"):
+        contribute(toy_api, org, collab, checkpoint(toy_api, org, init, len(org)))
+    refused = pooled_upgrade(toy_api, "initech", collab)  # a member that gave nothing cannot start one
+    assert "contribute" in assert_error(refused, 409, "conflict")["message"]
+    job = pooled_upgrade(toy_api, "acme", collab).json()
+    delta_id = _store_delta(job["id"])
+    post(toy_api, "acme", f"/v1/collaborations/{collab}/invitations", {"organization_id": org_id(toy_api, "hooli")})
+    assert post(toy_api, "hooli", f"/v1/collaborations/{collab}/join").status_code == 200
+    contribute(toy_api, "hooli", collab, checkpoint(toy_api, "hooli", init, 9))  # joined and gave, afterwards
+    for member in ("acme", "globex"):
+        assert get(toy_api, member, f"/v1/deltas/{delta_id}").status_code == 200
+        assert get(toy_api, member, f"/v1/upgrades/{job['id']}").status_code == 200
+    for late in ("initech", "hooli"):
+        assert_error(get(toy_api, late, f"/v1/deltas/{delta_id}"), 404, "not_found")
+        assert_error(get(toy_api, late, f"/v1/upgrades/{job['id']}"), 404, "not_found")
+        assert get(toy_api, late, "/v1/deltas").json()["count"] == 0
+        assert delta_id not in [m["id"] for m in get(toy_api, late, "/v1/models").json()["data"]]
+    members = f"/v1/collaborations/{collab}/members"
+    assert delete(toy_api, "acme", f"{members}/{org_id(toy_api, 'globex')}").status_code == 200
+    assert_error(get(toy_api, "globex", f"/v1/deltas/{delta_id}"), 404, "not_found")  # took part, then left
+    assert get(toy_api, "acme", f"/v1/deltas/{delta_id}").status_code == 200
+
+
+def test_an_invited_organization_does_not_see_the_members_checkpoints(toy_api: Api, init: dict) -> None:
+    collab = open_with(toy_api, "globex")
+    mine = checkpoint(toy_api, "acme", init, 1)
+    contribute(toy_api, "acme", collab, mine)
+    post(toy_api, "acme", f"/v1/collaborations/{collab}/invitations", {"organization_id": org_id(toy_api, "hooli")})
+    for caller in ("hooli", "globex"):
+        for body in (get(toy_api, caller, f"/v1/collaborations/{collab}").json(),
+                     get(toy_api, caller, "/v1/collaborations").json()["data"][0]):
+            seen = [c["checkpoint_id"] for c in body["contributions"]]
+            assert seen == ([None] if caller == "hooli" else [mine]), caller

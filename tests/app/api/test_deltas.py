@@ -61,6 +61,7 @@ def test_metadata_files_etag_range_archive(api: Api) -> None:
     assert api.client.get(f"/v1/deltas/{delta_id}/files/other.bin", headers=api.auth()).status_code == 422
     archive = api.client.get(f"/v1/deltas/{delta_id}/archive", headers=api.auth())
     assert archive.status_code == 200 and archive.headers["etag"]
+    assert archive.headers["content-type"] == "application/zip"  # as the OpenAPI document says
     with zipfile.ZipFile(io.BytesIO(archive.content)) as z:
         assert sorted(z.namelist()) == sorted([*FILES, "gradlift.json"])
         assert z.read("adapter_model.safetensors") == data

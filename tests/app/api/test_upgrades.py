@@ -141,3 +141,11 @@ def test_a_dp_upload_is_upgraded_by_the_gt_of_matching_dp_shadow_runs(dp_api: Ap
     assert create(dp_api, {"pair": "toy", "checkpoint_ids": [plain["id"], private["id"]]}).json()["gt_id"] == DP_GT
     unreadable = upload(dp_api, save(adapter(init, seed=2), metadata={"gradlift": "{oops"}))
     assert "metadata is not JSON" in assert_error(unreadable, 422, "invalid_adapter")["message"]
+
+
+def test_a_retry_answers_as_the_upgrade_is_now(toy_api: Api, checkpoint_id: str) -> None:
+    body = {"pair": "toy", "checkpoint_ids": [checkpoint_id]}
+    first = create(toy_api, body, key="u1").json()
+    assert toy_api.client.post(f"/v1/upgrades/{first['id']}/cancel", headers=toy_api.auth()).status_code == 200
+    again = create(toy_api, body, key="u1").json()
+    assert again["id"] == first["id"] and (first["status"], again["status"]) == ("queued", "cancelled")

@@ -105,3 +105,30 @@ def test_a_job_that_keeps_losing_its_worker_fails(job_id: str) -> None:
             assert jobs.requeue(s, job_id, LEASE) == (attempt < jobs.MAX_ATTEMPTS)
     failed = status(job_id)
     assert (failed.status, failed.error_code) == ("failed", "worker_lost")
+
+
+def age_job(job_id: str, seconds: float, sends: int = 0) -> None:
+    with session_scope() as s:
+        earlier = utcnow() - timedelta(seconds=seconds)
+        s.execute(update(Job).where(Job.id == job_id).values(created_at=earlier, sent_at=earlier if sends else None,
+                                                             sends=sends))
+
+
+def test_a_queued_job_nobody_took_is_sent_again_less_and_less_often(job_id: str) -> None:
+    with session_scope() as s:
+        assert jobs.unsent_job_ids(s, LEASE) == []  # just made: the API is sending it
+    age_job(job_id, LEASE + 1)  # made a lease ago and never sent: the API died before sending it
+    with session_scope() as s:
+        assert jobs.unsent_job_ids(s, LEASE) == [job_id]
+        assert jobs.resend(s, job_id, LEASE)
+    with session_scope() as s:  # a second sweeper sends nothing more
+        assert jobs.unsent_job_ids(s, LEASE) == [] and not jobs.resend(s, job_id, LEASE)
+    age_job(job_id, 3 * LEASE + 1, sends=3)  # sent three times: the next send waits four leases
+    with session_scope() as s:
+        assert jobs.unsent_job_ids(s, LEASE) == []
+    age_job(job_id, 4 * LEASE + 1, sends=3)
+    with session_scope() as s:
+        assert jobs.unsent_job_ids(s, LEASE) == [job_id]
+        assert jobs.claim(s, job_id, "w1", LEASE) is not None
+    with session_scope() as s:  # taken by a worker: not the sweeper's business (its lease is)
+        assert jobs.unsent_job_ids(s, LEASE) == [] and not jobs.resend(s, job_id, LEASE)
