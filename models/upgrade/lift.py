@@ -80,9 +80,7 @@ def similarity(pair: Pair, gt_id: str, tiny_updates: list[Update]) -> dict | Non
     reference = _reference(gt_dir, _stamp(gt_dir / "config.json"))
     if reference is None:
         return None
-    model, _ = _gt(gt_dir, _stamp(gt_dir / "config.json"), CPU)
-    src = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).to_tokens(mean(tiny_updates))
-    return reference.compare(model.standardise_source(src[None]).flatten(1)[0])
+    return reference.compare(LoraLayout(pair.init("tiny"), pair.spec.lora.targets).to_tokens(mean(tiny_updates)))
 
 
 @lru_cache(maxsize=8)

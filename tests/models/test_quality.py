@@ -94,11 +94,11 @@ def test_a_gts_reference_finds_the_task_an_upload_resembles(tmp_path: Path) -> N
     save_reference(reference, tmp_path)
     loaded = load_reference(tmp_path)
     assert torch.equal(loaded.points, reference.points) and loaded.tasks == reference.tasks
-    like_b = model.standardise_source(data.src[data.run == 4].mean(0, keepdim=True)).flatten(1)[0]
-    got = loaded.compare(like_b)
+    assert torch.equal(loaded.mean, model.src_mean)  # several tasks: centred
+    got = loaded.compare(data.src[data.run == 4].mean(0))
     assert got["nearest_task"] == "b" and got["runner_up_task"] == "a" and got["margin"] > 0
     assert got["relative"] > 1  # its own run's mean: closer than runs are to each other
-    stranger = torch.randn(12, generator=torch.Generator().manual_seed(9))
+    stranger = torch.randn(2, 6, generator=torch.Generator().manual_seed(9))
     assert loaded.compare(stranger)["relative"] < got["relative"]
     assert load_reference(tmp_path / "none") is None
 
@@ -138,3 +138,17 @@ def test_distillation_teaches_the_llm_the_tinylms_task(honest_pairs_dir: Path, r
     layout_tokens = scorer.layout.to_tokens(done.update)
     test = splits.test[:100]
     assert scorer.llm_accuracy(layout_tokens, test) >= scorer.llm_accuracy(None, test) + 0.2
+
+
+def test_a_one_task_gts_reference_is_not_centred() -> None:
+    """Centred on its own mean, one task's runs are noise around zero and tell nothing; uncentred, an upload of
+    the task is as close to the runs as they are to each other, and another task's is not."""
+    data = two_task_shadow()
+    one = data.select(torch.tensor([t == "a" for t in data.task]))
+    model = GradientTransformer(GTConfig(2, 6, 3, 4, GTArch(d_model=16, n_heads=2, d_ff=32)))
+    model.set_statistics(one.src, one.tgt)
+    reference = build_reference(model, one)
+    assert torch.equal(reference.mean, torch.zeros(2, 6)) and float(reference.loo.min()) > 0.5
+    own = reference.compare(one.src[:3].mean(0))
+    other = reference.compare(data.src[data.run == 4].mean(0))
+    assert own["margin"] is None and own["relative"] > 0.8 and other["relative"] < 0.5 * own["relative"]
