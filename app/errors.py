@@ -112,12 +112,17 @@ def _from_http_exception(exc: StarletteHTTPException) -> ApiError:
     return error
 
 
+_FIELD_CODES = {"prompts": Code.invalid_prompts}
+
+
 def _from_validation_error(exc: RequestValidationError) -> ApiError:
     first = exc.errors()[0]
     where = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
     param = ".".join(where) or None
     message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-    error = ApiError(Code.invalid_request, message, param=param)
+    # A field with a code of its own keeps it when the schema, not the handler, rejects it.
+    code = _FIELD_CODES.get(where[0], Code.invalid_request) if where else Code.invalid_request
+    error = ApiError(code, message, param=param)
     error.status = int(HTTPStatus.UNPROCESSABLE_ENTITY)
     return error
 

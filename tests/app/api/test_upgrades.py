@@ -76,8 +76,9 @@ def test_prompts_come_from_the_request_or_the_checkpoint(toy_api: Api, toy_pairs
     assert none["prompts_count"] is None
     assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": [plain["id"]], "prompts": [" "]}), 422,
                  "invalid_prompts")
+    # Refused by the schema or by the handler, a bad prompts list is the one code.
     assert_error(create(toy_api, {"pair": "toy", "checkpoint_ids": [plain["id"]], "prompts": []}), 422,
-                 "invalid_request")
+                 "invalid_prompts")
     bad = upload(toy_api, save(adapter(init, seed=3)), prompts=b'{"prompt": "ok"}\nnot json\n{"answer": "x"}\n')
     message = assert_error(bad, 422, "invalid_prompts")["message"]
     assert "line 2" in message and "line 3" in message
