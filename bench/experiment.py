@@ -8,18 +8,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from transformers import PreTrainedModel
 
+from models.data.datafile import Prompt
 from models.data.evaluate import accuracy, answer_budget, answers, cosine, pgr, r2_vs_mean
-from models.data.tasks import Example, get_task, make_splits
+from models.data.tasks import Example, Splits, get_task, make_splits
 from models.gt.baselines import Ridge, mean_update, nearest
 from models.gt.network import GradientTransformer
 from models.lora.privacy import DPConfig
 from models.lora.update import LoraLayout, Update, add, merge_into
 from models.pairs import Pair
+from models.training.distill import DistillConfig, distill
 from models.training.finetune import FinetuneConfig, finetune_lora
 from models.training.shadow import ShadowSet
 
@@ -36,6 +38,7 @@ class PrivateRun:
     p_s: float
     p_t: float
     llm_seconds: float
+    seed: int = 0  # which private draw and fine-tune seeds (0: the task's own private split)
 
 
 class Scorer:
@@ -70,57 +73,98 @@ def finetune_side(pair: Pair, side: str, examples: list[Example], cfg: FinetuneC
     return result.update, model, seconds
 
 
-def private_run(pair: Pair, scorer: Scorer, task: str, cfg: FinetuneConfig,
-                llm_cfg: FinetuneConfig | None = None) -> PrivateRun:
-    """Both models fine-tuned on the task's private half (the LLM with `llm_cfg` when given)."""
+def private_examples(pair: Pair, task: str, seed: int) -> tuple[Splits, list[Example]]:
+    """The task's splits and the organization's private examples for `seed`: seed 0 is the private split
+    itself; another seed draws as many new inputs of the family, none of them public or test inputs."""
     splits = make_splits(get_task(task), seed=pair.spec.seed)
+    if seed == 0:
+        return splits, splits.private
+    taken = {ex.prompt for ex in splits.public + splits.test}
+    other = make_splits(get_task(task), seed=pair.spec.seed + 7919 * seed)
+    fresh = [ex for ex in other.public + other.private + other.test if ex.prompt not in taken]
+    return splits, fresh[:len(splits.private)]
+
+
+def private_run(pair: Pair, scorer: Scorer, task: str, cfg: FinetuneConfig,
+                llm_cfg: FinetuneConfig | None = None, seed: int = 0) -> PrivateRun:
+    """Both models fine-tuned on the task's private examples of `seed` (the LLM with `llm_cfg` when given),
+    each fine-tune seeded with its config's seed plus `seed`."""
+    splits, private = private_examples(pair, task, seed)
     tokens, scores, seconds = {}, {}, {}
     for side in ("tiny", "llm"):
         side_cfg = llm_cfg if side == "llm" and llm_cfg is not None else cfg
-        update, model, seconds[side] = finetune_side(pair, side, splits.private, side_cfg)
+        side_cfg = replace(side_cfg, seed=side_cfg.seed + seed)
+        update, model, seconds[side] = finetune_side(pair, side, private, side_cfg)
         tokens[side] = LoraLayout(pair.init(side), pair.spec.lora.targets).to_tokens(update)
         scores[side] = accuracy(model, pair.load_tokenizer(side), splits.test)
     return PrivateRun(task, splits.test, tokens["tiny"], tokens["llm"], scorer.llm_accuracy(None, splits.test),
-                      scores["tiny"], scores["llm"], seconds["llm"])
+                      scores["tiny"], scores["llm"], seconds["llm"], seed)
 
 
 def cached_private_run(pair: Pair, scorer: Scorer, task: str, cfg: FinetuneConfig,
-                       llm_cfg: FinetuneConfig | None = None) -> PrivateRun:
+                       llm_cfg: FinetuneConfig | None = None, seed: int = 0) -> PrivateRun:
     """`private_run`, kept under the pair's bench/ folder: the runs are seeded, so a rerun of a benchmark
     (other GT settings) need not fine-tune the LLM again."""
     key = hashlib.sha256(json.dumps([asdict(cfg), asdict(llm_cfg) if llm_cfg else None]).encode()).hexdigest()
-    path = pair.root / "bench" / f"private-{task}-{key[:10]}.pt"
+    path = pair.root / "bench" / f"private-{task}-{key[:10]}{f'-seed{seed}' if seed else ''}.pt"
     if path.is_file():
         return PrivateRun(**{**torch.load(path), "test": make_splits(get_task(task), seed=pair.spec.seed).test})
-    run = private_run(pair, scorer, task, cfg, llm_cfg)
+    run = private_run(pair, scorer, task, cfg, llm_cfg, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v for k, v in asdict(run).items() if k != "test"}, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
     return run
 
 
+@dataclass(frozen=True)
+class Distiller:
+    """The data-free distillation baseline: the organization's TinyLM labels public prompts and the LLM is
+    fine-tuned on its answers, from the pair's init (`distill`) and from the GT's update (`gt+distill`)."""
+
+    prompts: list[Prompt]
+    cfg: DistillConfig
+
+    def tokens(self, scorer: Scorer, run: PrivateRun, start: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        pair = scorer.pair
+        tiny = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).from_tokens(run.tiny_tokens)
+        begin = None if start is None else scorer.layout.from_tokens(start)
+        result = distill(pair, tiny, self.prompts, replace(self.cfg, seed=self.cfg.seed + run.seed), start=begin)
+        return scorer.layout.to_tokens(result.update), result.teacher_seconds + result.train_seconds
+
+
 def score_task(run: PrivateRun, scorer: Scorer, gt: GradientTransformer, shadow: ShadowSet,
-               ridge: Ridge) -> dict:
-    """One row of the quality table: the GT beside ridge, mean update and nearest shadow pair."""
+               ridge: Ridge, start: GradientTransformer | None = None, distiller: Distiller | None = None) -> dict:
+    """One row of the quality table: the GT beside ridge, mean update and nearest shadow pair; with `start`,
+    the GT's untrained start too (what training added); with `distiller`, distillation from the pair's init
+    and from the GT's update (and their seconds)."""
     mean = mean_update(shadow)
+    gt_tokens = gt.generate(run.tiny_tokens[None])[0]
     candidates = {
-        "gt": gt.generate(run.tiny_tokens[None])[0],
+        "gt": gt_tokens,
         "ridge": ridge.predict(run.tiny_tokens),
         "mean_update": mean,
         "nearest": nearest(shadow, run.tiny_tokens),
     }
+    if start is not None:
+        candidates["gt_start"] = start.generate(run.tiny_tokens[None])[0]
+    seconds = {}
+    if distiller is not None:
+        candidates["distill"], seconds["distill"] = distiller.tokens(scorer, run)
+        candidates["gt+distill"], seconds["gt+distill"] = distiller.tokens(scorer, run, gt_tokens)
     rows = {}
     for name, tokens in candidates.items():
         model = scorer.llm_model(tokens)
         p = accuracy(model, scorer.tokenizer, run.test)
         rows[name] = {"p": p, "pgr": pgr(p, run.p_s, run.p_t), "cos": cosine(tokens, run.llm_tokens),
                       "r2_vs_mean": r2_vs_mean(tokens, run.llm_tokens, mean)}
-        if name == "gt":  # published so a test can re-derive them from the shipped GT
+        if name in seconds:
+            rows[name]["seconds"] = seconds[name]
+        if name == "gt" and run.seed == 0:  # published so a test can re-derive them from the shipped GT
             rows[name]["sample"] = sample_answers(model, scorer.tokenizer, run.test)
     gt_row = rows.pop("gt")
-    return {"task": run.task, "n_test": len(run.test), "p_base": run.p_base, "p_s": run.p_s, "p_t": run.p_t,
-            "p_gt": gt_row["p"], "pgr": gt_row["pgr"], "cos": gt_row["cos"], "r2_vs_mean": gt_row["r2_vs_mean"],
-            "gt_sample": gt_row["sample"], "baselines": rows}
+    return {"task": run.task, "seed": run.seed, "n_test": len(run.test), "p_base": run.p_base, "p_s": run.p_s,
+            "p_t": run.p_t, "p_gt": gt_row["p"], "pgr": gt_row["pgr"], "cos": gt_row["cos"],
+            "r2_vs_mean": gt_row["r2_vs_mean"], "gt_sample": gt_row.get("sample"), "baselines": rows}
 
 
 SAMPLE = 8  # test questions per task whose GT-upgraded answers the results file records

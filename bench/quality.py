@@ -8,6 +8,12 @@ C  a task family whose private keys no shadow run used
     python -m bench.quality --pair smol --out bench/results/smol.json --export-gts models/assets/smol/gts
 
 Builds what is missing first (pair, shadow runs, GTs), prints tables, writes JSON.
+
+Each task is scored on `--seeds` private draws (new private inputs and fine-tune seeds; the shadow runs and
+test questions stay), and every PGR is printed as its mean ± spread over seeds beside the cheap baselines:
+`gt_start` (the GT's untrained start: what training added), ridge, the mean shadow update, the nearest
+shadow run, `distill` (the LLM fine-tuned on the organization's TinyLM's answers to public prompts: the
+task's in A, every task's in B and C) and `gt+distill` (the same distillation started from the GT's update).
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ from pathlib import Path
 
 import torch
 
-from bench.experiment import Scorer, cached_private_run, score_task
+from bench.experiment import Distiller, PrivateRun, Scorer, cached_private_run, score_task
 from models.gt.baselines import Ridge
 from models.gt.checkpoint import data_hash, save_gt
 from models.gt.network import GradientTransformer, GTArch, GTConfig
-from models.gt.train import GTTrainConfig, train_gt
+from models.gt.train import GTTrainConfig, train_gt, untrained_gt
 from models.pairs import ALL_TASKS, ensure_pair
-from models.recipes import Recipe, recipe_for
+from models.recipes import Recipe, recipe_for, upgrade_recipe
 from models.training.shadow import build_shadow, load_shadow, shadow_privacy
+from models.upgrade.checks import public_prompts
 
 log = logging.getLogger("bench.quality")
 
@@ -46,6 +53,20 @@ def fit(pair, plans, gt_dir: Path | None, label: str, cfg: GTTrainConfig, timing
     return model, data
 
 
+def distiller(pair, task: str | None, cfg) -> Distiller | None:
+    """The distillation baselines' prompts: the task's public pool when the task is given (A), every task's
+    when it is not (B, C); None without a config (--no-distill)."""
+    return None if cfg is None else Distiller(public_prompts(pair, task)[0], cfg)
+
+
+def score_runs(runs: list[PrivateRun], scorer: Scorer, model: GradientTransformer, data, cfg: GTTrainConfig,
+               distill_with: Distiller | None) -> list[dict]:
+    """Rows of a quality table: each private run's GT update beside the GT's untrained start and the
+    baselines fitted on the same shadow runs."""
+    ridge, start = Ridge(data), untrained_gt(data, cfg)
+    return [score_task(run, scorer, model, data, ridge, start, distill_with) for run in runs]
+
+
 def generate_seconds(model: GradientTransformer, src: torch.Tensor, reps: int = 10) -> tuple[float, float]:
     """Seconds per generate() call with and without the key/value cache, timed alternately."""
     totals = {True: 0.0, False: 0.0}
@@ -59,23 +80,58 @@ def generate_seconds(model: GradientTransformer, src: torch.Tensor, reps: int = 
     return totals[True] / reps, totals[False] / reps
 
 
-def setting(name: str, rows: list[dict]) -> dict:
-    finite = [r["pgr"] for r in rows if r["pgr"] == r["pgr"]]
-    return {"tasks": rows, "average_pgr": sum(finite) / len(finite) if finite else float("nan")}
+METHODS = ("gt", "gt_start", "ridge", "mean_update", "nearest", "distill", "gt+distill")
+
+
+def _spread(values: list[float]) -> dict:
+    finite = [v for v in values if v == v]
+    if not finite:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    mean = sum(finite) / len(finite)
+    return {"mean": mean, "std": (sum((v - mean) ** 2 for v in finite) / len(finite)) ** 0.5, "n": len(finite)}
+
+
+def method_pgr(row: dict, method: str) -> float:
+    if method == "gt":
+        return row["pgr"]
+    return row["baselines"][method]["pgr"] if method in row["baselines"] else float("nan")
+
+
+def setting(name: str, runs: list[dict]) -> dict:
+    """A setting's rows (one per task and seed) summarised: each method's PGR per task, mean and spread
+    over seeds; the setting's average per seed, and its mean and spread over seeds."""
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    summary = []
+    for task in tasks:
+        mine = [r for r in runs if r["task"] == task]
+        first = min(mine, key=lambda r: r["seed"])
+        summary.append({"task": task, "n_test": first["n_test"], "gt_sample": first["gt_sample"],
+                        **{k: _spread([r[k] for r in mine]) for k in ("p_base", "p_s", "p_t", "p_gt")},
+                        "pgr_by_method": {m: _spread([method_pgr(r, m) for r in mine]) for m in METHODS},
+                        "pgr": _spread([r["pgr"] for r in mine])["mean"]})
+    averages = {}
+    for method in METHODS:
+        per_seed = [_spread([method_pgr(r, method) for r in runs if r["seed"] == s])["mean"] for s in seeds]
+        averages[method] = {**_spread(per_seed), "per_seed": per_seed}
+    return {"tasks": summary, "runs": runs, "average_pgr": averages["gt"]["mean"], "average_by_method": averages}
 
 
 def print_table(name: str, block: dict) -> None:
-    print(f"\nSetting {name}: average PGR {block['average_pgr']:.1%}")
-    head = f"{'task':<12}{'base':>6}{'P_S':>6}{'P_T':>6}{'P_GT':>6}{'PGR':>8}{'cos':>6}{'R2m':>7}"
-    head += "".join(f"{b:>22}" for b in ("ridge pgr/cos", "mean pgr/cos", "nearest pgr/cos"))
-    print(head)
+    gt = block["average_by_method"]["gt"]
+    print(f"\nSetting {name}: average PGR {gt['mean']:.1%} ± {gt['std']:.1%} over {gt['n']} seeds")
+    print(f"{'task':<12}{'base':>6}{'P_S':>6}{'P_T':>6}" + "".join(f"{m:>15}" for m in METHODS))
     for r in block["tasks"]:
-        line = (f"{r['task']:<12}{r['p_base']:>6.2f}{r['p_s']:>6.2f}{r['p_t']:>6.2f}{r['p_gt']:>6.2f}"
-                f"{r['pgr']:>8.1%}{r['cos']:>6.2f}{r['r2_vs_mean']:>7.2f}")
-        for b in ("ridge", "mean_update", "nearest"):
-            x = r["baselines"][b]
-            line += f"{x['pgr']:>14.1%} / {x['cos']:>5.2f}"
+        line = f"{r['task']:<12}{r['p_base']['mean']:>6.2f}{r['p_s']['mean']:>6.2f}{r['p_t']['mean']:>6.2f}"
+        for m in METHODS:
+            x = r["pgr_by_method"][m]
+            line += f"{x['mean']:>9.1%}±{x['std']:>4.0%}" if x["n"] else f"{'-':>15}"
         print(line)
+    line = f"{'average':<30}"
+    for m in METHODS:
+        x = block["average_by_method"][m]
+        line += f"{x['mean']:>9.1%}±{x['std']:>4.0%}" if x["n"] else f"{'-':>15}"
+    print(line)
 
 
 def main() -> None:
@@ -87,6 +143,10 @@ def main() -> None:
     parser.add_argument("--export-gts", type=Path, default=None,
                         help="also copy the trained GTs here (for the smol pair: models/assets/smol/gts)")
     parser.add_argument("--gt-steps", type=int, default=None, help="override the recipe's GT training steps")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="private data draws and fine-tune seeds per task (each PGR is shown with its spread)")
+    parser.add_argument("--no-distill", action="store_true",
+                        help="skip the distillation baselines (about 13 s each on the toy pair, minutes on smol)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
@@ -110,24 +170,34 @@ def main() -> None:
     timings["shadow_runs"] = len(all_plans) * recipe.shadow_k
 
     scorer = Scorer(pair)
-    private = {t: cached_private_run(pair, scorer, t, recipe.tiny, recipe.llm) for t in tasks + c_test}
+    seeds = range(args.seeds)
+    private = {(t, seed): cached_private_run(pair, scorer, t, recipe.tiny, recipe.llm, seed)
+               for t in tasks + c_test for seed in seeds}
     timings["llm_finetune_private"] = sum(r.llm_seconds for r in private.values()) / len(private)
+    distill_cfg = None if args.no_distill else upgrade_recipe(pair.id).distill
+    pooled = distiller(pair, None, distill_cfg)  # B and C: the task is not given
 
     cfg = replace(recipe.gt, steps=args.gt_steps) if args.gt_steps else recipe.gt
     settings = {}
-    rows = []
+    runs = []
     for task in tasks:  # A
         model, data = fit(pair, [all_plans[task]], pair.gt_dir(task), task, cfg, timings)
-        rows.append(score_task(private[task], scorer, model, data, Ridge(data)))
-    settings["A"] = setting("A", rows)
+        runs += score_runs([private[task, s] for s in seeds], scorer, model, data, cfg,
+                           distiller(pair, task, distill_cfg))
+    settings["A"] = setting("A", runs)
     model_b, data_b = fit(pair, [all_plans[t] for t in tasks], pair.gt_dir(ALL_TASKS), ALL_TASKS, cfg, timings)
-    ridge_b = Ridge(data_b)
-    settings["B"] = setting("B", [score_task(private[t], scorer, model_b, data_b, ridge_b) for t in tasks])
+    settings["B"] = setting("B", score_runs([private[t, s] for t in tasks for s in seeds], scorer, model_b, data_b,
+                                            cfg, pooled))
     model_c, data_c = fit(pair, [all_plans[t] for t in c_train], None, f"{family}-seen-keys", cfg, timings)
-    ridge_c = Ridge(data_c)
-    settings["C"] = setting("C", [score_task(private[t], scorer, model_c, data_c, ridge_c) for t in c_test])
+    settings["C"] = setting("C", score_runs([private[t, s] for t in c_test for s in seeds], scorer, model_c, data_c,
+                                            cfg, pooled))
+    for block in settings.values():
+        for method in ("distill", "gt+distill"):
+            spent = [r["baselines"][method]["seconds"] for r in block["runs"] if method in r["baselines"]]
+            if spent:
+                timings.setdefault(f"{method}_each", []).extend(spent)
 
-    src = private[tasks[0]].tiny_tokens[None]
+    src = private[tasks[0], 0].tiny_tokens[None]
     timings["gt_generate"], timings["gt_generate_no_cache"] = generate_seconds(model_b, src)
     # The toy LLM has 4 layers, where a cache saves little; SmolLM2-135M has 30 layers of 3,840 numbers.
     smol_like = GradientTransformer(GTConfig(12, 1536, 30, 3840, GTArch(d_model=256, n_heads=8, d_ff=1024))).eval()
@@ -137,13 +207,17 @@ def main() -> None:
 
     for name, block in settings.items():
         print_table(name, block)
+    for key in ("distill_each", "gt+distill_each"):
+        if timings.get(key):
+            timings[key.replace("_each", "_mean")] = sum(timings[key]) / len(timings[key])
     print("\nTimes (s): " + ", ".join(f"{k} {v:.3g}" for k, v in timings.items() if not isinstance(v, list)))
     for label, key in ((f"{pair.id}, {model_b.cfg.tgt_layers} LLM layers", "gt_generate"),
                        ("30 LLM layers x 3840 (SmolLM2-135M's shape)", "gt_generate_30_layers")):
         ratio = timings[key + '_no_cache'] / timings[key]
         print(f"generate with the KV cache: {ratio:.2f}x as fast as without ({label})")
-    result = {"pair": pair.id, "settings": settings, "timings_s": timings,
-              "config": {"shadow_k": recipe.shadow_k, "finetune": asdict(recipe.tiny),
+    result = {"pair": pair.id, "settings": settings, "timings_s": timings, "seeds": args.seeds,
+              "config": {"distill": asdict(distill_cfg) if distill_cfg else None,
+                         "shadow_k": recipe.shadow_k, "finetune": asdict(recipe.tiny),
                          "llm_finetune": asdict(recipe.llm), "subset_size": recipe.subset_size,
                          "keep_last": recipe.keep_last, "gt": asdict(cfg),
                          "setting_c": {"family": family, "train_keys": list(seen_keys), "test_keys": list(unseen)}}}

@@ -35,10 +35,10 @@ class Recipe:
 
 
 RECIPES = {
-    # 150 steps of batch 16 from subsets of 1000 public examples, both models; 8 shadow runs per task.
+    # 150 steps of batch 16 from subsets of 1000 public examples, both models; 32 shadow runs per task.
     "toy": Recipe(tiny=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
                   llm=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
-                  shadow_k=8, subset_size=1000, keep_last=10, unseen=("rotate", (1, 3, 4, 6, 7), (2, 5)),
+                  shadow_k=32, subset_size=1000, keep_last=10, unseen=("rotate", (1, 3, 4, 6, 7), (2, 5)),
                   batch_runs=16),
     # SmolLM2 learns these tasks in 40 steps of batch 8; so does the TinyLM, partly (measured). Setting C
     # asks the GT for pick keys 1 and 3 having seen only 2 and 4. The pair-wide GTs start from the shadow

@@ -1,0 +1,119 @@
+"""Setting C, leave one key out: for every key of each family with at least 7 keys, a GT trained on the
+shadow runs of the family's other keys is asked for the held-out key's update, beside the same baselines as
+`bench.quality` (the GT's start, ridge, mean, nearest, distillation from the pair's init and from the GT's
+update). A key between seen keys is interpolation; the first or last key is extrapolation.
+
+    python -m bench.unseen --pair toy --out bench/results/unseen-toy.json
+    python -m bench.unseen --pair toy --families rotate --runs 8 --seeds 1   # a quicker look
+
+Builds what is missing first (pair, shadow runs of every key, private runs), prints a table per family and
+the averages of interpolated and extrapolated keys, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from bench.experiment import Scorer, cached_private_run
+from bench.quality import METHODS, distiller, fit, print_table, score_runs, setting
+from models.data.tasks import FAMILIES
+from models.pairs import ensure_pair
+from models.recipes import recipe_for, upgrade_recipe
+from models.training.shadow import build_shadow
+
+log = logging.getLogger("bench.unseen")
+MIN_KEYS = 7
+
+
+def families_of(pair, names: list[str] | None) -> list[str]:
+    """The pair's task families with at least MIN_KEYS keys (or those named)."""
+    present = list(dict.fromkeys(t.rsplit("-", 1)[0] for t in pair.spec.tasks))
+    chosen = names or [f for f in present if len(FAMILIES[f].keys) >= MIN_KEYS]
+    for name in chosen:
+        if name not in FAMILIES:
+            raise SystemExit(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
+    return chosen
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Each method's average PGR over the keys of `rows` (each key's mean over seeds)."""
+    out = {}
+    for method in METHODS:
+        means = [r["pgr_by_method"][method]["mean"] for r in rows if r["pgr_by_method"][method]["n"]]
+        out[method] = sum(means) / len(means) if means else float("nan")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", default="toy")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--out", type=Path, default=Path("unseen.json"))
+    parser.add_argument("--families", nargs="*", default=None, help="families to hold keys out of (default: "
+                        f"every family of the pair with at least {MIN_KEYS} keys)")
+    parser.add_argument("--runs", type=int, default=8, help="shadow runs per key")
+    parser.add_argument("--seeds", type=int, default=1, help="private draws per held-out key")
+    parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
+    parser.add_argument("--no-distill", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    timings: dict = {}
+
+    pair = ensure_pair(args.data_dir / "pairs", args.pair)
+    recipe = recipe_for(pair)
+    families = families_of(pair, args.families)
+    keys = {f: list(FAMILIES[f].keys) for f in families}
+    plans = {f"{f}-{k}": replace(recipe.plan(f"{f}-{k}"), subsets=args.runs) for f in families for k in keys[f]}
+    start = time.perf_counter()
+    build_shadow(pair, list(plans.values()), workers=args.workers)
+    timings["shadow_build"] = time.perf_counter() - start
+
+    scorer = Scorer(pair)
+    distill_cfg = None if args.no_distill else upgrade_recipe(pair.id).distill
+    pooled = distiller(pair, None, distill_cfg)  # an unseen key: the task is not given
+    cfg = recipe.gt
+    result: dict = {"pair": pair.id, "families": {}, "timings_s": timings,
+                    "config": {"runs_per_key": args.runs, "seeds": args.seeds, "gt": asdict(cfg),
+                               "distill": asdict(distill_cfg) if distill_cfg else None}}
+    everything = []
+    for family in families:
+        rows = []
+        for key in keys[family]:
+            held = f"{family}-{key}"
+            seen = [f"{family}-{k}" for k in keys[family] if k != key]
+            model, data = fit(pair, [plans[t] for t in seen], None, f"{family}-without-{key}", cfg, timings)
+            private = [cached_private_run(pair, scorer, held, recipe.tiny, recipe.llm, s) for s in range(args.seeds)]
+            block = setting(held, score_runs(private, scorer, model, data, cfg, pooled))
+            row = block["tasks"][0]
+            row["kind"] = "interpolation" if min(keys[family]) < key < max(keys[family]) else "extrapolation"
+            row["runs"] = block["runs"]
+            rows.append(row)
+            log.info("%s held out (%s): GT %.1f%%, distill %.1f%%, gt+distill %.1f%%", held, row["kind"],
+                     100 * row["pgr_by_method"]["gt"]["mean"], 100 * row["pgr_by_method"]["distill"]["mean"],
+                     100 * row["pgr_by_method"]["gt+distill"]["mean"])
+        block = setting(family, [r for row in rows for r in row["runs"]])
+        print_table(f"C, {family} (one key held out at a time)", block)
+        result["families"][family] = {"keys": rows, "average_by_method": block["average_by_method"]}
+        everything += rows
+    for kind in ("interpolation", "extrapolation"):
+        result[kind] = summarise([r for r in everything if r["kind"] == kind])
+    result["all"] = summarise(everything)
+    print(f"\n{'held-out keys':<16}" + "".join(f"{m:>12}" for m in METHODS))
+    for kind in ("interpolation", "extrapolation", "all"):
+        print(f"{kind:<16}" + "".join(f"{result[kind][m]:>12.1%}" for m in METHODS))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""What bench.quality measures with: private draws per seed, and the distillation baselines' start."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.experiment import Distiller, PrivateRun, Scorer, private_examples
+from bench.quality import setting
+from models.lora.update import LoraLayout
+from models.pairs import Pair
+from models.training.distill import DistillConfig
+from models.training.finetune import FinetuneConfig
+
+
+def test_each_seed_draws_new_private_inputs_and_never_public_or_test_ones(toy_pair: Pair) -> None:
+    splits, zero = private_examples(toy_pair, "rotate-6", 0)
+    assert zero == splits.private
+    held = {ex.prompt for ex in splits.public + splits.test}
+    draws = [private_examples(toy_pair, "rotate-6", seed)[1] for seed in (1, 2)]
+    for draw in draws:
+        assert len(draw) == len(splits.private)
+        assert not held & {ex.prompt for ex in draw}
+        assert len({ex.prompt for ex in draw} & {ex.prompt for ex in splits.private}) < len(draw) // 10
+    assert draws[0] != draws[1]
+
+
+def test_gt_plus_distill_starts_from_the_gts_update(toy_pair: Pair) -> None:
+    """With a learning rate of almost 0 a distillation changes (almost) nothing: from the GT's update it gives that update
+    back, from the pair's init it gives no update."""
+    scorer = Scorer(toy_pair)
+    tiny_layout = LoraLayout(toy_pair.init("tiny"), toy_pair.spec.lora.targets)
+    tiny = tiny_layout.to_tokens({k: torch.randn_like(v) * 0.01 for k, v in toy_pair.init("tiny").items()})
+    run = PrivateRun("rotate-6", [], tiny, torch.zeros(0), 0.0, 0.0, 1.0, 0.0, seed=0)
+    still = Distiller(["rol ?: abcdefgh #### ", "rol ?: hgfedcba #### "] * 4,
+                      DistillConfig(FinetuneConfig(steps=1, batch_size=2, lr=1e-12), prompts=8, max_new_tokens=9))
+    start = torch.randn(*scorer.layout.to_tokens(toy_pair.init("llm")).shape) * 0.01
+    from_gt, seconds = still.tokens(scorer, run, start)
+    assert torch.allclose(from_gt, start, atol=1e-6) and seconds > 0
+    from_init, _ = still.tokens(scorer, run)
+    assert from_init.abs().max() < 1e-6
+
+
+def test_a_setting_reports_each_method_over_seeds() -> None:
+    def row(task: str, seed: int, gt: float, ridge: float) -> dict:
+        return {"task": task, "seed": seed, "n_test": 10, "gt_sample": [seed], "p_base": 0.0, "p_s": 0.2,
+                "p_t": 1.0, "p_gt": gt, "pgr": gt, "baselines": {"ridge": {"pgr": ridge}}}
+
+    block = setting("A", [row("a", 0, 1.0, 0.0), row("a", 1, 0.5, 0.2), row("b", 0, 0.0, 0.4), row("b", 1, 0.5, 0.6)])
+    assert block["tasks"][0]["gt_sample"] == [0]
+    assert block["tasks"][0]["pgr_by_method"]["gt"] == {"mean": 0.75, "std": 0.25, "n": 2}
+    assert block["average_by_method"]["gt"]["per_seed"] == [0.5, 0.5]
+    assert block["average_by_method"]["ridge"]["per_seed"] == [0.2, 0.4]
+    assert block["average_by_method"]["distill"]["n"] == 0
