@@ -129,12 +129,22 @@ async function loadPairs() {
   const pairs = (await get("/v1/pairs")).data;
   state.pairs = pairs;
   fill("pairs", pairs.map((p) => [
-    el("strong", {}, p.id), `${p.tiny} → ${p.llm}`,
-    p.task_details.map((t) => `${t.id}${t.gt ? ` (${t.gt.id})` : ""}`).join(", "),
+    el("span", {}, el("strong", {}, p.id), el("br"), el("small", {}, `${p.tiny} → ${p.llm}`)),
+    describeTasks(p.task_details),
     saveButton("tiny_lora_init.safetensors", `/v1/pairs/${p.id}/tiny-lora-init`, `${p.id}-tiny_lora_init.safetensors`,
       "upload-status"),
   ]), "No pairs on this server.");
   options("upload-pair", pairs.map((p) => [p.id, p.id]));
+}
+
+// "rotate-6, drop-5 (GT all)": tasks grouped by the GT that serves them.
+function describeTasks(tasks) {
+  const byGt = new Map();
+  for (const t of tasks) {
+    const gt = t.gt ? `GT ${t.gt.id}` : "no GT";
+    byGt.set(gt, [...(byGt.get(gt) || []), t.id]);
+  }
+  return [...byGt].map(([gt, ids]) => `${ids.join(", ")} (${gt})`).join("; ");
 }
 
 // ---- lists -----------------------------------------------------------------------------------------------
@@ -292,8 +302,11 @@ function showJob(job) {
   // One line per stage, with that stage's own last progress and message.
   const stages = new Map();
   for (const event of job.events) stages.set(event.stage, event);
-  $("watch-stages").replaceChildren(...[...stages.values()].map((e) =>
-    el("li", {}, el("span", { className: "pct" }, pct(e.progress)), el("strong", {}, e.stage), ` ${e.message}`)));
+  $("watch-stages").replaceChildren(...[...stages.values()].map((e) => {
+    const words = e.message.startsWith(e.stage) ? e.message.slice(e.stage.length).replace(/^[:;,]?\s*/, "") : e.message;
+    return el("li", {}, el("span", { className: "pct" }, pct(e.progress)), el("strong", {}, e.stage),
+      words ? ` — ${words}` : "");
+  }));
   const verdict = $("watch-verdict");
   if (job.quality) {
     verdict.hidden = false;
@@ -357,7 +370,11 @@ function drawChart() {
   const groups = [];
   for (const d of state.deltas) {
     const a = d.quality && d.quality.agreement;
-    if (a) groups.push({ title: `${d.id} (${d.task || d.pair})`, bars: [["upgraded", a.rate, "#2f5fd0"], ["base LLM", a.base_rate, "#9aa3b5"]] });
+    const sim = d.quality && d.quality.similarity;
+    if (!a) continue;
+    const bars = [["agreement, upgraded", a.rate, "#2f5fd0"], ["agreement, base LLM", a.base_rate, "#9aa3b5"]];
+    if (sim && sim.nearest_cos !== undefined) bars.push([`cosine to a ${sim.nearest_task} run`, sim.nearest_cos, "#c9a227"]);
+    groups.push({ title: `${d.id} (${d.pair}${d.task ? ` / ${d.task}` : ""}, ${d.mode}, ${d.quality.verdict})`, bars });
   }
   for (const p of state.pairs) {
     for (const t of p.task_details) {
@@ -378,9 +395,14 @@ function drawChart() {
     if (text !== undefined) node.textContent = text;
     return node;
   };
-  const rowH = 18, width = 640, left = 110, barW = 440;
+  const rowH = 18, width = 700, left = 190, barW = 440;
   let y = 0;
   const svg = svgEl("svg", { width, role: "img", "aria-label": "quality chart" });
+  for (const tick of [0, 0.5, 1]) {  // the scale, drawn behind the bars
+    svg.append(svgEl("text", { x: left + tick * barW - 6, y: 12, class: "chart-label" }, tick.toFixed(1)));
+  }
+  y = 16;
+  const top = y;
   for (const g of groups.slice(0, 12)) {
     svg.append(svgEl("text", { x: 0, y: y + 13, class: "chart-title" }, g.title));
     y += rowH;
@@ -392,6 +414,9 @@ function drawChart() {
       y += rowH;
     }
     y += 6;
+  }
+  for (const tick of [0, 0.5, 1]) {
+    svg.prepend(svgEl("line", { x1: left + tick * barW, x2: left + tick * barW, y1: top, y2: y, stroke: "#d9dde5" }));
   }
   svg.setAttribute("height", y);
   box.replaceChildren(svg);

@@ -76,7 +76,9 @@ def test_the_console_in_a_real_browser(toy_pairs_dir: Path, toy_adapter: Path, t
         page.on("pageerror", lambda error: watch.errors.append(f"uncaught: {error}"))
         page.on("request", lambda request: watch.request(request.url))
         expect.set_options(timeout=30_000)
-        snap = lambda name: page.screenshot(path=str(shots / f"{name}.png"), full_page=True)  # noqa: E731
+        def snap(name: str, full_page: bool = True) -> None:
+            page.screenshot(path=str(shots / f"{name}.png"), full_page=full_page)
+
 
         page.goto(services.base_url + "/")
         expect(page.locator("#notice")).to_contain_text("Paste an API key")
@@ -142,15 +144,17 @@ def test_the_console_in_a_real_browser(toy_pairs_dir: Path, toy_adapter: Path, t
         with zipfile.ZipFile(archive) as zipped:
             assert {"adapter_config.json", "adapter_model.safetensors"} <= set(zipped.namelist())
         expect(page.locator("#upgrade-status")).to_contain_text(f"Saved {delta_id}.zip")
-        expect(page.locator("#chart svg rect")).to_have_count(2)  # the delta's agreement beside the base LLM's
+        # The delta's agreement beside the base LLM's (and its similarity to shadow runs when a GT made it).
+        expect(page.locator("#chart svg rect").first).to_be_visible()
+        assert page.locator("#chart svg rect").count() in (2, 3)
         snap("09-downloaded")
 
         page.goto(services.base_url + "/docs")
         expect(page.locator(".swagger-ui .info .title")).to_contain_text("gradlift")
-        snap("10-docs")
+        snap("10-docs", full_page=False)
         page.goto(services.base_url + "/redoc")
         expect(page.locator("h1").first).to_contain_text("gradlift")
-        snap("11-redoc")
+        snap("11-redoc", full_page=False)
         browser.close()
         watch.check()
         assert not watch.allowed, f"the refusals the test provoked were not seen: {watch.allowed}"
