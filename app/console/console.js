@@ -122,7 +122,11 @@ async function connect() {
   $("org").replaceChildren(el("dt", {}, "name"), el("dd", {}, me.name), el("dt", {}, "id"),
     el("dd", {}, el("code", {}, me.id)), el("dt", {}, "key"), el("dd", {}, me.admin ? "admin (provider)" : "organization"));
   $("admin").hidden = !me.admin;
-  await Promise.all([loadPairs(), refresh()]);
+  try {
+    await Promise.all([loadPairs(), refresh()]);
+  } catch (error) {
+    notice(`Could not load the pairs: ${error.message}`);
+  }
 }
 
 async function loadPairs() {
@@ -303,7 +307,9 @@ function showJob(job) {
   const stages = new Map();
   for (const event of job.events) stages.set(event.stage, event);
   $("watch-stages").replaceChildren(...[...stages.values()].map((e) => {
-    const words = e.message.startsWith(e.stage) ? e.message.slice(e.stage.length).replace(/^[:;,]?\s*/, "") : e.message;
+    // Messages often repeat their stage's name and percentage, which the line already shows.
+    const words = (e.message.startsWith(e.stage) ? e.message.slice(e.stage.length) : e.message)
+      .replace(/^[:;,]?\s*/, "").replace(/^\(\d+%\)$/, "");
     return el("li", {}, el("span", { className: "pct" }, pct(e.progress)), el("strong", {}, e.stage),
       words ? ` — ${words}` : "");
   }));

@@ -1,9 +1,9 @@
 """The web console in a real browser: Debian's Chromium, headless, driven by Playwright, against a real API
 and worker on the toy pair. A person's path: paste a key, upload a file that is not an adapter (the server's
 refusal shown), upload a real adapter, watch the upgrade reach succeeded, chat and see both answers stream,
-download the archive; /docs and /redoc render from the server alone. Any console error (beyond the one
-refusal the test provokes) and any request to another host fail the test. Screenshots of each step go to a
-folder the test prints (GRADLIFT_SCREENSHOTS, or the test's temporary folder)."""
+download the archive; /docs and /redoc render from the server alone; an admin key shows the provider's side.
+Any console error (beyond the refusals the test provokes) and any request to another host fail the test.
+Screenshots of each step go to a folder the test prints (GRADLIFT_SCREENSHOTS, or the test's temporary folder)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.services import Services
+from tests.e2e.services import BIN, Services
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -155,6 +155,21 @@ def test_the_console_in_a_real_browser(toy_pairs_dir: Path, toy_adapter: Path, t
         page.goto(services.base_url + "/redoc")
         expect(page.locator("h1").first).to_contain_text("gradlift")
         snap("11-redoc", full_page=False)
+
+        # The provider's key: its builds and trainings (none yet), in a tab of its own (sessionStorage is per tab).
+        admin = services.run([str(BIN / "gradlift"), "keys", "create", "--org", "provider", "--admin"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda message: watch.console(message.type, message.text))
+        page.on("pageerror", lambda error: watch.errors.append(f"uncaught: {error}"))
+        page.on("request", lambda request: watch.request(request.url))
+        page.goto(services.base_url + "/")
+        page.fill("#key", admin.strip().splitlines()[-1])
+        page.click("#key-form button[type=submit]")
+        expect(page.locator("#org")).to_contain_text("admin (provider)")
+        expect(page.locator("#pairs")).to_contain_text("toy")
+        expect(page.locator("#builds")).to_contain_text("No shadow builds yet")
+        expect(page.locator("#trainings")).to_contain_text("No GT trainings yet")
+        snap("12-admin")
         browser.close()
         watch.check()
         assert not watch.allowed, f"the refusals the test provoked were not seen: {watch.allowed}"
