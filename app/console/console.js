@@ -133,13 +133,17 @@ async function loadPairs() {
   const pairs = (await get("/v1/pairs")).data;
   state.pairs = pairs;
   fill("pairs", pairs.map((p) => [
-    el("span", {}, el("strong", {}, p.id), el("br"), el("small", {}, `${p.tiny} → ${p.llm}`)),
+    el("span", { title: `${p.tiny} → ${p.llm}` }, el("strong", {}, p.id), el("br"),
+      el("small", {}, `${brief(p.tiny)} → ${brief(p.llm)}`)),
     describeTasks(p.task_details),
     saveButton("tiny_lora_init.safetensors", `/v1/pairs/${p.id}/tiny-lora-init`, `${p.id}-tiny_lora_init.safetensors`,
       "upload-status"),
   ]), "No pairs on this server.");
   options("upload-pair", pairs.map((p) => [p.id, p.id]));
 }
+
+// A model's description up to its first detail: "SmolLM2-135M-Instruct (GGUF Q4_1 ...)" -> "SmolLM2-135M-Instruct".
+const brief = (text) => text.split(/[,(]/)[0].trim();
 
 // "rotate-6, drop-5 (GT all)": tasks grouped by the GT that serves them.
 function describeTasks(tasks) {
@@ -183,7 +187,8 @@ function showUpgrades(rows) {
 }
 
 function showDeltas(rows) {
-  fill("deltas", rows.map((d) => [el("code", {}, d.id), `${d.pair} / ${d.task || "any"}`, d.mode,
+  fill("deltas", rows.map((d) => [el("code", {}, d.id), `${d.pair} / ${d.task || "any"}`,
+    d.collaboration_id ? `${d.mode}, pooled` : d.mode,
     d.quality ? badge(d.quality.verdict) : "",
     when(d.created_at),
     el("span", {}, saveButton("archive (.zip)", `/v1/deltas/${d.id}/archive`, `${d.id}.zip`, "upgrade-status"),
