@@ -29,10 +29,14 @@ log = logging.getLogger("gradlift")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradlift", description="Lift TinyLM LoRA updates to an LLM.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("serve", "migrate, then run the API and one worker"), ("api", "run the API alone")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--host", default="127.0.0.1")
-        sub.add_argument("--port", type=int, default=8000)
+    for name, text in (("serve", "migrate, make the default pair ready, then run the API and one worker"),
+                       ("api", "run the API alone (scaled out: run `gradlift migrate` first)")):
+        sub = commands.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}. The console is at /, "
+                                  "the API's documents at /docs and /redoc, Prometheus metrics at /metrics. "
+                                  "Ctrl-C (or SIGTERM) stops it. Settings: GRADLIFT_* variables (README).")
+        sub.add_argument("--host", default="127.0.0.1",
+                         help="the address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+        sub.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
     commands.choices["serve"].add_argument("--train-workers", type=int, default=0,
                                            help="training workers to start too (the provider's shadow builds and "
                                            "GT trainings; default 0)")
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=get_settings().log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in ("keys", "migrate"):  # their output is for a person (or a script's `tail -n 1`)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if args.command == "worker":
         os.execv(sys.executable, [sys.executable, "-m", "workers", *extra])
     handlers = {"serve": lambda: serve(args.host, args.port, args.train_workers),
@@ -161,7 +167,8 @@ def serve(host: str, port: int, train_workers: int = 0) -> None:
     _ensure_default_pair(settings.default_pair)
     workers = [subprocess.Popen([sys.executable, "-m", "workers"])]
     workers += [subprocess.Popen([sys.executable, "-m", "workers", "--train"]) for _ in range(train_workers)]
-    print(f"gradlift: API on http://{host}:{port} (docs at /docs), data in {settings.data_dir}", flush=True)
+    print(f"gradlift: console on http://{host}:{port}/ (API docs at /docs, metrics at /metrics), "
+          f"data in {settings.data_dir}; Ctrl-C stops it", flush=True)
     print("make an API key with:  gradlift keys create --org NAME", flush=True)
     # uvicorn re-raises the signal it stopped for once it is done; as SystemExit it runs `finally`,
     # which stops the workers (gracefully: each finishes the job in hand) instead of orphaning them.

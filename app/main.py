@@ -6,6 +6,7 @@ import logging
 import sys
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.api.deps import current_org
 from app.api.guard import RequestGuard
@@ -15,6 +16,8 @@ from app.api.routes import (
     chat,
     checkpoints,
     collaborations,
+    completions,
+    console,
     deltas,
     gt_trainings,
     health,
@@ -35,11 +38,14 @@ def create_app() -> FastAPI:
     sys.setswitchinterval(0.001)
     settings = get_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = FastAPI(title="gradlift", version="0.1.0",
-                  description="Lift a TinyLM LoRA update to an LLM adapter with a Gradient Transformer.")
+    # /docs loads Swagger UI from the fastapi-offline package, not from a CDN, and asks no online validator
+    # for a badge; /redoc is the console's (`app.api.routes.console`).
+    app = FastAPIOffline(title="gradlift", version="0.1.0", redoc_url=None,
+                         swagger_ui_parameters={"validatorUrl": None},
+                         description="Lift a TinyLM LoRA update to an LLM adapter with a Gradient Transformer.")
     install_error_handler(app)
     routers = [m.router for m in (health, organizations, pairs, checkpoints, collaborations, upgrades, deltas,
-                                  models, chat, admin_tasks, shadow_builds, gt_trainings)]
+                                  models, chat, completions, admin_tasks, shadow_builds, gt_trainings, console)]
     routers.append(gt_trainings.gts_router)
     for router in routers:
         app.include_router(router)

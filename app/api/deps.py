@@ -70,6 +70,17 @@ def _admin_for_key(database_url: str, key: str) -> Organization | None:
         return queries.admin_org_for_key(session, key)
 
 
+async def is_admin_key(credentials: Credentials, settings: SettingsDep) -> bool:
+    """Whether the request's key is an admin key (cached like `current_admin`)."""
+    if credentials is None:
+        return False
+    try:
+        await current_admin(credentials, settings, None)  # type: ignore[arg-type]  # its org is not read
+    except ApiError:
+        return False
+    return True
+
+
 async def current_admin(credentials: Credentials, settings: SettingsDep, _org: CurrentOrg) -> Organization:
     """The provider's organization, for the /v1/admin routes: an organization's key answers 403."""
     assert credentials is not None  # current_org answered 401 otherwise

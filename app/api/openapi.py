@@ -64,7 +64,7 @@ def with_exact_errors(app: FastAPI, routers: list[APIRouter]) -> Callable[[], di
         if app.openapi_schema is None:
             paths = generate()["paths"]
             for route in (r for router in routers for r in router.routes):
-                if isinstance(route, APIRoute):
+                if isinstance(route, APIRoute) and route.include_in_schema:  # the console's pages are not API
                     for method in route.methods:
                         _exact(route, paths[route.path_format][method.lower()])
         return app.openapi_schema  # type: ignore[return-value]  # set by generate()

@@ -47,11 +47,15 @@ def user_lines(source: TextIO) -> Iterator[str]:
 
 
 def chat(api: Api, model: str, lines: Iterable[str], out: TextIO, system: str | None = None,
-         **params: Any) -> int:
-    """Run the conversation; `/reset` forgets it, `/exit` ends it. Returns the number of failed turns."""
+         keep_history: bool = True, **params: Any) -> int:
+    """Run the conversation; `/reset` forgets it, `/exit` ends it. Without `keep_history` each line is a
+    conversation of its own (questions piped in, one per line, each answered alone). Returns the number of
+    failed turns."""
     start = [{"role": "system", "content": system}] if system else []
     messages, failed = list(start), 0
     for line in lines:
+        if not keep_history:
+            messages = list(start)
         if line.strip() in ("/exit", "/quit"):
             break
         if line.strip() == "/reset":

@@ -55,8 +55,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     down = commands.add_parser("download", parents=[service], help="download a generated LLM adapter")
     down.add_argument("delta", help="the delta id")
     down.add_argument("--out", type=Path, required=True, help="the folder to write (a PEFT adapter folder)")
-    talk = commands.add_parser("chat", parents=[service], help="chat with a model, streamed; one turn per line")
-    talk.add_argument("model", help="a delta id, or a pair's base model such as toy-llm")
+    talk = commands.add_parser(
+        "chat", parents=[service], help="chat with a model, streamed; one turn per line",
+        description="Chat with a model, streamed. On a terminal: one conversation, a turn per line (/reset "
+        "forgets it, /exit ends it). With input piped in: each line is a question of its own, answered alone.")
+    talk.add_argument("model", help="a delta id (dlt_..., from `gradlift upgrade` or GET /v1/models), or a pair's "
+                      "base model: smol-llm on the default server (toy-llm where the toy pair is served)")
     talk.add_argument("--system", help="a system message opening the conversation")
     talk.add_argument("--max-tokens", type=int)
     talk.add_argument("--temperature", type=float)
@@ -188,7 +192,7 @@ def _download(api: Api, args: argparse.Namespace) -> int:
 def _chat(api: Api, args: argparse.Namespace) -> int:
     from app.client.chat import chat, user_lines
 
-    failed = chat(api, args.model, user_lines(sys.stdin), sys.stdout, args.system,
+    failed = chat(api, args.model, user_lines(sys.stdin), sys.stdout, args.system, keep_history=sys.stdin.isatty(),
                   max_tokens=args.max_tokens, temperature=args.temperature)
     return 1 if failed else 0
 

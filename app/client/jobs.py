@@ -78,8 +78,11 @@ def watch(api: Api, upgrade_id: str, timeout_s: float | None = None, interval_s:
         while True:
             for event in api.get(f"/v1/upgrades/{upgrade_id}/events", after=last)["data"]:
                 last = event["id"]
-                bar.set_description_str(event["stage"][:27])
+                # The stage and its own percentage drawn together (a description set first would be drawn
+                # beside the previous stage's percentage).
+                bar.set_description_str(event["stage"][:27], refresh=False)
                 bar.update(max(0.0, 100 * event["progress"] - bar.n))
+                bar.refresh()
             if job["status"] in TERMINAL:
                 break
             if deadline is not None and time.monotonic() > deadline:

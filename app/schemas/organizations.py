@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import UnixTime
 
@@ -16,3 +16,5 @@ class OrganizationPublic(BaseModel):
     object: Literal["organization"] = "organization"
     name: str
     created_at: UnixTime
+    admin: bool = Field(default=False, description="Whether the key of the request is an admin key (it reaches "
+                        "/v1/admin).")

@@ -47,6 +47,7 @@ class _Row:
         self.length = 0  # tokens in its KV cache (without padding)
         self.last = 0  # the sampled token the next step feeds
         self.generator = request_generator(generation.params)
+        self.counts: dict[int, int] = {}  # token -> times sampled, for the penalties
 
     @property
     def gone(self) -> bool:
@@ -126,7 +127,8 @@ class Batcher:
     def _emit(self, row: _Row, logits: torch.Tensor) -> bool:
         """Sample the row's next token and hand it over; False when the row has ended."""
         generation = row.generation
-        token = next_token(logits, self.engine.eos_index, generation.params, row.generated, row.generator)
+        token = next_token(logits, self.engine.eos_index, generation.params, row.generated, row.generator,
+                           row.counts, generation.token_logprobs)
         row.generated += 1
         row.tokens.put(token)
         if token == self.engine.eos_token_id or row.generated >= generation.budget:

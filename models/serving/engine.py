@@ -32,6 +32,7 @@ from models.serving.batch import Batcher
 from models.serving.sampling import (
     RequestError,
     SamplingParams,
+    TokenLogprob,
     TokenSource,
     next_token,
     request_generator,
@@ -57,6 +58,8 @@ class Generation:
         self.prompt_tokens, self.completion_tokens = len(prompt_ids), 0
         self.budget = token_budget(engine.context_length, self.prompt_tokens, params)
         self.finish_reason: str | None = None  # "stop", "length", or "cancelled"
+        # With params.logprobs: one per sampled token, appended by the decoding thread before it hands the token over.
+        self.token_logprobs: list[TokenLogprob] = []
         self._cancel = cancel if cancel is not None else threading.Event()
         self._pieces = self._run()
 
@@ -81,10 +84,10 @@ class Generation:
         """Decode alone, in the iterating thread, with a KV cache of its own."""
         engine, generator = self.engine, request_generator(self.params)
         cache = DynamicCache(config=engine.model.config)
-        ids, generated = torch.tensor([self.prompt_ids], device=engine.device), 0
+        ids, generated, counts = torch.tensor([self.prompt_ids], device=engine.device), 0, {}
         while not self._cancel.is_set():
             token = next_token(engine.forward(ids, cache, self.factors), engine.eos_index, self.params, generated,
-                               generator)
+                               generator, counts, self.token_logprobs)
             generated += 1
             yield token
             ids = torch.tensor([[token]], device=engine.device)

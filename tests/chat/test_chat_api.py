@@ -106,7 +106,8 @@ def test_errors_come_before_any_stream(server: Server) -> None:
     with pytest.raises(openai.AuthenticationError):
         bad_key.models.list()
     for bad in ({"temperature": 3}, {"top_p": 0}, {"max_tokens": 0}, {"max_tokens": 10_000}, {"n": 2},
-                {"stop": ["a", "b", "c", "d", "e"]}, {"extra_body": {"frequency_penalty": 1}},
+                {"stop": ["a", "b", "c", "d", "e"]}, {"frequency_penalty": 3},
+                {"tools": [{"type": "function", "function": {"name": "f"}}]},
                 {"max_tokens": 2, "extra_body": {"min_tokens": 3}}):
         with pytest.raises(openai.BadRequestError) as caught:
             server.client.chat.completions.create(model=server.delta, messages=messages, stream=True, **bad)

@@ -93,14 +93,23 @@ def test_finetune_upload_upgrade_download_chat(server: tuple[Services, dict], tm
         assert hashlib.sha256((out / item["name"]).read_bytes()).hexdigest() == item["sha256"]
     assert_changes_the_llm(toy_pairs_dir, out)
 
-    said = gradlift(server, "chat", delta, "--max-tokens", 8, "--temperature", 0, stdin=PROBE + "\n")
+    # Piped in, each line is a conversation of its own: the second question gets the first one's answer.
+    said = gradlift(server, "chat", delta, "--max-tokens", 8, "--temperature", 0, stdin=PROBE + "\n" + PROBE + "\n")
     assert said.returncode == 0, said.stderr
     with services.client(env["GRADLIFT_API_KEY"]) as client:  # the same turn, not streamed
         reply = client.post("/v1/chat/completions", json={"model": delta, "max_tokens": 8, "temperature": 0,
                                                           "messages": [{"role": "user", "content": PROBE}]})
-    assert said.stdout == reply.json()["choices"][0]["message"]["content"] + "\n"
+    assert said.stdout == 2 * (reply.json()["choices"][0]["message"]["content"] + "\n")
     times["total"] = time.perf_counter() - start
     log.info("command line end to end, seconds: %s", {k: round(v, 1) for k, v in times.items()})
+
+
+def test_keys_create_prints_the_key_and_no_log_lines(server: tuple[Services, dict]) -> None:
+    services, _ = server
+    done = subprocess.run([str(BIN / "gradlift"), "keys", "create", "--org", "initech"], env=services.env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1].startswith("glk_"), done.stderr
+    assert "INFO" not in done.stdout + done.stderr and "alembic" not in done.stderr, done.stderr
 
 
 def test_watch_exits_non_zero_and_says_why_an_upgrade_failed(server: tuple[Services, dict],

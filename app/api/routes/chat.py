@@ -16,32 +16,42 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from app.api.admission import Slot, admit, check_prompt_size
 from app.api.deps import CurrentOrg, PairsDep, SettingsDep, StoreDep, get_chat_engines
 from app.api.routes.models import ChatModel, chat_model
+from app.config import Settings
+from app.db.tables import Organization
 from app.errors import ApiError, Code
+from app.pairs import PairCatalog
 from app.schemas.chat import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionCreate,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    Sampling,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 from app.schemas.common import ERROR_RESPONSES, ErrorResponse
+from app.storage import BlobStore
 
 if TYPE_CHECKING:
-    from models.serving.engine import ChatEngines, Generation
+    from models.serving.engine import ChatEngine, ChatEngines, Generation
+    from models.serving.sampling import TokenLogprob as SampledToken
 
 log = logging.getLogger(__name__)
 
@@ -81,24 +91,42 @@ router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute
 async def create_chat_completion(body: ChatCompletionCreate, request: Request, org: CurrentOrg,
                                  settings: SettingsDep, store: StoreDep, pairs: PairsDep) -> Response:
     """A chat completion from a base LLM or a delta on it; streamed as server-sent events if asked."""
-    check_prompt_size([m.text() for m in body.messages], settings)  # before any tokenising
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    return await answer(body, ChatShape(body), [m["content"] for m in messages],
+                        lambda engine: engine.prompt_ids(messages), request, org, settings, store, pairs)
+
+
+class Shape(Protocol):
+    """How one kind of completion looks on the wire: the whole answer, or its stream's events."""
+
+    def whole(self, generation: Generation, text: str) -> BaseModel: ...
+
+    def events(self, generation: Generation, pieces: AsyncIterator[str], include_usage: bool) -> AsyncIterator[str]:
+        ...
+
+
+async def answer(body: Sampling, shape: Shape, texts: list[str], prompt: Callable[[ChatEngine], list[int]],
+                 request: Request, org: Organization, settings: Settings, store: BlobStore,
+                 pairs: PairCatalog) -> Response:
+    """Admit a completion request (prompt size, the organization's and the pair's limits), then decode it
+    off the event loop: whole, or streamed as server-sent events."""
+    check_prompt_size(texts, settings)  # before any tokenising
     slot: Slot | None = admit(settings, org.id)  # 429 past the organization's share, before any lookup
     try:
         model = await chat_model(body.model, settings, org, store, pairs)
         slot.enter(model.pair)  # 429 past the pair's batch and queue
         engines = await get_chat_engines(settings)  # loaded for a request that will use them, not before
-        completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if body.stream:
-            generation = await run_in_threadpool(_start, engines, model, body)
+            generation = await run_in_threadpool(_start, engines, model, body, prompt)
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            events = _events(generation, request, completion_id, created, body.model, include_usage)
+            events = _ended(shape.events(generation, _pieces(generation, request), include_usage))
             streaming, slot = slot, None  # the stream holds its place until it ends
             return StreamingResponse(_holding(events, streaming), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         cancel = threading.Event()
         watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel.set))
         try:
-            generation, text = await run_in_threadpool(_complete, engines, model, body, cancel)
+            generation, text = await run_in_threadpool(_complete, engines, model, body, prompt, cancel)
         finally:
             watcher.cancel()
     finally:
@@ -106,11 +134,61 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, o
             slot.release()
     if generation.finish_reason == "cancelled":
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it
-    completion = ChatCompletion(id=completion_id, created=created, model=body.model, usage=_usage(generation),
-                                choices=[Choice(message=AssistantMessage(content=text),
-                                                finish_reason=generation.finish_reason)])
     # Serialised by pydantic directly: FastAPI's response_model path validates and encodes it again.
-    return Response(completion.model_dump_json(), media_type="application/json")
+    return Response(shape.whole(generation, text).model_dump_json(), media_type="application/json")
+
+
+def sampled(generation: Generation, start: int = 0) -> list[SampledToken]:
+    """The generation's tokens from `start` on that it has handed over, with their log-probabilities."""
+    eos = generation.engine.eos_token_id
+    return [t for t in generation.token_logprobs[start:generation.completion_tokens] if t.token != eos]
+
+
+class ChatShape:
+    """`chat.completion` and `chat.completion.chunk`."""
+
+    def __init__(self, body: ChatCompletionCreate) -> None:
+        self.body, self.id, self.created = body, f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+
+    def _logprobs(self, generation: Generation, tokens: list[SampledToken]) -> ChoiceLogprobs | None:
+        if not self.body.logprobs:
+            return None
+        decode = generation.engine.tokenizer.decode
+
+        def entry(token: int, logprob: float) -> dict[str, Any]:
+            text = decode([token])
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+        return ChoiceLogprobs(content=[TokenLogprob(**entry(t.token, t.logprob),
+                                                    top_logprobs=[TopLogprob(**entry(i, lp)) for i, lp in t.top])
+                                       for t in tokens])
+
+    def whole(self, generation: Generation, text: str) -> ChatCompletion:
+        return ChatCompletion(id=self.id, created=self.created, model=self.body.model, usage=_usage(generation),
+                              choices=[Choice(message=AssistantMessage(content=text),
+                                              finish_reason=generation.finish_reason,
+                                              logprobs=self._logprobs(generation, sampled(generation)))])
+
+    async def events(self, generation: Generation, pieces: AsyncIterator[str],
+                     include_usage: bool) -> AsyncIterator[str]:
+        def chunk(delta: Delta, finish: str | None = None, logprobs: ChoiceLogprobs | None = None) -> str:
+            body = ChatCompletionChunk(id=self.id, created=self.created, model=self.body.model,
+                                       choices=[ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)])
+            return _sse(body.model_dump(mode="json", exclude={"usage"} if not include_usage else set()))
+
+        yield chunk(Delta(role="assistant", content=""))
+        seen = 0
+        async for piece in pieces:
+            tokens = sampled(generation, seen)
+            seen += len(tokens)
+            yield chunk(Delta(content=piece), logprobs=self._logprobs(generation, tokens))
+        if generation.finish_reason == "cancelled":
+            return
+        yield chunk(Delta(), generation.finish_reason)
+        if include_usage:
+            usage = ChatCompletionChunk(id=self.id, created=self.created, model=self.body.model, choices=[],
+                                        usage=_usage(generation))
+            yield _sse(usage.model_dump(mode="json"))
 
 
 async def _holding(events: AsyncIterator[str], slot: Slot) -> AsyncIterator[str]:
@@ -121,7 +199,7 @@ async def _holding(events: AsyncIterator[str], slot: Slot) -> AsyncIterator[str]
         slot.release()
 
 
-def _start(engines: ChatEngines, model: ChatModel, body: ChatCompletionCreate,
+def _start(engines: ChatEngines, model: ChatModel, body: Sampling, prompt: Callable[[ChatEngine], list[int]],
            cancel: threading.Event | None = None) -> Generation:
     """Load what the request needs and check it fits (400 from here); no tokens are decoded yet."""
     from models.serving.sampling import RequestError, SamplingParams
@@ -130,17 +208,18 @@ def _start(engines: ChatEngines, model: ChatModel, body: ChatCompletionCreate,
     try:
         params = SamplingParams(max_tokens=body.token_limit, min_tokens=body.min_tokens,
                                 temperature=body.temperature, top_p=body.top_p, stop=body.stop_list,
-                                seed=body.seed)
-        prompt = engine.prompt_ids([{"role": m.role, "content": m.text()} for m in body.messages])
-        return engine.generate(prompt, params, model.adapter, cancel)
+                                seed=body.seed, presence_penalty=body.presence_penalty,
+                                frequency_penalty=body.frequency_penalty,
+                                logprobs=body.wants_logprobs, top_logprobs=body.top_count)
+        return engine.generate(prompt(engine), params, model.adapter, cancel)
     except RequestError as exc:
         raise ApiError(Code.invalid_request, str(exc)) from None
 
 
-def _complete(engines: ChatEngines, model: ChatModel, body: ChatCompletionCreate,
+def _complete(engines: ChatEngines, model: ChatModel, body: Sampling, prompt: Callable[[ChatEngine], list[int]],
               cancel: threading.Event) -> tuple[Generation, str]:
     """Start the generation and decode it to the end, in one thread hop."""
-    generation = _start(engines, model, body, cancel)
+    generation = _start(engines, model, body, prompt, cancel)
     return generation, generation.text()
 
 
@@ -195,26 +274,13 @@ def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-async def _events(generation: Generation, request: Request, completion_id: str, created: int, model: str,
-                  include_usage: bool) -> AsyncIterator[str]:
-    def chunk(delta: Delta, finish: str | None = None) -> str:
-        body = ChatCompletionChunk(id=completion_id, created=created, model=model,
-                                   choices=[ChunkChoice(delta=delta, finish_reason=finish)])
-        return _sse(body.model_dump(mode="json", exclude={"usage"} if not include_usage else set()))
-
-    yield chunk(Delta(role="assistant", content=""))
+async def _ended(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """A stream's events, then `[DONE]`; a failure after the stream started goes in-band before it."""
     try:
-        async for piece in _pieces(generation, request):
-            yield chunk(Delta(content=piece))
-        if generation.finish_reason == "cancelled":
-            return
-        yield chunk(Delta(), generation.finish_reason)
-        if include_usage:
-            usage = ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[],
-                                        usage=_usage(generation))
-            yield _sse(usage.model_dump(mode="json"))
+        async for event in events:
+            yield event
     except Exception:
-        log.exception("chat stream %s failed after it started", completion_id)
+        log.exception("completion stream failed after it started")
         error = ApiError(Code.internal_error, "Generation failed after the stream started.")
         yield _sse(error.body())
     yield _sse("[DONE]")

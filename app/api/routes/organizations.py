@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from app.api.deps import CurrentOrg
+from fastapi import APIRouter, Depends
+
+from app.api.deps import CurrentOrg, is_admin_key
 from app.schemas.common import ERROR_RESPONSES
 from app.schemas.organizations import OrganizationPublic
 
@@ -12,6 +14,6 @@ router = APIRouter(prefix="/v1/organizations", tags=["organizations"], responses
 
 
 @router.get("/me")
-def get_my_organization(org: CurrentOrg) -> OrganizationPublic:
-    """The organization the API key belongs to."""
-    return OrganizationPublic.model_validate(org)
+def get_my_organization(org: CurrentOrg, admin: Annotated[bool, Depends(is_admin_key)]) -> OrganizationPublic:
+    """The organization the API key belongs to, and whether the key is an admin key."""
+    return OrganizationPublic.model_validate(org).model_copy(update={"admin": admin})
