@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -83,6 +84,7 @@ def test_finetune_upload_upgrade_download_chat(server: tuple[Services, dict], tm
     watched = gradlift(server, "upgrade", checkpoint, "--watch", "--timeout", 240)
     delta = last_line(watched)
     assert "100%|" in watched.stderr  # the live progress bar reached its end
+    assert_stages_drawn_with_their_own_percentage(server, delta, watched.stderr)
     times["upload+upgrade"] = time.perf_counter() - start - times["finetune"]
 
     out = tmp_path / "llm"
@@ -102,6 +104,21 @@ def test_finetune_upload_upgrade_download_chat(server: tuple[Services, dict], tm
     assert said.stdout == 2 * (reply.json()["choices"][0]["message"]["content"] + "\n")
     times["total"] = time.perf_counter() - start
     log.info("command line end to end, seconds: %s", {k: round(v, 1) for k, v in times.items()})
+
+
+def assert_stages_drawn_with_their_own_percentage(server: tuple[Services, dict], delta: str, drawn: str) -> None:
+    """Every line the bar drew names a stage beside a percentage that stage's events reached."""
+    services, env = server
+    with services.client(env["GRADLIFT_API_KEY"]) as client:
+        job = client.get(f"/v1/upgrades/{client.get(f'/v1/deltas/{delta}').json()['upgrade_id']}").json()
+    reached: dict[str, set[int]] = {}
+    for event in job["events"]:
+        reached.setdefault(event["stage"][:27], set()).add(round(100 * event["progress"]))
+    lines = [m.groups() for m in re.finditer(r"([a-zA-Z'][^\r\n%|]*?)\s+(\d+)%\|", drawn)]
+    # The bar's first line shows the job's status before any event is read.
+    assert lines and {stage for stage, _ in lines} - {"queued", "running"} <= set(reached), (lines, reached)
+    for stage, percent in lines:
+        assert int(percent) in reached.get(stage, set()) | {0}, (stage, percent, reached)
 
 
 def test_keys_create_prints_the_key_and_no_log_lines(server: tuple[Services, dict]) -> None:

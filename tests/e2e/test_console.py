@@ -97,6 +97,11 @@ def test_the_console_in_a_real_browser(toy_pairs_dir: Path, toy_adapter: Path, t
         expect(page.locator("#org")).to_contain_text("acme")
         expect(page.locator("#pairs")).to_contain_text("toy")
         assert page.evaluate("sessionStorage.getItem('gradlift.key')") == key and key not in page.url
+        with page.expect_download() as init_info:  # the pair's published LoRA init, for fine-tuning
+            page.get_by_role("button", name="tiny_lora_init.safetensors").click()
+        init = tmp_path / "init.safetensors"
+        init_info.value.save_as(init)
+        assert init.read_bytes() == (toy_pairs_dir / "toy" / "tiny_lora_init.safetensors").read_bytes()
         snap("03-connected")
 
         # A README dropped on the upload area: the server's refusal, in the page.

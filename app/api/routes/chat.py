@@ -77,14 +77,14 @@ class BadRequestRoute(APIRoute):
 
 _STREAM = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
            "description": "With `stream: true`: `chat.completion.chunk` events, then `data: [DONE]`."}
-_ERRORS = {**{status: spec for status, spec in ERROR_RESPONSES.items() if status != 422},
+CHAT_ERRORS = {**{status: spec for status, spec in ERROR_RESPONSES.items() if status != 422},
            400: {"model": ErrorResponse, "description": "Invalid parameters"},
            500: {"model": ErrorResponse, "description": "The server failed (before a stream started)"},
            429: {"model": ErrorResponse, "description": "The model's queue or the organization's share of chat is "
                                                         "full; see Retry-After"},
            503: {"model": ErrorResponse, "description": "The model cannot be loaded here (GRADLIFT_DEVICE names "
                                                         "a GPU this machine lacks)"}}
-router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute, responses=_ERRORS)
+router = APIRouter(prefix="/v1/chat", tags=["chat"], route_class=BadRequestRoute, responses=CHAT_ERRORS)
 
 
 @router.post("/completions", response_model=ChatCompletion, responses={200: _STREAM})
@@ -164,7 +164,7 @@ class ChatShape:
                                        for t in tokens])
 
     def whole(self, generation: Generation, text: str) -> ChatCompletion:
-        return ChatCompletion(id=self.id, created=self.created, model=self.body.model, usage=_usage(generation),
+        return ChatCompletion(id=self.id, created=self.created, model=self.body.model, usage=usage_of(generation),
                               choices=[Choice(message=AssistantMessage(content=text),
                                               finish_reason=generation.finish_reason,
                                               logprobs=self._logprobs(generation, sampled(generation)))])
@@ -174,7 +174,7 @@ class ChatShape:
         def chunk(delta: Delta, finish: str | None = None, logprobs: ChoiceLogprobs | None = None) -> str:
             body = ChatCompletionChunk(id=self.id, created=self.created, model=self.body.model,
                                        choices=[ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)])
-            return _sse(body.model_dump(mode="json", exclude={"usage"} if not include_usage else set()))
+            return sse(body.model_dump(mode="json", exclude={"usage"} if not include_usage else set()))
 
         yield chunk(Delta(role="assistant", content=""))
         seen = 0
@@ -187,8 +187,8 @@ class ChatShape:
         yield chunk(Delta(), generation.finish_reason)
         if include_usage:
             usage = ChatCompletionChunk(id=self.id, created=self.created, model=self.body.model, choices=[],
-                                        usage=_usage(generation))
-            yield _sse(usage.model_dump(mode="json"))
+                                        usage=usage_of(generation))
+            yield sse(usage.model_dump(mode="json"))
 
 
 async def _holding(events: AsyncIterator[str], slot: Slot) -> AsyncIterator[str]:
@@ -223,7 +223,7 @@ def _complete(engines: ChatEngines, model: ChatModel, body: Sampling, prompt: Ca
     return generation, generation.text()
 
 
-def _usage(generation: Generation) -> Usage:
+def usage_of(generation: Generation) -> Usage:
     return Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
                  total_tokens=generation.prompt_tokens + generation.completion_tokens)
 
@@ -270,7 +270,7 @@ async def _cancel_on_disconnect(request: Request, cancel: Callable[[], None]) ->
     cancel()
 
 
-def _sse(payload: dict[str, Any] | str) -> str:
+def sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
@@ -282,5 +282,5 @@ async def _ended(events: AsyncIterator[str]) -> AsyncIterator[str]:
     except Exception:
         log.exception("completion stream failed after it started")
         error = ApiError(Code.internal_error, "Generation failed after the stream started.")
-        yield _sse(error.body())
-    yield _sse("[DONE]")
+        yield sse(error.body())
+    yield sse("[DONE]")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import CurrentOrg, PairsDep, SettingsDep, StoreDep
-from app.api.routes.chat import _ERRORS, BadRequestRoute, _sse, _usage, answer, sampled
+from app.api.routes.chat import CHAT_ERRORS, BadRequestRoute, answer, sampled, sse, usage_of
 from app.schemas.completions import Completion, CompletionChoice, CompletionCreate, CompletionLogprobs
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 _STREAM = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
            "description": "With `stream: true`: `text_completion` events, then `data: [DONE]`."}
-router = APIRouter(prefix="/v1", tags=["chat"], route_class=BadRequestRoute, responses=_ERRORS)
+router = APIRouter(prefix="/v1", tags=["chat"], route_class=BadRequestRoute, responses=CHAT_ERRORS)
 
 
 @router.post("/completions", response_model=Completion, responses={200: _STREAM})
@@ -56,7 +56,7 @@ class TextShape:
 
     def whole(self, generation: Generation, text: str) -> Completion:
         answer = self._event(text, generation.finish_reason, self._logprobs(generation, sampled(generation), 0))
-        answer.usage = _usage(generation)
+        answer.usage = usage_of(generation)
         return answer
 
     async def events(self, generation: Generation, pieces: AsyncIterator[str],
@@ -65,13 +65,13 @@ class TextShape:
         async for piece in pieces:
             tokens = sampled(generation, seen)
             seen += len(tokens)
-            yield _sse(self._event(piece, None, self._logprobs(generation, tokens, offset))
+            yield sse(self._event(piece, None, self._logprobs(generation, tokens, offset))
                        .model_dump(mode="json", exclude={"usage"}))
             offset += len(piece)
         if generation.finish_reason == "cancelled":
             return
-        yield _sse(self._event("", generation.finish_reason).model_dump(mode="json", exclude={"usage"}))
+        yield sse(self._event("", generation.finish_reason).model_dump(mode="json", exclude={"usage"}))
         if include_usage:
             usage = Completion(id=self.id, created=self.created, model=self.body.model, choices=[],
-                               usage=_usage(generation))
-            yield _sse(usage.model_dump(mode="json"))
+                               usage=usage_of(generation))
+            yield sse(usage.model_dump(mode="json"))
