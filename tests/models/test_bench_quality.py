@@ -25,8 +25,8 @@ def test_each_seed_draws_new_private_inputs_and_never_public_or_test_ones(toy_pa
 
 
 def test_gt_plus_distill_starts_from_the_gts_update(toy_pair: Pair) -> None:
-    """With a learning rate of almost 0 a distillation changes (almost) nothing: from the GT's update it gives that update
-    back, from the pair's init it gives no update."""
+    """With a learning rate of almost 0 a distillation changes (almost) nothing: from the GT's update it
+    gives that update back, from the pair's init it gives no update."""
     scorer = Scorer(toy_pair)
     tiny_layout = LoraLayout(toy_pair.init("tiny"), toy_pair.spec.lora.targets)
     tiny = tiny_layout.to_tokens({k: torch.randn_like(v) * 0.01 for k, v in toy_pair.init("tiny").items()})
