@@ -5,6 +5,7 @@ update). A key between seen keys is interpolation; the first or last key is extr
 
     python -m bench.unseen --pair toy --out bench/results/unseen-toy.json
     python -m bench.unseen --pair toy --families rotate --runs 8 --seeds 1   # a quicker look
+    python -m bench.unseen --show bench/results/unseen-toy.json             # the accuracy table of a result
 
 Builds what is missing first (pair, shadow runs of every key, private runs), prints a table per family and
 the averages of interpolated and extrapolated keys, writes JSON.
@@ -51,6 +52,32 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def accuracy_of(row: dict, method: str) -> float:
+    """The LLM's test accuracy with `method`'s update on a held-out key, averaged over its seeds."""
+    got = [run["p_gt"] if method == "gt" else run["baselines"][method]["p"] for run in row["runs"]
+           if method == "gt" or method in run["baselines"]]
+    return sum(got) / len(got) if got else float("nan")
+
+
+def print_accuracies(result: dict) -> None:
+    """Test accuracy per held-out key (PGR divides by P_T - P_S, which is small on some keys)."""
+    rows = [row for block in result["families"].values() for row in block["keys"]]
+    print(f"\n{'held-out key':<22}{'base':>6}{'P_S':>6}{'P_T':>6}" + "".join(f"{m:>12}" for m in METHODS))
+    widths = [6, 6, 6] + [12] * len(METHODS)
+
+    def columns(row: dict) -> list[float]:
+        return [row["p_base"]["mean"], row["p_s"]["mean"], row["p_t"]["mean"],
+                *(accuracy_of(row, m) for m in METHODS)]
+
+    for kind in ("interpolation", "extrapolation"):
+        chosen = [columns(row) for row in rows if row["kind"] == kind]
+        names = [row["task"] for row in rows if row["kind"] == kind]
+        if chosen:
+            means = [sum(col) / len(col) for col in zip(*chosen, strict=True)]
+            for name, values in [*zip(names, chosen, strict=True), (f"mean, {len(chosen)} {kind[:6]}.", means)]:
+                print(f"{name:<22}" + "".join(f"{v:>{w}.2f}" for v, w in zip(values, widths, strict=True)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", default="toy")
@@ -62,7 +89,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="private draws per held-out key")
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
     parser.add_argument("--no-distill", action="store_true")
+    parser.add_argument("--show", type=Path, default=None, help="print the tables of a results file and stop")
     args = parser.parse_args()
+    if args.show is not None:
+        print_accuracies(json.loads(args.show.read_text()))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -107,6 +138,7 @@ def main() -> None:
     for kind in ("interpolation", "extrapolation"):
         result[kind] = summarise([r for r in everything if r["kind"] == kind])
     result["all"] = summarise(everything)
+    print_accuracies(result)
     print(f"\n{'held-out keys':<16}" + "".join(f"{m:>12}" for m in METHODS))
     for kind in ("interpolation", "extrapolation", "all"):
         print(f"{kind:<16}" + "".join(f"{result[kind][m]:>12.1%}" for m in METHODS))
