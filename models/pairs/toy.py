@@ -3,10 +3,18 @@
 The TinyLM (2 layers x 64) and the LLM (4 layers x 128, grouped-query attention) learn every task
 family with its key written out; a LoRA fine-tune then has to learn a hidden key. The LLM learns that
 well, the TinyLM only partly, which leaves a gap for a generated update to recover.
+
+Seeded pretraining gives slightly different weights on different machines (float order), and every
+measurement on the pair moves with them, so the seed-0 pair ships built in `models/assets/toy/` (3.6 MB)
+and building it copies those files; another seed is pretrained here.
+
+    python -m models.pairs.toy --out models/assets/toy   # rebuild the shipped files (seeded; ~2 min)
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import shutil
 import string
@@ -22,6 +30,8 @@ from models.data.textdata import encode_batch
 from models.pairs.store import PairSpec, write_pair
 
 log = logging.getLogger(__name__)
+ASSETS = Path(__file__).parents[1] / "assets" / "toy"  # models/assets/toy: the seed-0 pair, built
+SHIPPED = ("tiny", "llm", "tiny_lora_init.safetensors", "llm_lora_init.safetensors", "pair.json")
 
 SPECIALS = ["<pad>", "<eos>", "<unk>"]
 CHARS = string.ascii_lowercase + string.digits + " ?:#=+-.,\n"
@@ -91,12 +101,41 @@ def build_toy_models(out: Path, seed: int = 0) -> dict[str, float]:
     return timings
 
 
+def toy_spec(pair_id: str, seed: int) -> PairSpec:
+    return PairSpec(id=pair_id, tiny="toy:tiny (2x64, char vocab)", llm="toy:llm (4x128, char vocab)",
+                    seed=seed, tasks=DEFAULT_TASKS)
+
+
 def build_toy_pair(out: Path, seed: int = 0) -> None:
-    """A ready toy pair folder at `out`: both models pretrained, pair.json and both LoRA init files."""
+    """A ready toy pair folder at `out`: both models, pair.json and both LoRA init files; the shipped
+    files for seed 0, else both models pretrained here."""
     staging = out.with_name(out.name + ".building")
     shutil.rmtree(staging, ignore_errors=True)
-    build_toy_models(staging, seed)
-    spec = PairSpec(id=out.name, tiny="toy:tiny (2x64, char vocab)", llm="toy:llm (4x128, char vocab)",
-                    seed=seed, tasks=DEFAULT_TASKS)
-    write_pair(staging, spec)
+    if seed == 0 and (ASSETS / "pair.json").is_file():
+        staging.mkdir(parents=True)
+        for name in SHIPPED:
+            copy = shutil.copytree if (ASSETS / name).is_dir() else shutil.copy2
+            copy(ASSETS / name, staging / name)
+        (staging / "pair.json").write_text(json.dumps(toy_spec(out.name, seed).to_dict(), indent=2, sort_keys=True))
+    else:
+        build_toy_models(staging, seed)
+        write_pair(staging, toy_spec(out.name, seed))
     staging.rename(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ASSETS)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(1)
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    build_toy_models(args.out, args.seed)
+    write_pair(args.out, toy_spec("toy", args.seed))
+    print(json.dumps({"out": str(args.out)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,26 @@ def test_the_toy_llm_is_larger_than_the_tinylm_and_layouts_match_the_paper(toy_p
     assert (layout.num_layers, layout.token_dim) == (c.num_hidden_layers, 2 * (3 * c.hidden_size + kv))
 
 
+def test_the_toy_pair_is_built_from_its_shipped_files(toy_pair: Pair):
+    """Seeded pretraining differs between machines; the toy pair ships built so measurements reproduce."""
+    from models.pairs.toy import ASSETS
+
+    for name in ("tiny/model.safetensors", "llm/model.safetensors", "tiny_lora_init.safetensors",
+                 "llm_lora_init.safetensors"):
+        assert sha(toy_pair.root / name) == sha(ASSETS / name), name
+
+
+def test_a_toy_model_of_another_seed_is_pretrained_here():
+    """The path a pair of another seed takes (and `python -m models.pairs.toy`): the formats are learned."""
+    from models.pairs.toy import TINY, char_llama, char_tokenizer, pretrain
+
+    tokenizer = char_tokenizer()
+    model = char_llama(TINY, tokenizer, seed=1)
+    first = pretrain(model, tokenizer, steps=1, lr=3e-3, seed=1)
+    model = char_llama(TINY, tokenizer, seed=1)
+    assert pretrain(model, tokenizer, steps=60, lr=3e-3, seed=1) < 0.8 * first
+
+
 def test_init_tensors_are_stored_once_and_reused(toy_pair: Pair, tmp_path: Path):
     before = sha(toy_pair.llm_init_path), sha(toy_pair.tiny_init_path)
     assert ensure_pair(toy_pair.root.parent, "toy").init("llm").keys() == toy_pair.init("llm").keys()
