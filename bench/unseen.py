@@ -25,6 +25,8 @@ import torch
 from bench.experiment import Scorer, cached_private_run
 from bench.quality import METHODS, distiller, fit, print_table, score_runs, setting
 from models.data.tasks import FAMILIES
+from models.gt.reference import build_reference
+from models.gt.train import untrained_gt
 from models.pairs import ensure_pair
 from models.recipes import recipe_for, upgrade_recipe
 from models.training.shadow import build_shadow
@@ -78,6 +80,33 @@ def print_accuracies(result: dict) -> None:
                 print(f"{name:<22}" + "".join(f"{v:>{w}.2f}" for v, w in zip(values, widths, strict=True)))
 
 
+def similarities(args: argparse.Namespace, pair, scorer: Scorer, recipe, families: list[str],  # noqa: ANN001
+                 keys: dict[str, list[int]], plans: dict) -> None:
+    """For each held-out key: its upload against the family's other keys' shadow runs, as the reference of
+    an upgrade's quality report places it (`relative` below the recipe's `relative_from`: flagged)."""
+    from models.training.shadow import load_shadow
+
+    threshold = upgrade_recipe(pair.id).quality.relative_from
+    rows = []
+    for family in families:
+        for key in keys[family]:
+            held = f"{family}-{key}"
+            data = load_shadow(pair, [plans[f"{family}-{k}"] for k in keys[family] if k != key])
+            reference = build_reference(untrained_gt(data, recipe.gt), data)
+            for seed in range(args.seeds):
+                run = cached_private_run(pair, scorer, held, recipe.tiny, recipe.llm, seed)
+                seen = reference.compare(run.tiny_tokens)
+                rows.append({"task": held, "seed": seed, "flagged": seen["relative"] < threshold, **seen})
+                print(f"{held:<12} seed {seed}: relative {seen['relative']:.2f} (nearest {seen['nearest_task']}, "
+                      f"margin {seen['margin']:.2f}) -> {'flagged' if rows[-1]['flagged'] else 'looks known'}")
+    flagged = sum(r["flagged"] for r in rows)
+    print(f"\n{flagged} of {len(rows)} held-out uploads flagged (relative < {threshold})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"pair": pair.id, "relative_from": threshold, "rows": rows,
+                                    "flagged": flagged, "uploads": len(rows)}, indent=2, sort_keys=True))
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", default="toy")
@@ -90,6 +119,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
     parser.add_argument("--no-distill", action="store_true")
     parser.add_argument("--show", type=Path, default=None, help="print the tables of a results file and stop")
+    parser.add_argument("--similarity-only", action="store_true",
+                        help="only how each held-out key's upload compares with the shadow runs the GT would read "
+                        "(what an upgrade's quality verdict judges a GT's update by): seconds, no GT trained")
     args = parser.parse_args()
     if args.show is not None:
         print_accuracies(json.loads(args.show.read_text()))
@@ -109,6 +141,9 @@ def main() -> None:
     timings["shadow_build"] = time.perf_counter() - start
 
     scorer = Scorer(pair)
+    if args.similarity_only:
+        similarities(args, pair, scorer, recipe, families, keys, plans)
+        return
     distill_cfg = None if args.no_distill else upgrade_recipe(pair.id).distill
     pooled = distiller(pair, None, distill_cfg)  # an unseen key: the task is not given
     cfg = recipe.gt
