@@ -91,10 +91,10 @@ def _spread(values: list[float]) -> dict:
     return {"mean": mean, "std": (sum((v - mean) ** 2 for v in finite) / len(finite)) ** 0.5, "n": len(finite)}
 
 
-def method_pgr(row: dict, method: str) -> float:
-    if method == "gt":
-        return row["pgr"]
-    return row["baselines"][method]["pgr"] if method in row["baselines"] else float("nan")
+def method_pgr(row: dict, method: str, key: str = "pgr") -> float:
+    """A run's `key` (pgr, cos, r2_vs_mean) for `method`; NaN where the run did not measure it."""
+    got = row if method == "gt" else row["baselines"].get(method, {})
+    return got.get(key, float("nan"))
 
 
 def setting(name: str, runs: list[dict]) -> dict:
@@ -110,11 +110,16 @@ def setting(name: str, runs: list[dict]) -> dict:
                         **{k: _spread([r[k] for r in mine]) for k in ("p_base", "p_s", "p_t", "p_gt")},
                         "pgr_by_method": {m: _spread([method_pgr(r, m) for r in mine]) for m in METHODS},
                         "pgr": _spread([r["pgr"] for r in mine])["mean"]})
-    averages = {}
-    for method in METHODS:
-        per_seed = [_spread([method_pgr(r, method) for r in runs if r["seed"] == s])["mean"] for s in seeds]
-        averages[method] = {**_spread(per_seed), "per_seed": per_seed}
-    return {"tasks": summary, "runs": runs, "average_pgr": averages["gt"]["mean"], "average_by_method": averages}
+    averages: dict[str, dict] = {"pgr": {}, "cos": {}, "r2_vs_mean": {}}
+    for key, by_method in averages.items():
+        for method in METHODS:
+            per_seed = [_spread([method_pgr(r, method, key) for r in runs if r["seed"] == s])["mean"] for s in seeds]
+            by_method[method] = {**_spread(per_seed), "per_seed": per_seed}
+    # Cosine and R2 (relative to the mean shadow update) of each method's update to the LLM's own update on
+    # the private data: where every method's PGR saturates, these still tell the maps apart.
+    return {"tasks": summary, "runs": runs, "average_pgr": averages["pgr"]["gt"]["mean"],
+            "average_by_method": averages["pgr"], "average_cos_by_method": averages["cos"],
+            "average_r2_by_method": averages["r2_vs_mean"]}
 
 
 def print_table(name: str, block: dict) -> None:
@@ -127,11 +132,14 @@ def print_table(name: str, block: dict) -> None:
             x = r["pgr_by_method"][m]
             line += f"{x['mean']:>9.1%}±{x['std']:>4.0%}" if x["n"] else f"{'-':>15}"
         print(line)
-    line = f"{'average':<30}"
-    for m in METHODS:
-        x = block["average_by_method"][m]
-        line += f"{x['mean']:>9.1%}±{x['std']:>4.0%}" if x["n"] else f"{'-':>15}"
-    print(line)
+    for label, key, fmt in (("average PGR", "average_by_method", "{:>9.1%}±{:>4.0%}"),
+                            ("average cos", "average_cos_by_method", "{:>9.3f}±{:>5.3f}"),
+                            ("average R2 vs mean", "average_r2_by_method", "{:>9.3f}±{:>5.3f}")):
+        line = f"{label:<30}"
+        for m in METHODS:
+            x = block[key][m]
+            line += fmt.format(x["mean"], x["std"]) if x["n"] else f"{'-':>15}"
+        print(line)
 
 
 def main() -> None:
