@@ -89,6 +89,14 @@ def similarities(args: argparse.Namespace, pair, scorer: Scorer, recipe, familie
     threshold = upgrade_recipe(pair.id).quality.relative_from
     rows = []
     for family in families:
+        # Beside each held-out key: every key's upload against runs of all the family's keys (a key it knows).
+        whole = load_shadow(pair, [plans[f"{family}-{k}"] for k in keys[family]])
+        known = build_reference(untrained_gt(whole, recipe.gt), whole)
+        for key in keys[family]:
+            run = cached_private_run(pair, scorer, f"{family}-{key}", recipe.tiny, recipe.llm, 0)
+            seen = known.compare(run.tiny_tokens)
+            rows.append({"task": f"{family}-{key}", "seed": 0, "kind": "known",
+                         "flagged": seen["relative"] < threshold, **seen})
         for key in keys[family]:
             held = f"{family}-{key}"
             data = load_shadow(pair, [plans[f"{family}-{k}"] for k in keys[family] if k != key])
@@ -96,14 +104,21 @@ def similarities(args: argparse.Namespace, pair, scorer: Scorer, recipe, familie
             for seed in range(args.seeds):
                 run = cached_private_run(pair, scorer, held, recipe.tiny, recipe.llm, seed)
                 seen = reference.compare(run.tiny_tokens)
-                rows.append({"task": held, "seed": seed, "flagged": seen["relative"] < threshold, **seen})
+                rows.append({"task": held, "seed": seed, "kind": "held out", "flagged": seen["relative"] < threshold,
+                             **seen})
                 print(f"{held:<12} seed {seed}: relative {seen['relative']:.2f} (nearest {seen['nearest_task']}, "
                       f"margin {seen['margin']:.2f}) -> {'flagged' if rows[-1]['flagged'] else 'looks known'}")
-    flagged = sum(r["flagged"] for r in rows)
-    print(f"\n{flagged} of {len(rows)} held-out uploads flagged (relative < {threshold})")
+    summary = {}
+    for kind in ("known", "held out"):
+        mine = [r for r in rows if r["kind"] == kind]
+        summary[kind] = {"uploads": len(mine), "flagged": sum(r["flagged"] for r in mine),
+                         "relative": sorted(r["relative"] for r in mine), "margin": sorted(r["margin"] for r in mine)}
+        print(f"\n{kind}: {summary[kind]['flagged']} of {len(mine)} flagged (relative < {threshold}); relative "
+              f"{min(summary[kind]['relative']):.2f}-{max(summary[kind]['relative']):.2f}, margin "
+              f"{min(summary[kind]['margin']):.2f}-{max(summary[kind]['margin']):.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"pair": pair.id, "relative_from": threshold, "rows": rows,
-                                    "flagged": flagged, "uploads": len(rows)}, indent=2, sort_keys=True))
+    args.out.write_text(json.dumps({"pair": pair.id, "relative_from": threshold, "rows": rows, "summary": summary},
+                                   indent=2, sort_keys=True))
     print(f"wrote {args.out}")
 
 

@@ -112,7 +112,10 @@ class UpgradeRecipe:
 
 
 UPGRADES = {
-    "toy": UpgradeRecipe(DistillConfig(RECIPES["toy"].llm), QualityConfig(probes=256)),
+    # relative_from 0.8 on toy: with each key of rotate, drop and separate held out of its family's shadow runs
+    # in turn, 0.8 flags 21 of the 24 held-out uploads and 2 of the 24 known ones (0.5: 12 and 1; AUROC 0.93:
+    # python -m bench.unseen --pair toy --similarity-only). smol keeps the default: no held-out keys measured.
+    "toy": UpgradeRecipe(DistillConfig(RECIPES["toy"].llm), QualityConfig(probes=256, relative_from=0.8)),
     "smol": UpgradeRecipe(DistillConfig(RECIPES["smol"].llm), QualityConfig(probes=64)),
 }
 
