@@ -91,7 +91,7 @@ def _spread(values: list[float]) -> dict:
     return {"mean": mean, "std": (sum((v - mean) ** 2 for v in finite) / len(finite)) ** 0.5, "n": len(finite)}
 
 
-def method_pgr(row: dict, method: str, key: str = "pgr") -> float:
+def method_value(row: dict, method: str, key: str = "pgr") -> float:
     """A run's `key` (pgr, cos, r2_vs_mean) for `method`; NaN where the run did not measure it."""
     got = row if method == "gt" else row["baselines"].get(method, {})
     return got.get(key, float("nan"))
@@ -108,12 +108,12 @@ def setting(name: str, runs: list[dict]) -> dict:
         first = min(mine, key=lambda r: r["seed"])
         summary.append({"task": task, "n_test": first["n_test"], "gt_sample": first["gt_sample"],
                         **{k: _spread([r[k] for r in mine]) for k in ("p_base", "p_s", "p_t", "p_gt")},
-                        "pgr_by_method": {m: _spread([method_pgr(r, m) for r in mine]) for m in METHODS},
+                        "pgr_by_method": {m: _spread([method_value(r, m) for r in mine]) for m in METHODS},
                         "pgr": _spread([r["pgr"] for r in mine])["mean"]})
     averages: dict[str, dict] = {"pgr": {}, "cos": {}, "r2_vs_mean": {}}
     for key, by_method in averages.items():
         for method in METHODS:
-            per_seed = [_spread([method_pgr(r, method, key) for r in runs if r["seed"] == s])["mean"] for s in seeds]
+            per_seed = [_spread([method_value(r, method, key) for r in runs if r["seed"] == s])["mean"] for s in seeds]
             by_method[method] = {**_spread(per_seed), "per_seed": per_seed}
     # Cosine and R2 (relative to the mean shadow update) of each method's update to the LLM's own update on
     # the private data: where every method's PGR saturates, these still tell the maps apart.

@@ -99,7 +99,7 @@ def similarities(args: argparse.Namespace, pair, scorer: Scorer, recipe, familie
                          "flagged": seen["relative"] < threshold, **seen})
         for key in keys[family]:
             held = f"{family}-{key}"
-            data = load_shadow(pair, [plans[f"{family}-{k}"] for k in keys[family] if k != key])
+            data = whole.select(torch.tensor([task != held for task in whole.task]))
             reference = build_reference(untrained_gt(data, recipe.gt), data)
             for seed in range(args.seeds):
                 run = cached_private_run(pair, scorer, held, recipe.tiny, recipe.llm, seed)

@@ -9,8 +9,6 @@ Models are imported on first use, inside the forked worker process.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -19,6 +17,7 @@ from app.config import get_settings
 from app.db import training
 from app.db.session import session_scope
 from app.db.tables import GTTraining, JobStatus, ShadowChunk
+from workers.lease import Lease, beat
 
 log = logging.getLogger(__name__)
 
@@ -27,42 +26,13 @@ class Stopped(Exception):
     """The build or training was cancelled, or another worker took it over."""
 
 
-class Lease:
-    """Keeps a row's lease from a thread (`beat` returns False once it is no longer ours to run)."""
-
-    def __init__(self, beat: Callable[[], bool], interval_s: float, name: str) -> None:
-        self.beat, self.interval_s = beat, interval_s
-        self.stopped = threading.Event()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{name}", daemon=True)
-
-    def __enter__(self) -> Lease:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._done.wait(self.interval_s):
-            try:
-                if not self.beat():
-                    self.stopped.set()
-            except Exception:
-                log.exception("lease heartbeat failed")
+class TrainingLease(Lease):
+    """A lease whose `check` is an `on_step` callback for the training loops."""
 
     def check(self, *_: object) -> None:
         """An `on_step` callback: raise Stopped once the lease is lost."""
         if self.stopped.is_set():
             raise Stopped
-
-
-def _beat(fn: Callable[..., bool], *args: object) -> Callable[[], bool]:
-    def beat() -> bool:
-        with session_scope() as session:
-            return fn(session, *args)
-    return beat
 
 
 def run_chunk(chunk_id: int, worker: str) -> None:
@@ -74,7 +44,8 @@ def run_chunk(chunk_id: int, worker: str) -> None:
         log.info("chunk %s is finished, held by a live worker, or cancelled; nothing to do", chunk_id)
         return
     try:
-        with Lease(_beat(training.chunk_held, chunk_id, worker), settings.job_lease_s / 4, str(chunk_id)) as lease:
+        with TrainingLease(beat(training.chunk_held, chunk_id, worker), settings.job_lease_s / 4,
+                           str(chunk_id)) as lease:
             from models.pairs import PairStore
             from models.training.shadow import ShadowPlan, run_subsets
 
@@ -98,8 +69,8 @@ def run_gt_training(training_id: str, worker: str) -> None:
         log.info("GT training %s is finished, held or cancelled; nothing to do", training_id)
         return
     try:
-        with Lease(_beat(training.training_held, training_id, worker), settings.job_lease_s / 4,
-                   training_id) as lease:
+        with TrainingLease(beat(training.training_held, training_id, worker), settings.job_lease_s / 4,
+                           training_id) as lease:
             version, card = _train(row, worker, lease)
         with session_scope() as session:
             training.finish_training(session, training_id, worker, JobStatus.succeeded,
@@ -114,7 +85,7 @@ def run_gt_training(training_id: str, worker: str) -> None:
         _failed(GTTraining, training_id, worker, exc)
 
 
-def _train(row: GTTraining, worker: str, lease: Lease) -> tuple[str, dict]:
+def _train(row: GTTraining, worker: str, lease: TrainingLease) -> tuple[str, dict]:
     from models.gt.card import CardConfig
     from models.gt.publish import train_version
     from models.pairs import PairStore

@@ -8,7 +8,6 @@ Models are imported on first use, inside the forked worker process, never at imp
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from app.db import jobs, queries
 from app.db.session import session_scope
 from app.db.tables import Delta, Job, utcnow
 from app.storage import BlobStore
+from workers.lease import Lease, beat
 
 log = logging.getLogger(__name__)
 
@@ -31,37 +31,10 @@ class JobStopped(Exception):
     """The job was cancelled, or another worker took it over, while this one ran it."""
 
 
-class Heartbeat:
-    """Extends the job's lease from a thread while the job runs; notices a cancel between progress calls."""
-
-    def __init__(self, job_id: str, worker: str, interval_s: float) -> None:
-        self.job_id, self.worker, self.interval_s = job_id, worker, interval_s
-        self.stopped = threading.Event()  # cancelled or taken over
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._done.wait(self.interval_s):
-            try:
-                with session_scope() as session:
-                    if not jobs.heartbeat(session, self.job_id, self.worker):
-                        self.stopped.set()
-            except Exception:
-                log.exception("heartbeat of %s failed", self.job_id)
-
-
 class Reporter:
     """The `on_progress(fraction, stage)` callback given to the ML core: writes progress and events."""
 
-    def __init__(self, job_id: str, worker: str, heartbeat: Heartbeat) -> None:
+    def __init__(self, job_id: str, worker: str, heartbeat: Lease) -> None:
         self.job_id, self.worker, self.heartbeat = job_id, worker, heartbeat
         self._last = (-1.0, "", 0.0)
 
@@ -94,7 +67,7 @@ def run_job(job_id: str, worker: str) -> None:
         store.discard(earlier)
     out_dir = store.work_dir(job_id)
     try:
-        with Heartbeat(job_id, worker, settings.job_lease_s / 4) as heartbeat:
+        with Lease(beat(jobs.heartbeat, job_id, worker), settings.job_lease_s / 4, job_id) as heartbeat:
             reporter = Reporter(job_id, worker, heartbeat)
             delta = _generate(claim, store, out_dir, reporter)
             reporter.report(0.97, "storing", "verified; storing the delta")

@@ -118,9 +118,14 @@ def build_toy_pair(out: Path, seed: int = 0) -> None:
             copy(ASSETS / name, staging / name)
         (staging / "pair.json").write_text(json.dumps(toy_spec(out.name, seed).to_dict(), indent=2, sort_keys=True))
     else:
-        build_toy_models(staging, seed)
-        write_pair(staging, toy_spec(out.name, seed))
+        pretrain_pair(staging, out.name, seed)
     staging.rename(out)
+
+
+def pretrain_pair(folder: Path, pair_id: str, seed: int) -> None:
+    """Both models pretrained into `folder`, with pair.json and both LoRA init files."""
+    build_toy_models(folder, seed)
+    write_pair(folder, toy_spec(pair_id, seed))
 
 
 def main() -> None:
@@ -132,8 +137,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.out.exists():
         shutil.rmtree(args.out)
-    build_toy_models(args.out, args.seed)
-    write_pair(args.out, toy_spec("toy", args.seed))
+    pretrain_pair(args.out, "toy", args.seed)
     print(json.dumps({"out": str(args.out)}))
 
 
