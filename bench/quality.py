@@ -34,7 +34,7 @@ from models.gt.checkpoint import data_hash, save_gt
 from models.gt.network import GradientTransformer, GTArch, GTConfig
 from models.gt.train import GTTrainConfig, train_gt, untrained_gt
 from models.pairs import ALL_TASKS, ensure_pair
-from models.recipes import Recipe, recipe_for, upgrade_recipe
+from models.recipes import GT_RECIPES, Recipe, gt_recipe, recipe_for, upgrade_recipe
 from models.training.shadow import build_shadow, load_shadow, shadow_privacy
 from models.upgrade.checks import public_prompts
 
@@ -142,6 +142,32 @@ def print_table(name: str, block: dict) -> None:
         print(line)
 
 
+def merge(parts: list[dict]) -> dict:
+    """One results file from runs of other settings with the same configuration (e.g. A and C in one
+    process, B in another): their settings side by side, their timings together."""
+    first = parts[0]
+    for part in parts[1:]:
+        if (part["pair"], part["config"], part["seeds"]) != (first["pair"], first["config"], first["seeds"]):
+            raise SystemExit("the files differ in pair, configuration or seeds: not one benchmark")
+        if set(part["settings"]) & set(first["settings"]):
+            raise SystemExit(f"setting {sorted(set(part['settings']) & set(first['settings']))} is in two files")
+    timings: dict = {}
+    for part in parts:
+        for key, value in part["timings_s"].items():
+            if isinstance(value, list):
+                timings[key] = timings.get(key, []) + value
+            elif key in ("pair_build", "shadow_build"):  # each process checked or built them: the longest
+                timings[key] = max(timings.get(key, 0.0), value)
+            else:
+                timings.setdefault(key, value)
+    timings["gt_train"] = sum(timings.get("gt_train_each", []))
+    for key in ("distill_each", "gt+distill_each"):
+        if timings.get(key):
+            timings[key.replace("_each", "_mean")] = sum(timings[key]) / len(timings[key])
+    settings = {name: block for part in parts for name, block in part["settings"].items()}
+    return {**first, "settings": dict(sorted(settings.items())), "timings_s": timings}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", default="toy")
@@ -151,11 +177,26 @@ def main() -> None:
     parser.add_argument("--export-gts", type=Path, default=None,
                         help="also copy the trained GTs here (for the smol pair: models/assets/smol/gts)")
     parser.add_argument("--gt-steps", type=int, default=None, help="override the recipe's GT training steps")
+    parser.add_argument("--gt", choices=sorted(GT_RECIPES), default=None,
+                        help="a named GT recipe instead of the pair's own (paper: the paper's network)")
+    parser.add_argument("--runs", type=int, default=None, help="shadow runs per task (default: the recipe's)")
+    parser.add_argument("--settings", default="ABC", help="which settings to run, e.g. B")
     parser.add_argument("--seeds", type=int, default=3,
                         help="private data draws and fine-tune seeds per task (each PGR is shown with its spread)")
     parser.add_argument("--no-distill", action="store_true",
                         help="skip the distillation baselines (about 13 s each on the toy pair, minutes on smol)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="write one results file from these (other settings, same configuration) and stop")
     args = parser.parse_args()
+    if args.merge:
+        result = merge([json.loads(path.read_text()) for path in args.merge])
+        for name, block in result["settings"].items():
+            print_table(name, block)
+        args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
+        print(f"\nwrote {args.out}")
+        return
+    if not args.settings or set(args.settings) - set("ABC"):
+        parser.error(f"--settings takes letters of ABC, not {args.settings!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
     # One thread: on 2 shared cores, two processes each spinning 2 OpenMP threads ran up to 100x slower.
@@ -167,11 +208,14 @@ def main() -> None:
     timings["pair_build"] = time.perf_counter() - start
 
     recipe: Recipe = recipe_for(pair)
+    if args.runs:
+        recipe = replace(recipe, shadow_k=args.runs)
     family, seen_keys, unseen = recipe.unseen
     tasks = list(pair.spec.tasks)
     c_train = [f"{family}-{k}" for k in seen_keys]
     c_test = [f"{family}-{k}" for k in unseen]
-    all_plans = {t: recipe.plan(t) for t in sorted(set(tasks + c_train))}
+    needed = tasks * bool(set(args.settings) & set("AB")) + c_train * ("C" in args.settings)
+    all_plans = {t: recipe.plan(t) for t in sorted(set(needed))}
     start = time.perf_counter()
     build_shadow(pair, list(all_plans.values()), workers=args.workers)
     timings["shadow_build"] = time.perf_counter() - start
@@ -180,33 +224,49 @@ def main() -> None:
     scorer = Scorer(pair)
     seeds = range(args.seeds)
     private = {(t, seed): cached_private_run(pair, scorer, t, recipe.tiny, recipe.llm, seed)
-               for t in tasks + c_test for seed in seeds}
+               for t in tasks * bool(set(args.settings) & set("AB")) + c_test * ("C" in args.settings)
+               for seed in seeds}
     timings["llm_finetune_private"] = sum(r.llm_seconds for r in private.values()) / len(private)
     distill_cfg = None if args.no_distill else upgrade_recipe(pair.id).distill
     pooled = distiller(pair, None, distill_cfg)  # B and C: the task is not given
 
-    cfg = replace(recipe.gt, steps=args.gt_steps) if args.gt_steps else recipe.gt
+    cfg = gt_recipe(recipe, args.gt)
+    cfg = replace(cfg, steps=args.gt_steps) if args.gt_steps else cfg
+    # A GT of another recipe or on other runs than the pair's own goes beside the pair's GTs, not over them.
+    own = args.gt is None and args.runs is None
+    if args.export_gts is not None and not own:
+        parser.error("--export-gts takes the pair's own recipe (no --gt, no --runs)")
+
+    def gt_dir(gt_id: str) -> Path | None:
+        return pair.gt_dir(gt_id) if own else None
+
     settings = {}
-    runs = []
-    for task in tasks:  # A
-        model, data = fit(pair, [all_plans[task]], pair.gt_dir(task), task, cfg, timings)
-        runs += score_runs([private[task, s] for s in seeds], scorer, model, data, cfg,
-                           distiller(pair, task, distill_cfg))
-    settings["A"] = setting("A", runs)
-    model_b, data_b = fit(pair, [all_plans[t] for t in tasks], pair.gt_dir(ALL_TASKS), ALL_TASKS, cfg, timings)
-    settings["B"] = setting("B", score_runs([private[t, s] for t in tasks for s in seeds], scorer, model_b, data_b,
-                                            cfg, pooled))
-    model_c, data_c = fit(pair, [all_plans[t] for t in c_train], None, f"{family}-seen-keys", cfg, timings)
-    settings["C"] = setting("C", score_runs([private[t, s] for t in c_test for s in seeds], scorer, model_c, data_c,
-                                            cfg, pooled))
+    if "A" in args.settings:
+        runs = []
+        for task in tasks:
+            model, data = fit(pair, [all_plans[task]], gt_dir(task), task, cfg, timings)
+            runs += score_runs([private[task, s] for s in seeds], scorer, model, data, cfg,
+                               distiller(pair, task, distill_cfg))
+        settings["A"] = setting("A", runs)
+    model_b = None
+    if "B" in args.settings:
+        model_b, data_b = fit(pair, [all_plans[t] for t in tasks], gt_dir(ALL_TASKS), ALL_TASKS, cfg,
+                              timings)
+        settings["B"] = setting("B", score_runs([private[t, s] for t in tasks for s in seeds], scorer, model_b,
+                                                data_b, cfg, pooled))
+    if "C" in args.settings:
+        model_c, data_c = fit(pair, [all_plans[t] for t in c_train], None, f"{family}-seen-keys", cfg, timings)
+        settings["C"] = setting("C", score_runs([private[t, s] for t in c_test for s in seeds], scorer, model_c,
+                                                data_c, cfg, pooled))
     for block in settings.values():
         for method in ("distill", "gt+distill"):
             spent = [r["baselines"][method]["seconds"] for r in block["runs"] if method in r["baselines"]]
             if spent:
                 timings.setdefault(f"{method}_each", []).extend(spent)
 
-    src = private[tasks[0], 0].tiny_tokens[None]
-    timings["gt_generate"], timings["gt_generate_no_cache"] = generate_seconds(model_b, src)
+    if model_b is not None:
+        src = private[tasks[0], 0].tiny_tokens[None]
+        timings["gt_generate"], timings["gt_generate_no_cache"] = generate_seconds(model_b, src)
     # The toy LLM has 4 layers, where a cache saves little; SmolLM2-135M has 30 layers of 3,840 numbers.
     smol_like = GradientTransformer(GTConfig(12, 1536, 30, 3840, GTArch(d_model=256, n_heads=8, d_ff=1024))).eval()
     timings["gt_generate_30_layers"], timings["gt_generate_30_layers_no_cache"] = generate_seconds(
@@ -219,18 +279,21 @@ def main() -> None:
         if timings.get(key):
             timings[key.replace("_each", "_mean")] = sum(timings[key]) / len(timings[key])
     print("\nTimes (s): " + ", ".join(f"{k} {v:.3g}" for k, v in timings.items() if not isinstance(v, list)))
-    for label, key in ((f"{pair.id}, {model_b.cfg.tgt_layers} LLM layers", "gt_generate"),
+    for label, key in ((f"{pair.id}'s LLM layers", "gt_generate"),
                        ("30 LLM layers x 3840 (SmolLM2-135M's shape)", "gt_generate_30_layers")):
+        if key not in timings:
+            continue
         ratio = timings[key + '_no_cache'] / timings[key]
         print(f"generate with the KV cache: {ratio:.2f}x as fast as without ({label})")
     result = {"pair": pair.id, "settings": settings, "timings_s": timings, "seeds": args.seeds,
-              "config": {"distill": asdict(distill_cfg) if distill_cfg else None,
+              "config": {"gt_recipe": args.gt or "the pair's own",
+                         "distill": asdict(distill_cfg) if distill_cfg else None,
                          "shadow_k": recipe.shadow_k, "finetune": asdict(recipe.tiny),
                          "llm_finetune": asdict(recipe.llm), "subset_size": recipe.subset_size,
                          "keep_last": recipe.keep_last, "gt": asdict(cfg),
                          "setting_c": {"family": family, "train_keys": list(seen_keys), "test_keys": list(unseen)}}}
-    if args.export_gts is not None:
-        for gt_id in [*tasks, ALL_TASKS]:
+    if args.export_gts is not None:  # the GTs this run trained: A's per task, B's for the pair
+        for gt_id in tasks * ("A" in args.settings) + [ALL_TASKS] * ("B" in args.settings):
             shutil.copytree(pair.gt_dir(gt_id), args.export_gts / gt_id, dirs_exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, sort_keys=True))

@@ -49,6 +49,25 @@ RECIPES = {
                    shadow_k=4, subset_size=320, keep_last=10, unseen=("pick", (2, 4), (1, 3)),
                    gt=GTTrainConfig(route=True), batch_runs=4),
 }
+# Gradient Transformer recipes by name, for the benchmarks' side-by-side tables (bench.quality --gt NAME).
+GT_RECIPES = {
+    "paper": GTTrainConfig(),  # the paper's network: starts from the mean update, the head learns the rest
+    "routed": GTTrainConfig(route=True),  # starts from the shadow runs nearest the input, softmax(30 cos)
+    "routed-lt": GTTrainConfig(route=True, temperature_lr=0.05),  # ... and learns its temperature quickly
+    "task-routed": GTTrainConfig(route=True, route_by="task"),  # starts from the nearest tasks' mean updates
+    "task-routed-lt": GTTrainConfig(route=True, route_by="task", temperature_lr=0.05),
+}
+
+
+def gt_recipe(recipe: Recipe, name: str | None) -> GTTrainConfig:
+    """The pair's own GT recipe (None), or a named one with the pair's training length."""
+    if name is None:
+        return recipe.gt
+    if name not in GT_RECIPES:
+        raise ConfigError(f"unknown GT recipe {name!r}; known: {', '.join(GT_RECIPES)}")
+    return GT_RECIPES[name]
+
+
 # A pair added from model folders: the fine-tune and GT defaults, 8 shadow runs of 1,000 examples per task.
 DEFAULT_RECIPE = Recipe(tiny=FinetuneConfig(), llm=FinetuneConfig(), shadow_k=8, subset_size=1000, keep_last=10,
                         unseen=None, batch_runs=4)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from models.errors import ConfigError
 from models.gt.network import GradientTransformer, GTArch, GTConfig
 from models.training.shadow import ShadowSet
 
@@ -28,8 +29,14 @@ class GTTrainConfig:
     patience: int = 5  # evaluations without a better free-running loss before training stops
     seed: int = 0
     arch: GTArch = GTArch()
-    route: bool = False  # start from the shadow runs' updates nearest the input (GTConfig.prototypes)
+    route: bool = False  # start from the shadow updates nearest the input (GTConfig.prototypes)
+    route_by: str = "run"  # one prototype per shadow "run", or per "task" (the mean of its runs' updates)
+    temperature_lr: float | None = None  # the routing temperature's own learning rate (None: `lr`)
     refit: bool = True  # train the chosen step count again on every run (see train_gt)
+
+    def __post_init__(self) -> None:
+        if self.route_by not in ("run", "task"):
+            raise ConfigError(f"route_by is 'run' or 'task', not {self.route_by!r}")
 
 
 def split_runs(data: ShadowSet, share: float, seed: int) -> tuple[ShadowSet, ShadowSet]:
@@ -74,9 +81,12 @@ def untrained_gt(data: ShadowSet, cfg: GTTrainConfig) -> GradientTransformer:
     return _fit(data, None, cfg, 0, progress=False)[0]
 
 
-def n_prototypes(data: ShadowSet, cfg: GTTrainConfig) -> int:
-    """One prototype per shadow run when routing a GT for several tasks (one task: its mean suffices)."""
-    return len(set(data.run.tolist())) if cfg.route and len(set(data.task)) > 1 else 0
+def route_groups(data: ShadowSet, cfg: GTTrainConfig) -> list | None:
+    """Each snapshot's prototype when routing a GT for several tasks: its run's, or its task's (`route_by`);
+    None without routing or with one task (its mean suffices)."""
+    if not cfg.route or len(set(data.task)) < 2:
+        return None
+    return data.run.tolist() if cfg.route_by == "run" else list(data.task)
 
 
 def _fit(train: ShadowSet, val: ShadowSet | None, cfg: GTTrainConfig, steps: int, progress: bool
@@ -85,12 +95,19 @@ def _fit(train: ShadowSet, val: ShadowSet | None, cfg: GTTrainConfig, steps: int
     torch.manual_seed(cfg.seed)
     _, l_s, d_s = train.src.shape
     _, l_t, d_t = train.tgt.shape
-    model = GradientTransformer(GTConfig(l_s, d_s, l_t, d_t, cfg.arch, n_prototypes(train, cfg)))
+    groups = route_groups(train, cfg)
+    model = GradientTransformer(GTConfig(l_s, d_s, l_t, d_t, cfg.arch, len(set(groups)) if groups else 0))
     model.set_statistics(train.src, train.tgt)
-    if model.cfg.prototypes:
-        model.set_prototypes(train.src, train.tgt, train.run.tolist())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    if groups:
+        model.set_prototypes(train.src, train.tgt, groups)
+    rest = [p for p in model.parameters() if p is not model.log_temperature]
+    param_groups = [{"params": rest, "lr": cfg.lr}]
+    if model.log_temperature is not None:  # no decay: it would pull the temperature towards 1
+        param_groups.append({"params": [model.log_temperature], "lr": cfg.temperature_lr or cfg.lr,
+                             "weight_decay": 0.0})
+    opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in param_groups], total_steps=cfg.steps,
+                                                pct_start=0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
     best = (free_running_loss(model, val), copy.deepcopy(model.state_dict()), 0) if val is not None else \
         (float("nan"), None, 0)

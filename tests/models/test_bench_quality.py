@@ -1,11 +1,13 @@
-"""What bench.quality measures with: private draws per seed, and the distillation baselines' start."""
+"""What bench.quality measures with: private draws per seed, the distillation baselines' start, and how
+results of settings run apart become one file."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench.experiment import Distiller, PrivateRun, Scorer, private_examples
-from bench.quality import setting
+from bench.quality import merge, setting
 from models.lora.update import LoraLayout
 from models.pairs import Pair
 from models.training.distill import DistillConfig
@@ -51,3 +53,18 @@ def test_a_setting_reports_each_method_over_seeds() -> None:
     assert block["average_by_method"]["gt"]["per_seed"] == [0.5, 0.5]
     assert block["average_by_method"]["ridge"]["per_seed"] == [0.2, 0.4]
     assert block["average_by_method"]["distill"]["n"] == 0
+
+
+def test_results_of_other_settings_merge_into_one_file() -> None:
+    def part(settings: dict, each: list[float], config: dict | None = None) -> dict:
+        return {"pair": "toy", "seeds": 3, "config": config or {"shadow_k": 8}, "settings": settings,
+                "timings_s": {"gt_train_each": each, "shadow_build": sum(each), "llm_finetune_private": 5.0}}
+
+    merged = merge([part({"A": {"x": 1}, "C": {"x": 3}}, [1.0, 2.0]), part({"B": {"x": 2}}, [4.0])])
+    assert list(merged["settings"]) == ["A", "B", "C"] and merged["settings"]["B"] == {"x": 2}
+    assert merged["timings_s"]["gt_train_each"] == [1.0, 2.0, 4.0] and merged["timings_s"]["gt_train"] == 7.0
+    assert merged["timings_s"]["shadow_build"] == 4.0  # the longest of the processes' builds
+    with pytest.raises(SystemExit, match="configuration"):
+        merge([part({"A": {}}, [1.0]), part({"B": {}}, [1.0], {"shadow_k": 4})])
+    with pytest.raises(SystemExit, match="two files"):
+        merge([part({"A": {}}, [1.0]), part({"A": {}}, [1.0])])

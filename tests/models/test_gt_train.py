@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
+import pytest
 import torch
 
+from models.errors import ConfigError
 from models.gt.network import GTArch
-from models.gt.train import GTTrainConfig, split_runs, train_gt
+from models.gt.train import GTTrainConfig, _fit, split_runs, train_gt, untrained_gt
 from models.training.shadow import ShadowSet
 
 
@@ -44,3 +47,28 @@ def test_the_chosen_step_count_is_trained_again_on_every_run():
     routed, info = train_gt(data, replace(cfg, route=True), progress=False)
     assert info["refit_pairs"] == len(data.task)  # zero steps chosen or not, the final model sees every run
     assert model.cfg.prototypes == 0 and routed.cfg.prototypes == len(set(data.run.tolist()))
+
+
+def test_routing_by_task_starts_from_each_tasks_mean_update():
+    data = shadow_set(tasks=3, runs_per_task=4)
+    cfg = GTTrainConfig(route=True, route_by="task", arch=GTArch(d_model=16, n_heads=2, d_ff=32))
+    model = untrained_gt(data, cfg)
+    assert model.cfg.prototypes == 3
+    out = model.generate(data.src)
+    for name in sorted(set(data.task)):  # the tasks lie apart: each input starts from its own task's mean
+        rows = torch.tensor([t == name for t in data.task])
+        assert torch.allclose(out[rows], data.tgt[rows].mean(0).expand_as(out[rows]), atol=1e-3)
+    with pytest.raises(ConfigError, match="route_by"):
+        GTTrainConfig(route=True, route_by="family")
+
+
+def test_the_routing_temperature_learns_at_its_own_rate():
+    data = shadow_set(tasks=2, runs_per_task=4)
+    cfg = GTTrainConfig(steps=30, eval_every=10, batch_size=8, arch=GTArch(d_model=16, n_heads=2, d_ff=32),
+                        lr=1e-4, route=True, refit=False)
+    moved = {}
+    for rate in (None, 0.1):
+        model, _ = _fit(data, None, replace(cfg, temperature_lr=rate), cfg.steps, progress=False)
+        moved[rate] = abs(model.log_temperature.item() - math.log(30.0))
+    assert moved[0.1] > 20 * moved[None] and moved[0.1] > 0.1
+
