@@ -123,6 +123,7 @@ class Distiller:
 
     prompts: list[Prompt]
     cfg: DistillConfig
+    from_gt: bool = True  # also `gt+distill` (a second distillation per run)
 
     def tokens(self, scorer: Scorer, run: PrivateRun, start: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         pair = scorer.pair
@@ -133,10 +134,11 @@ class Distiller:
 
 
 def score_task(run: PrivateRun, scorer: Scorer, gt: GradientTransformer, shadow: ShadowSet,
-               ridge: Ridge, start: GradientTransformer | None = None, distiller: Distiller | None = None) -> dict:
+               ridge: Ridge, start: GradientTransformer | None = None, distiller: Distiller | None = None,
+               others: dict[str, GradientTransformer] | None = None) -> dict:
     """One row of the quality table: the GT beside ridge, mean update and nearest shadow pair; with `start`,
     the GT's untrained start too (what training added); with `distiller`, distillation from the pair's init
-    and from the GT's update (and their seconds)."""
+    and from the GT's update (and their seconds); with `others`, GTs of other recipes (`gt:<name>`)."""
     mean = mean_update(shadow)
     gt_tokens = gt.generate(run.tiny_tokens[None])[0]
     candidates = {
@@ -144,13 +146,15 @@ def score_task(run: PrivateRun, scorer: Scorer, gt: GradientTransformer, shadow:
         "ridge": ridge.predict(run.tiny_tokens),
         "mean_update": mean,
         "nearest": nearest(shadow, run.tiny_tokens),
+        **{f"gt:{name}": other.generate(run.tiny_tokens[None])[0] for name, other in (others or {}).items()},
     }
     if start is not None:
         candidates["gt_start"] = start.generate(run.tiny_tokens[None])[0]
     seconds = {}
     if distiller is not None:
         candidates["distill"], seconds["distill"] = distiller.tokens(scorer, run)
-        candidates["gt+distill"], seconds["gt+distill"] = distiller.tokens(scorer, run, gt_tokens)
+        if distiller.from_gt:
+            candidates["gt+distill"], seconds["gt+distill"] = distiller.tokens(scorer, run, gt_tokens)
     rows = {}
     for name, tokens in candidates.items():
         model = scorer.llm_model(tokens)

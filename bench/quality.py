@@ -7,7 +7,11 @@ C  a task family whose private keys no shadow run used
     python -m bench.quality --pair toy --out results.json
     python -m bench.quality --pair smol --out bench/results/smol.json --export-gts models/assets/smol/gts
 
-Builds what is missing first (pair, shadow runs, GTs), prints tables, writes JSON.
+Builds what is missing first (pair, shadow runs, GTs), prints tables, writes JSON. `--settings B` runs one
+setting (files of other settings join with `--merge`, so two processes can share the work); `--also paper
+routed` trains GTs of other named recipes (models/recipes.py GT_RECIPES) on the same shadow runs and scores
+them beside the pair's own as `gt:<name>`; `--gt NAME` and `--runs K` try another recipe or run count
+without touching the pair's shipped GTs.
 
 Each task is scored on `--seeds` private draws (new private inputs and fine-tune seeds; the shadow runs and
 test questions stay), and every PGR is printed as its mean ± spread over seeds beside the cheap baselines:
@@ -53,18 +57,28 @@ def fit(pair, plans, gt_dir: Path | None, label: str, cfg: GTTrainConfig, timing
     return model, data
 
 
-def distiller(pair, task: str | None, cfg) -> Distiller | None:
+def distiller(pair, task: str | None, cfg, from_gt: bool = True) -> Distiller | None:
     """The distillation baselines' prompts: the task's public pool when the task is given (A), every task's
-    when it is not (B, C); None without a config (--no-distill)."""
-    return None if cfg is None else Distiller(public_prompts(pair, task)[0], cfg)
+    when it is not (B, C); None without a config (--no-distill); `gt+distill` too unless --no-gt-distill."""
+    return None if cfg is None else Distiller(public_prompts(pair, task)[0], cfg, from_gt)
 
 
 def score_runs(runs: list[PrivateRun], scorer: Scorer, model: GradientTransformer, data, cfg: GTTrainConfig,
-               distill_with: Distiller | None) -> list[dict]:
-    """Rows of a quality table: each private run's GT update beside the GT's untrained start and the
-    baselines fitted on the same shadow runs."""
+               distill_with: Distiller | None, others: dict[str, GradientTransformer] | None = None) -> list[dict]:
+    """Rows of a quality table: each private run's GT update beside the GT's untrained start, the
+    baselines fitted on the same shadow runs and the GTs of other recipes (`others`)."""
     ridge, start = Ridge(data), untrained_gt(data, cfg)
-    return [score_task(run, scorer, model, data, ridge, start, distill_with) for run in runs]
+    return [score_task(run, scorer, model, data, ridge, start, distill_with, others) for run in runs]
+
+
+def fit_others(names: list[str], data, timings: dict) -> dict[str, GradientTransformer]:
+    """GTs of other named recipes on the same shadow runs, scored beside the pair's own (`gt:<name>`)."""
+    models = {}
+    for name in names:
+        start = time.perf_counter()
+        models[name] = train_gt(data, GT_RECIPES[name])[0]
+        timings.setdefault(f"gt_train_each:{name}", []).append(time.perf_counter() - start)
+    return models
 
 
 def generate_seconds(model: GradientTransformer, src: torch.Tensor, reps: int = 10) -> tuple[float, float]:
@@ -97,10 +111,17 @@ def method_value(row: dict, method: str, key: str = "pgr") -> float:
     return got.get(key, float("nan"))
 
 
+def methods_of(runs: list[dict]) -> list[str]:
+    """The methods rows report: the fixed ones, then other recipes' GTs (`gt:<name>`) in their order."""
+    others = dict.fromkeys(m for r in runs for m in r["baselines"] if m.startswith("gt:"))
+    return [*METHODS, *others]
+
+
 def setting(name: str, runs: list[dict]) -> dict:
     """A setting's rows (one per task and seed) summarised: each method's PGR per task, mean and spread
     over seeds; the setting's average per seed, and its mean and spread over seeds."""
     tasks = list(dict.fromkeys(r["task"] for r in runs))
+    methods = methods_of(runs)
     seeds = sorted({r["seed"] for r in runs})
     summary = []
     for task in tasks:
@@ -108,11 +129,11 @@ def setting(name: str, runs: list[dict]) -> dict:
         first = min(mine, key=lambda r: r["seed"])
         summary.append({"task": task, "n_test": first["n_test"], "gt_sample": first["gt_sample"],
                         **{k: _spread([r[k] for r in mine]) for k in ("p_base", "p_s", "p_t", "p_gt")},
-                        "pgr_by_method": {m: _spread([method_value(r, m) for r in mine]) for m in METHODS},
+                        "pgr_by_method": {m: _spread([method_value(r, m) for r in mine]) for m in methods},
                         "pgr": _spread([r["pgr"] for r in mine])["mean"]})
     averages: dict[str, dict] = {"pgr": {}, "cos": {}, "r2_vs_mean": {}}
     for key, by_method in averages.items():
-        for method in METHODS:
+        for method in methods:
             per_seed = [_spread([method_value(r, method, key) for r in runs if r["seed"] == s])["mean"] for s in seeds]
             by_method[method] = {**_spread(per_seed), "per_seed": per_seed}
     # Cosine and R2 (relative to the mean shadow update) of each method's update to the LLM's own update on
@@ -125,10 +146,11 @@ def setting(name: str, runs: list[dict]) -> dict:
 def print_table(name: str, block: dict) -> None:
     gt = block["average_by_method"]["gt"]
     print(f"\nSetting {name}: average PGR {gt['mean']:.1%} ± {gt['std']:.1%} over {gt['n']} seeds")
-    print(f"{'task':<12}{'base':>6}{'P_S':>6}{'P_T':>6}" + "".join(f"{m:>15}" for m in METHODS))
+    methods = list(block["average_by_method"])
+    print(f"{'task':<12}{'base':>6}{'P_S':>6}{'P_T':>6}" + "".join(f"{m:>15}" for m in methods))
     for r in block["tasks"]:
         line = f"{r['task']:<12}{r['p_base']['mean']:>6.2f}{r['p_s']['mean']:>6.2f}{r['p_t']['mean']:>6.2f}"
-        for m in METHODS:
+        for m in methods:
             x = r["pgr_by_method"][m]
             line += f"{x['mean']:>9.1%}±{x['std']:>4.0%}" if x["n"] else f"{'-':>15}"
         print(line)
@@ -136,7 +158,7 @@ def print_table(name: str, block: dict) -> None:
                             ("average cos", "average_cos_by_method", "{:>9.3f}±{:>5.3f}"),
                             ("average R2 vs mean", "average_r2_by_method", "{:>9.3f}±{:>5.3f}")):
         line = f"{label:<30}"
-        for m in METHODS:
+        for m in methods:
             x = block[key][m]
             line += fmt.format(x["mean"], x["std"]) if x["n"] else f"{'-':>15}"
         print(line)
@@ -146,8 +168,13 @@ def merge(parts: list[dict]) -> dict:
     """One results file from runs of other settings with the same configuration (e.g. A and C in one
     process, B in another): their settings side by side, their timings together."""
     first = parts[0]
+    per_part = ("also", "distill", "distill_from_gt")  # what each process may choose for its own settings
+
+    def shared(part: dict) -> tuple:
+        return part["pair"], part["seeds"], {k: v for k, v in part["config"].items() if k not in per_part}
+
     for part in parts[1:]:
-        if (part["pair"], part["config"], part["seeds"]) != (first["pair"], first["config"], first["seeds"]):
+        if shared(part) != shared(first):
             raise SystemExit("the files differ in pair, configuration or seeds: not one benchmark")
         if set(part["settings"]) & set(first["settings"]):
             raise SystemExit(f"setting {sorted(set(part['settings']) & set(first['settings']))} is in two files")
@@ -164,8 +191,10 @@ def merge(parts: list[dict]) -> dict:
     for key in ("distill_each", "gt+distill_each"):
         if timings.get(key):
             timings[key.replace("_each", "_mean")] = sum(timings[key]) / len(timings[key])
-    settings = {name: block for part in parts for name, block in part["settings"].items()}
-    return {**first, "settings": dict(sorted(settings.items())), "timings_s": timings}
+    settings = {name: {**block, "config": {k: part["config"].get(k) for k in per_part}}
+                for part in parts for name, block in part["settings"].items()}
+    config = {k: v for k, v in first["config"].items() if k not in per_part}
+    return {**first, "config": config, "settings": dict(sorted(settings.items())), "timings_s": timings}
 
 
 def main() -> None:
@@ -179,12 +208,16 @@ def main() -> None:
     parser.add_argument("--gt-steps", type=int, default=None, help="override the recipe's GT training steps")
     parser.add_argument("--gt", choices=sorted(GT_RECIPES), default=None,
                         help="a named GT recipe instead of the pair's own (paper: the paper's network)")
+    parser.add_argument("--also", nargs="+", choices=sorted(GT_RECIPES), default=[],
+                        help="GTs of other recipes trained on the same runs and scored beside it (gt:<name>)")
     parser.add_argument("--runs", type=int, default=None, help="shadow runs per task (default: the recipe's)")
     parser.add_argument("--settings", default="ABC", help="which settings to run, e.g. B")
     parser.add_argument("--seeds", type=int, default=3,
                         help="private data draws and fine-tune seeds per task (each PGR is shown with its spread)")
     parser.add_argument("--no-distill", action="store_true",
                         help="skip the distillation baselines (about 13 s each on the toy pair, minutes on smol)")
+    parser.add_argument("--no-gt-distill", action="store_true",
+                        help="distil from the pair's init only, not also from the GT's update (half the cost)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="write one results file from these (other settings, same configuration) and stop")
     args = parser.parse_args()
@@ -228,7 +261,7 @@ def main() -> None:
                for seed in seeds}
     timings["llm_finetune_private"] = sum(r.llm_seconds for r in private.values()) / len(private)
     distill_cfg = None if args.no_distill else upgrade_recipe(pair.id).distill
-    pooled = distiller(pair, None, distill_cfg)  # B and C: the task is not given
+    pooled = distiller(pair, None, distill_cfg, not args.no_gt_distill)  # B and C: the task is not given
 
     cfg = gt_recipe(recipe, args.gt)
     cfg = replace(cfg, steps=args.gt_steps) if args.gt_steps else cfg
@@ -245,19 +278,20 @@ def main() -> None:
         runs = []
         for task in tasks:
             model, data = fit(pair, [all_plans[task]], gt_dir(task), task, cfg, timings)
-            runs += score_runs([private[task, s] for s in seeds], scorer, model, data, cfg,
-                               distiller(pair, task, distill_cfg))
+            own_pool = distiller(pair, task, distill_cfg, not args.no_gt_distill)
+            runs += score_runs([private[task, s] for s in seeds], scorer, model, data, cfg, own_pool,
+                               fit_others(args.also, data, timings))
         settings["A"] = setting("A", runs)
     model_b = None
     if "B" in args.settings:
         model_b, data_b = fit(pair, [all_plans[t] for t in tasks], gt_dir(ALL_TASKS), ALL_TASKS, cfg,
                               timings)
         settings["B"] = setting("B", score_runs([private[t, s] for t in tasks for s in seeds], scorer, model_b,
-                                                data_b, cfg, pooled))
+                                                data_b, cfg, pooled, fit_others(args.also, data_b, timings)))
     if "C" in args.settings:
         model_c, data_c = fit(pair, [all_plans[t] for t in c_train], None, f"{family}-seen-keys", cfg, timings)
         settings["C"] = setting("C", score_runs([private[t, s] for t in c_test for s in seeds], scorer, model_c,
-                                                data_c, cfg, pooled))
+                                                data_c, cfg, pooled, fit_others(args.also, data_c, timings)))
     for block in settings.values():
         for method in ("distill", "gt+distill"):
             spent = [r["baselines"][method]["seconds"] for r in block["runs"] if method in r["baselines"]]
@@ -286,7 +320,8 @@ def main() -> None:
         ratio = timings[key + '_no_cache'] / timings[key]
         print(f"generate with the KV cache: {ratio:.2f}x as fast as without ({label})")
     result = {"pair": pair.id, "settings": settings, "timings_s": timings, "seeds": args.seeds,
-              "config": {"gt_recipe": args.gt or "the pair's own",
+              "config": {"gt_recipe": args.gt or "the pair's own", "also": args.also,
+                         "distill_from_gt": distill_cfg is not None and not args.no_gt_distill,
                          "distill": asdict(distill_cfg) if distill_cfg else None,
                          "shadow_k": recipe.shadow_k, "finetune": asdict(recipe.tiny),
                          "llm_finetune": asdict(recipe.llm), "subset_size": recipe.subset_size,

@@ -34,21 +34,6 @@ class Recipe:
                           finetune=self.tiny, llm_finetune=llm)
 
 
-RECIPES = {
-    # 150 steps of batch 16 from subsets of 1000 public examples, both models; 32 shadow runs per task.
-    "toy": Recipe(tiny=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
-                  llm=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
-                  shadow_k=32, subset_size=1000, keep_last=10, unseen=("rotate", (1, 3, 4, 6, 7), (2, 5)),
-                  batch_runs=16),
-    # SmolLM2 learns these tasks in 40 steps of batch 8; so does the TinyLM, partly (measured). Setting C
-    # asks the GT for pick keys 1 and 3 having seen only 2 and 4. The pair-wide GTs start from the shadow
-    # runs nearest the input (`route`, see models/gt/network.py): without it the B GT scored 0% on
-    # pick-2 and pick-4 (bench/results/smol-unrouted.json, the same command before `route`).
-    "smol": Recipe(tiny=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
-                   llm=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
-                   shadow_k=4, subset_size=320, keep_last=10, unseen=("pick", (2, 4), (1, 3)),
-                   gt=GTTrainConfig(route=True), batch_runs=4),
-}
 # Gradient Transformer recipes by name, for the benchmarks' side-by-side tables (bench.quality --gt NAME).
 GT_RECIPES = {
     "paper": GTTrainConfig(),  # the paper's network: starts from the mean update, the head learns the rest
@@ -59,6 +44,21 @@ GT_RECIPES = {
 }
 
 
+RECIPES = {
+    # 150 steps of batch 16 from subsets of 1000 public examples, both models; 32 shadow runs per task.
+    "toy": Recipe(tiny=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
+                  llm=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
+                  shadow_k=32, subset_size=1000, keep_last=10, unseen=("rotate", (1, 3, 4, 6, 7), (2, 5)),
+                  batch_runs=16),
+    # SmolLM2 learns these tasks in 40 steps of batch 8; so does the TinyLM, partly (measured). Setting C
+    # asks the GT for pick keys 1 and 3 having seen only 2 and 4. The pair-wide GTs start from the tasks'
+    # mean updates nearest the input (`route_by="task"`, see models/gt/network.py): without routing the B GT
+    # scored 0% on pick-2 and pick-4 (bench/results/smol-unrouted.json), routed by run it mixed tasks.
+    "smol": Recipe(tiny=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
+                   llm=FinetuneConfig(steps=40, batch_size=8, lr=2e-3),
+                   shadow_k=8, subset_size=320, keep_last=10, unseen=("pick", (2, 4), (1, 3)),
+                   gt=GT_RECIPES["task-routed"], batch_runs=4),
+}
 def gt_recipe(recipe: Recipe, name: str | None) -> GTTrainConfig:
     """The pair's own GT recipe (None), or a named one with the pair's training length."""
     if name is None:

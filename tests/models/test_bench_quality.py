@@ -61,9 +61,12 @@ def test_results_of_other_settings_merge_into_one_file() -> None:
                 "timings_s": {"gt_train_each": each, "shadow_build": sum(each), "llm_finetune_private": 5.0}}
 
     merged = merge([part({"A": {"x": 1}, "C": {"x": 3}}, [1.0, 2.0]), part({"B": {"x": 2}}, [4.0])])
-    assert list(merged["settings"]) == ["A", "B", "C"] and merged["settings"]["B"] == {"x": 2}
+    assert list(merged["settings"]) == ["A", "B", "C"] and merged["settings"]["B"]["x"] == 2
     assert merged["timings_s"]["gt_train_each"] == [1.0, 2.0, 4.0] and merged["timings_s"]["gt_train"] == 7.0
     assert merged["timings_s"]["shadow_build"] == 4.0  # the longest of the processes' builds
+    own = merge([part({"A": {}}, [1.0], {"shadow_k": 8, "also": []}),
+                 part({"B": {}}, [1.0], {"shadow_k": 8, "also": ["routed"]})])
+    assert own["settings"]["B"]["config"]["also"] == ["routed"] and "also" not in own["config"]
     with pytest.raises(SystemExit, match="configuration"):
         merge([part({"A": {}}, [1.0]), part({"B": {}}, [1.0], {"shadow_k": 4})])
     with pytest.raises(SystemExit, match="two files"):
