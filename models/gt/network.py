@@ -12,9 +12,10 @@ Beyond the paper's network (three linear maps around a transformer):
 - a learned start token, the same in training and generation (the reference uses zeros at inference);
 - learned layer-index embeddings for source and target tokens (the reference has none);
 - a key/value cache in `generate` (the reference re-runs the whole network per LLM layer);
-- optionally (`prototypes`), a start from the shadow runs nearest the input. The untrained model outputs
-  the mean training update; a routed one outputs the shadow runs' LLM updates weighted by a softmax over
-  the cosine of the (standardised) input to each run's TinyLM update, and the network learns what to add.
+- optionally (`prototypes`), a start from the shadow updates nearest the input. The untrained model outputs
+  the mean training update; a routed one outputs prototype LLM updates (one per shadow run, or one per task:
+  the mean of its runs) weighted by a softmax over the cosine of the (standardised) input to each
+  prototype's TinyLM update, at a learned temperature, and the network learns what to add.
   Why: one GT for several tasks must write each task's update, but the linear head keeps every output in
   one d_model-dimensional subspace (plus the mean). On the smol pair's shadow data 128 dimensions hold
   99.8% of one task's standardised variance but 64% of four tasks' (PCA), so the paper's GT cannot fit
@@ -60,7 +61,7 @@ class GTConfig:
     tgt_layers: int  # L_T
     tgt_dim: int  # D_T
     arch: GTArch = GTArch()
-    prototypes: int = 0  # 0: none (the paper); n: start from n shadow runs' updates (see the module doc)
+    prototypes: int = 0  # 0: none (the paper); n: start from n prototype updates (runs or tasks; module doc)
 
     def __post_init__(self) -> None:
         if min(self.src_layers, self.src_dim, self.tgt_layers, self.tgt_dim) < 1:
@@ -194,7 +195,7 @@ class GradientTransformer(nn.Module):
     @torch.no_grad()
     def set_prototypes(self, src: torch.Tensor, tgt: torch.Tensor, groups: list) -> None:
         """Per-group means of the standardised training pairs (after `set_statistics`); a group is a
-        shadow run (its snapshots)."""
+        shadow run (its snapshots) or a task (its runs' snapshots)."""
         names = sorted(set(groups))
         if len(names) != self.cfg.prototypes:
             raise ConfigError(f"the model has {self.cfg.prototypes} prototypes; the data has {len(names)} groups")
