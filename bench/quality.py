@@ -130,7 +130,8 @@ def setting(name: str, runs: list[dict]) -> dict:
         summary.append({"task": task, "n_test": first["n_test"], "gt_sample": first["gt_sample"],
                         **{k: _spread([r[k] for r in mine]) for k in ("p_base", "p_s", "p_t", "p_gt")},
                         "pgr_by_method": {m: _spread([method_value(r, m) for r in mine]) for m in methods},
-                        "pgr": _spread([r["pgr"] for r in mine])["mean"]})
+                        "pgr": _spread([r["pgr"] for r in mine])["mean"],
+                        "pgr_sd": _spread([r["pgr"] for r in mine])["std"], "seeds": len(mine)})
     averages: dict[str, dict] = {"pgr": {}, "cos": {}, "r2_vs_mean": {}}
     for key, by_method in averages.items():
         for method in methods:

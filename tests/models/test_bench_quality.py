@@ -50,6 +50,7 @@ def test_a_setting_reports_each_method_over_seeds() -> None:
     block = setting("A", [row("a", 0, 1.0, 0.0), row("a", 1, 0.5, 0.2), row("b", 0, 0.0, 0.4), row("b", 1, 0.5, 0.6)])
     assert block["tasks"][0]["gt_sample"] == [0]
     assert block["tasks"][0]["pgr_by_method"]["gt"] == {"mean": 0.75, "std": 0.25, "n": 2}
+    assert (block["tasks"][0]["pgr"], block["tasks"][0]["pgr_sd"], block["tasks"][0]["seeds"]) == (0.75, 0.25, 2)
     assert block["average_by_method"]["gt"]["per_seed"] == [0.5, 0.5]
     assert block["average_by_method"]["ridge"]["per_seed"] == [0.2, 0.4]
     assert block["average_by_method"]["distill"]["n"] == 0
