@@ -127,11 +127,11 @@ def setting(name: str, runs: list[dict]) -> dict:
     for task in tasks:
         mine = [r for r in runs if r["task"] == task]
         first = min(mine, key=lambda r: r["seed"])
+        pgr = {m: _spread([method_value(r, m) for r in mine]) for m in methods}
         summary.append({"task": task, "n_test": first["n_test"], "gt_sample": first["gt_sample"],
                         **{k: _spread([r[k] for r in mine]) for k in ("p_base", "p_s", "p_t", "p_gt")},
-                        "pgr_by_method": {m: _spread([method_value(r, m) for r in mine]) for m in methods},
-                        "pgr": _spread([r["pgr"] for r in mine])["mean"],
-                        "pgr_sd": _spread([r["pgr"] for r in mine])["std"], "seeds": len(mine)})
+                        "pgr_by_method": pgr, "pgr": pgr["gt"]["mean"], "pgr_sd": pgr["gt"]["std"],
+                        "seeds": len(mine)})
     averages: dict[str, dict] = {"pgr": {}, "cos": {}, "r2_vs_mean": {}}
     for key, by_method in averages.items():
         for method in methods:
@@ -188,14 +188,20 @@ def merge(parts: list[dict]) -> dict:
                 timings[key] = max(timings.get(key, 0.0), value)
             else:
                 timings.setdefault(key, value)
+    settings = {name: {**block, "config": {k: part["config"].get(k) for k in per_part}}
+                for part in parts for name, block in part["settings"].items()}
+    config = {k: v for k, v in first["config"].items() if k not in per_part}
+    return {**first, "config": config, "settings": dict(sorted(settings.items())), "timings_s": totals(timings)}
+
+
+def totals(timings: dict) -> dict:
+    """The timings with what derives from the per-GT and per-distillation lists: GT training in all, and
+    each distillation's mean."""
     timings["gt_train"] = sum(timings.get("gt_train_each", []))
     for key in ("distill_each", "gt+distill_each"):
         if timings.get(key):
             timings[key.replace("_each", "_mean")] = sum(timings[key]) / len(timings[key])
-    settings = {name: {**block, "config": {k: part["config"].get(k) for k in per_part}}
-                for part in parts for name, block in part["settings"].items()}
-    config = {k: v for k, v in first["config"].items() if k not in per_part}
-    return {**first, "config": config, "settings": dict(sorted(settings.items())), "timings_s": timings}
+    return timings
 
 
 def main() -> None:
@@ -248,7 +254,8 @@ def main() -> None:
     tasks = list(pair.spec.tasks)
     c_train = [f"{family}-{k}" for k in seen_keys]
     c_test = [f"{family}-{k}" for k in unseen]
-    needed = tasks * bool(set(args.settings) & set("AB")) + c_train * ("C" in args.settings)
+    scored = tasks if set(args.settings) & set("AB") else []  # the tasks A and B score
+    needed = scored + c_train * ("C" in args.settings)
     all_plans = {t: recipe.plan(t) for t in sorted(set(needed))}
     start = time.perf_counter()
     build_shadow(pair, list(all_plans.values()), workers=args.workers)
@@ -258,7 +265,7 @@ def main() -> None:
     scorer = Scorer(pair)
     seeds = range(args.seeds)
     private = {(t, seed): cached_private_run(pair, scorer, t, recipe.tiny, recipe.llm, seed)
-               for t in tasks * bool(set(args.settings) & set("AB")) + c_test * ("C" in args.settings)
+               for t in scored + c_test * ("C" in args.settings)
                for seed in seeds}
     timings["llm_finetune_private"] = sum(r.llm_seconds for r in private.values()) / len(private)
     distill_cfg = None if args.no_distill else upgrade_recipe(pair.id).distill
@@ -306,13 +313,10 @@ def main() -> None:
     smol_like = GradientTransformer(GTConfig(12, 1536, 30, 3840, GTArch(d_model=256, n_heads=8, d_ff=1024))).eval()
     timings["gt_generate_30_layers"], timings["gt_generate_30_layers_no_cache"] = generate_seconds(
         smol_like, torch.randn(1, 12, 1536))
-    timings["gt_train"] = sum(timings["gt_train_each"])
+    totals(timings)
 
     for name, block in settings.items():
         print_table(name, block)
-    for key in ("distill_each", "gt+distill_each"):
-        if timings.get(key):
-            timings[key.replace("_each", "_mean")] = sum(timings[key]) / len(timings[key])
     print("\nTimes (s): " + ", ".join(f"{k} {v:.3g}" for k, v in timings.items() if not isinstance(v, list)))
     for label, key in ((f"{pair.id}'s LLM layers", "gt_generate"),
                        ("30 LLM layers x 3840 (SmolLM2-135M's shape)", "gt_generate_30_layers")):

@@ -44,6 +44,15 @@ GT_RECIPES = {
 }
 
 
+def gt_recipe(recipe: Recipe, name: str | None) -> GTTrainConfig:
+    """The pair's own GT recipe (None), or a named one (GT_RECIPES)."""
+    if name is None:
+        return recipe.gt
+    if name not in GT_RECIPES:
+        raise ConfigError(f"unknown GT recipe {name!r}; known: {', '.join(GT_RECIPES)}")
+    return GT_RECIPES[name]
+
+
 RECIPES = {
     # 150 steps of batch 16 from subsets of 1000 public examples, both models; 32 shadow runs per task.
     "toy": Recipe(tiny=FinetuneConfig(steps=150, batch_size=16, lr=3e-3),
@@ -59,14 +68,6 @@ RECIPES = {
                    shadow_k=8, subset_size=320, keep_last=10, unseen=("pick", (2, 4), (1, 3)),
                    gt=GT_RECIPES["task-routed"], batch_runs=4),
 }
-def gt_recipe(recipe: Recipe, name: str | None) -> GTTrainConfig:
-    """The pair's own GT recipe (None), or a named one with the pair's training length."""
-    if name is None:
-        return recipe.gt
-    if name not in GT_RECIPES:
-        raise ConfigError(f"unknown GT recipe {name!r}; known: {', '.join(GT_RECIPES)}")
-    return GT_RECIPES[name]
-
 
 # A pair added from model folders: the fine-tune and GT defaults, 8 shadow runs of 1,000 examples per task.
 DEFAULT_RECIPE = Recipe(tiny=FinetuneConfig(), llm=FinetuneConfig(), shadow_k=8, subset_size=1000, keep_last=10,
