@@ -1,14 +1,18 @@
-"""Upgrade modes side by side: the GT's update, distillation from the organization's TinyLM, and `auto`, per
+"""Upgrade modes side by side: the GT's update, distillation from the organization's TinyLM, and `auto` (which
+distils from the GT's update when it does not deliver it; `auto-init`: from the pair's init, as it once did), per
 setting (A: the task's own GT; B: the pair's GT, task not given; C: a key no shadow run used) and task;
 and how well the quality verdict separates upgrades that recover at least half the gap (PGR >= 0.5) from
 those that do not.
 
     python -m bench.modes --pair toy --out bench/results/modes-toy.json
+    python -m bench.modes --pair toy --settings C --seeds 3 --out bench/results/modes-toy-C.json
     python -m bench.modes --pair smol --out bench/results/modes-smol.json
 
 Reuses what bench.quality builds (pair, shadow runs, GTs, private runs; missing ones are built). Each upgrade
 runs through models.upgrade.run_upgrade as a worker runs it, with the organization's prompts (`own`: its
 task's public prompts stand in for its question format) or without (`public`: the pair's public prompts).
+The summary gives average PGR and average accuracy (`average_p`): where the LLM's own fine-tune learns a key
+worse than the TinyLM did (P_T < P_S, as rotate-2 can), PGR turns signs and only accuracy reads plainly.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import torch
 
 from bench.experiment import PrivateRun, Scorer, cached_private_run
-from bench.quality import fit
+from bench.quality import fit, spread
 from models.data.evaluate import accuracy, pgr
 from models.lora.update import LoraLayout, add
 from models.pairs import ALL_TASKS, Pair, ensure_pair
@@ -35,7 +39,7 @@ from models.upgrade import run_upgrade
 from models.upgrade.quality import confidence
 
 log = logging.getLogger("bench.modes")
-MODES = ("gt", "distill", "auto")
+MODES = ("gt", "distill", "auto", "auto-init")  # auto-init: auto distilling from the pair's init, as before
 OWN_PROMPTS = 1000  # the organization's attached prompts, in `own` runs
 
 
@@ -51,14 +55,15 @@ def upgrade_row(pair: Pair, scorer: Scorer, run: PrivateRun, gt_id: str | None, 
     """One upgrade as a worker runs it, scored on the task's test set."""
     own = [ex.prompt for ex in task_splits(pair, run.task).public[:OWN_PROMPTS]] if prompts == "own" else None
     start = time.perf_counter()
-    result = run_upgrade(pair, gt_id, [adapter_file(pair, run, work / "adapter")], work / "out", mode=mode,
-                         prompts=own)
+    result = run_upgrade(pair, gt_id, [adapter_file(pair, run, work / "adapter")], work / "out",
+                         mode=mode.removesuffix("-init"), prompts=own, distill_from_gt=not mode.endswith("-init"))
     seconds = time.perf_counter() - start
     layout = LoraLayout(pair.init("llm"), pair.spec.lora.targets)
     p = accuracy(scorer.llm_model(layout.to_tokens(result.update)), scorer.tokenizer, run.test)
     quality = result.quality
     return {"task": run.task, "mode": mode, "prompts": prompts, "used": result.mode, "p": p,
             "pgr": pgr(p, run.p_s, run.p_t), "seconds": round(seconds, 2), "verdict": quality["verdict"],
+            "start": (quality.get("distill") or {}).get("start"),
             "gain": quality["gain"], "relative": (quality.get("similarity") or {}).get("relative"),
             "margin": (quality.get("similarity") or {}).get("margin"), "confidence": confidence(quality),
             "reason": quality["reason"], "agreement": quality["agreement"], "p_s": run.p_s, "p_t": run.p_t,
@@ -77,7 +82,7 @@ def auroc(scores: list[float], labels: list[bool]) -> float:
 
 def separation(rows: list[dict]) -> dict:
     """How well the report tells upgrades with PGR >= 0.5 from the rest (auto's rows repeat gt's or distill's)."""
-    judged = [r for r in rows if r["mode"] != "auto" and r["pgr"] == r["pgr"]]
+    judged = [r for r in rows if not r["mode"].startswith("auto") and r["pgr"] == r["pgr"]]
     labels = [r["pgr"] >= 0.5 for r in judged]
     verdict_ok = [r["verdict"] == "ok" for r in judged]
     agree = sum(v == y for v, y in zip(verdict_ok, labels, strict=True))
@@ -106,6 +111,7 @@ def main() -> None:
     parser.add_argument("--prompts", choices=("own", "public", "both"), default="both")
     parser.add_argument("--settings", default="ABC", help="which settings to run, e.g. BC")
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
+    parser.add_argument("--seeds", type=int, default=1, help="private draws (data and runs) per task")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
@@ -118,7 +124,6 @@ def main() -> None:
     plans = {t: recipe.plan(t) for t in sorted(set(tasks + c_train))}
     build_shadow(pair, list(plans.values()), workers=args.workers)
     scorer = Scorer(pair)
-    private = {t: cached_private_run(pair, scorer, t, recipe.tiny, recipe.llm) for t in tasks + c_test}
     c_gt = f"{family}-seen-keys"
     gts = {"A": {t: t for t in tasks}, "B": {t: ALL_TASKS for t in tasks}, "C": {t: c_gt for t in c_test}}
     timings: dict = {}
@@ -129,18 +134,26 @@ def main() -> None:
     variants = ("own", "public") if args.prompts == "both" else (args.prompts,)
     rows: list[dict] = []
     work = args.data_dir / "bench-modes"
-    for name in args.settings:
-        for task, gt_id in gts[name].items():
-            for prompts in variants:
-                for mode in MODES:
-                    row = upgrade_row(pair, scorer, private[task], gt_id, mode, prompts, work)
-                    rows.append({"setting": name, "gt_id": gt_id, **row})
-                    log.info("%s %s %s %s: PGR %.1f%% (%s, gain %.3f)", name, task, prompts, mode,
-                             100 * row["pgr"], row["verdict"], row["gain"])
+    for seed in range(args.seeds):
+        for name in args.settings:
+            for task, gt_id in gts[name].items():
+                run = cached_private_run(pair, scorer, task, recipe.tiny, recipe.llm, seed)
+                for prompts in variants:
+                    for mode in MODES:
+                        row = upgrade_row(pair, scorer, run, gt_id, mode, prompts, work)
+                        rows.append({"setting": name, "gt_id": gt_id, "seed": seed, **row})
+                        log.info("%s %s seed %d %s %s: PGR %.1f%% (%s, gain %.3f)", name, task, seed, prompts,
+                                 mode, 100 * row["pgr"], row["verdict"], row["gain"])
     print_rows(rows)
+    cells = [(s, p, m) for s in args.settings for p in variants for m in MODES]
     summary = {"separation": separation(rows), "average_pgr": {
-        f"{s}/{p}/{m}": _mean([r["pgr"] for r in rows if (r["setting"], r["prompts"], r["mode"]) == (s, p, m)])
-        for s in args.settings for p in variants for m in MODES},
+        "/".join(cell): _mean([r["pgr"] for r in rows if (r["setting"], r["prompts"], r["mode"]) == cell])
+        for cell in cells},
+        "average_p": {"/".join(cell): _mean([r["p"] for r in rows if (r["setting"], r["prompts"], r["mode"]) == cell])
+                      for cell in cells},
+        "pgr_sd_over_seeds": {"/".join(cell): spread([_mean([r["pgr"] for r in rows if r["seed"] == seed and (
+            r["setting"], r["prompts"], r["mode"]) == cell]) for seed in range(args.seeds)])["std"]
+            for cell in cells},
         "mean_seconds": {m: _mean([r["seconds"] for r in rows if r["mode"] == m]) for m in MODES}}
     print("\n" + json.dumps(summary, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +164,7 @@ def main() -> None:
 
 
 def _mean(values: list[float]) -> float:
-    finite = [v for v in values if v == v]
-    return sum(finite) / len(finite) if finite else float("nan")
+    return spread(values)["mean"]
 
 
 if __name__ == "__main__":

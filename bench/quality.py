@@ -97,7 +97,8 @@ def generate_seconds(model: GradientTransformer, src: torch.Tensor, reps: int = 
 METHODS = ("gt", "gt_start", "ridge", "mean_update", "nearest", "distill", "gt+distill")
 
 
-def _spread(values: list[float]) -> dict:
+def spread(values: list[float]) -> dict:
+    """Mean, population standard deviation and count of the finite values."""
     finite = [v for v in values if v == v]
     if not finite:
         return {"mean": float("nan"), "std": float("nan"), "n": 0}
@@ -127,16 +128,16 @@ def setting(name: str, runs: list[dict]) -> dict:
     for task in tasks:
         mine = [r for r in runs if r["task"] == task]
         first = min(mine, key=lambda r: r["seed"])
-        pgr = {m: _spread([method_value(r, m) for r in mine]) for m in methods}
+        pgr = {m: spread([method_value(r, m) for r in mine]) for m in methods}
         summary.append({"task": task, "n_test": first["n_test"], "gt_sample": first["gt_sample"],
-                        **{k: _spread([r[k] for r in mine]) for k in ("p_base", "p_s", "p_t", "p_gt")},
+                        **{k: spread([r[k] for r in mine]) for k in ("p_base", "p_s", "p_t", "p_gt")},
                         "pgr_by_method": pgr, "pgr": pgr["gt"]["mean"], "pgr_sd": pgr["gt"]["std"],
                         "seeds": len(mine)})
     averages: dict[str, dict] = {"pgr": {}, "cos": {}, "r2_vs_mean": {}}
     for key, by_method in averages.items():
         for method in methods:
-            per_seed = [_spread([method_value(r, method, key) for r in runs if r["seed"] == s])["mean"] for s in seeds]
-            by_method[method] = {**_spread(per_seed), "per_seed": per_seed}
+            per_seed = [spread([method_value(r, method, key) for r in runs if r["seed"] == s])["mean"] for s in seeds]
+            by_method[method] = {**spread(per_seed), "per_seed": per_seed}
     # Cosine and R2 (relative to the mean shadow update) of each method's update to the LLM's own update on
     # the private data: where every method's PGR saturates, these still tell the maps apart.
     return {"tasks": summary, "runs": runs, "average_pgr": averages["pgr"]["gt"]["mean"],

@@ -129,6 +129,7 @@ class QualityConfig:
 class UpgradeRecipe:
     distill: DistillConfig
     quality: QualityConfig = field(default_factory=QualityConfig)
+    distill_from_gt: bool = True  # `auto` also distils from the GT's undelivered update (and picks by agreement)
 
 
 UPGRADES = {

@@ -113,7 +113,7 @@ def _generate(claim: jobs.Claim, store: BlobStore, out_dir: Path, reporter: Repo
     reporter.report(0.96, "judged", f"delivering the {result.mode} update: {quality['verdict']} "
                     f"({quality['reason']})")
     return Delta(org_id=claim.org_id, job_id=claim.job_id, collaboration_id=claim.collaboration_id,
-                 pair=claim.pair, task=claim.task, gt_id=claim.gt_id if result.mode == "gt" else None,
+                 pair=claim.pair, task=claim.task, gt_id=result.gt_id,
                  gt_version=result.gt_version, mode=result.mode, quality=quality, sources=claim.inputs,
                  files=files, verification=dict(result.verification), created_at=utcnow())
 

@@ -55,7 +55,10 @@ def describe_quality(job: dict[str, Any]) -> str:
     quality = job.get("quality")
     if not quality:
         return "quality: not reported"
-    return f"quality: {quality['verdict']} ({quality['mode']} update; {quality['reason']})"
+    made = f"{quality['mode']} update"
+    if (quality.get("distill") or {}).get("start") == "gt":
+        made += ", started from the GT's"
+    return f"quality: {quality['verdict']} ({made}; {quality['reason']})"
 
 
 def follow(api: Api, upgrade_id: str, timeout_s: float | None) -> int:

@@ -32,7 +32,9 @@ class DeltaPublic(BaseModel):
     object: Literal["delta"] = "delta"
     pair: str
     task: str | None
-    gt_id: str | None = Field(description="The GT that made it; null for a distilled delta.")
+    gt_id: str | None = Field(description="The GT that made it, or whose update a distillation started from "
+                                 "(`quality.distill.start` is `gt`); null for a delta distilled from the "
+                                 "pair's init.")
     gt_version: str | None
     mode: str = Field(description="What made the update: `gt` or `distill`.")
     quality: dict[str, Any] | None = Field(description="How much to trust it: `verdict` (ok, low_confidence, "

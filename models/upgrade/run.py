@@ -3,7 +3,10 @@
     mode "gt":      adapters -> update -> Gradient Transformer -> LLM update -> PEFT folder -> checks -> report
     mode "distill": adapters -> update -> the TinyLM answers prompts -> LLM LoRA fine-tuned on its answers
     mode "auto":    the GT's update when the upload looks like the GT's shadow runs and its verdict is ok;
-                    distillation otherwise (no GT for the task, an unfamiliar upload, no measurable gain)
+                    distillation otherwise (no GT for the task, an unfamiliar upload, no measurable gain):
+                    from the pair's init and, unless it moves the LLM away from the TinyLM, from the GT's
+                    update; whichever of those and the GT's own update agrees with the TinyLM best on the
+                    probe prompts is delivered (bench/results/modes-toy-C.json measures the choice)
 
 Whatever the mode, the delivered delta says how much to trust it (models/upgrade/quality.py).
 """
@@ -41,10 +44,11 @@ CPU = torch.device("cpu")
 class UpgradeResult:
     files: dict[str, Path]
     verification: dict
-    gt_version: str | None  # None when distillation made the update
+    gt_version: str | None  # the GT's that made the update or that distillation started from; else None
     update: Update
     quality: dict
     mode: str  # what made the delivered update: "gt" or "distill"
+    gt_id: str | None = None  # the GT of gt_version
 
 
 @dataclass
@@ -63,9 +67,12 @@ class _Inputs:
 
 def run_upgrade(pair: Pair, gt_id: str | None, adapter_paths: list[Path], out_dir: Path,
                 on_progress: Progress | None = None, device: torch.device = CPU, *, mode: str = "gt",
-                prompts: list[Prompt] | None = None, task: str | None = None) -> UpgradeResult:
+                prompts: list[Prompt] | None = None, task: str | None = None,
+                distill_from_gt: bool | None = None) -> UpgradeResult:
     """Turn uploaded TinyLM adapters into a checked LLM adapter folder in out_dir (models and checks run on
-    `device`). `prompts`: the organization's own (unlabelled) prompts, for probes and distillation."""
+    `device`). `prompts`: the organization's own (unlabelled) prompts, for probes and distillation.
+    `distill_from_gt`: whether `auto` also distils from the GT's undelivered update (default: the pair's
+    recipe)."""
     if mode not in MODES or (mode == "gt" and gt_id is None):
         raise ConfigError(f"mode must be one of {MODES} (gt needs a GT), not {mode!r}")
     say = on_progress or (lambda fraction, stage, message=None: None)
@@ -88,12 +95,26 @@ def run_upgrade(pair: Pair, gt_id: str | None, adapter_paths: list[Path], out_di
         say(0.45, "distilling", f"the GT's update is not delivered ({why}); distilling instead")
     elif mode == "auto":
         say(0.3, "distilling", "no Gradient Transformer covers this upgrade: distilling")
-    result = _distill_path(inputs, out_dir, say)
-    if gt_result is not None and gt_result.quality["gain"] > result.quality["gain"]:
-        say(0.95, "checking", "the GT's update agrees with the TinyLM better than the distilled one: "
-            "delivering it")
-        return _deliver(inputs, gt_result.update, out_dir, "gt", gt_result.gt_version, gt_result.quality)
-    return result
+    if distill_from_gt is None:
+        distill_from_gt = upgrade_recipe(pair.id).distill_from_gt
+    starts = [None] + ([gt_result] if distill_from_gt and _may_start(gt_result, pair) else [])
+    spans = [(0.5 + 0.4 * i / len(starts), 0.5 + 0.4 * (i + 1) / len(starts)) for i in range(len(starts))]
+    made = [_distill_path(inputs, out_dir, say, start, span) for start, span in zip(starts, spans, strict=True)]
+    candidates = [*made, *([gt_result] if gt_result is not None else [])]
+    best = max(candidates, key=lambda r: r.quality["gain"])  # the first on a tie: the init's distillation
+    best.quality["candidates"] = [{"made_by": _made_by(r), "gain": r.quality["gain"],
+                                   "verdict": r.quality["verdict"]} for r in candidates]
+    if len(candidates) > 1:
+        gains = ", ".join(f"{c['made_by']} {c['gain']:.3f}" for c in best.quality["candidates"])
+        say(0.95, "checking", f"delivering {_made_by(best)}: it agrees with the TinyLM best (gain: {gains})")
+    if best is made[-1]:  # the last one written is the one in out_dir
+        return best
+    return _deliver(inputs, best.update, out_dir, best.mode, best.gt_version, best.quality, gt_id=best.gt_id)
+
+
+def _made_by(result: UpgradeResult) -> str:
+    """"gt", "distill:init" or "distill:gt" (distilled from the GT's update)."""
+    return "gt" if result.mode == "gt" else f"distill:{result.quality['distill']['start']}"
 
 
 def _inputs(pair: Pair, tiny: Update, prompts: list[Prompt] | None, task: str | None,
@@ -121,20 +142,31 @@ def _gt_path(inputs: _Inputs, gt_id: str, tiny: list[Update], out_dir: Path, say
         return None
 
 
-def _distill_path(inputs: _Inputs, out_dir: Path, say: Progress) -> UpgradeResult:
+def _may_start(gt_result: UpgradeResult | None, pair: Pair) -> bool:
+    """Whether distillation may start from the GT's update: it passed its checks and does not make the LLM
+    agree with the TinyLM clearly less than the base LLM does."""
+    return gt_result is not None and gt_result.quality["gain"] >= upgrade_recipe(pair.id).quality.harm_below
+
+
+def _distill_path(inputs: _Inputs, out_dir: Path, say: Progress, start: UpgradeResult | None = None,
+                  span: tuple[float, float] = (0.5, 0.9)) -> UpgradeResult:
+    """Distillation from the pair's init, or from `start` (the GT's update), which the result then names;
+    progress runs over `span`."""
     cfg = upgrade_recipe(inputs.pair.id).distill
     steps = cfg.finetune.steps
-    say(0.5, "distilling")
+    lo, hi = span
+    say(lo, "distilling", "starting from the " + ("pair's init" if start is None else "GT's update"))
 
     def on_step(step: int, loss: float) -> None:
-        say(0.5 + 0.35 * (step + 1) / steps, "distilling")
+        say(lo + 0.9 * (hi - lo) * (step + 1) / steps, "distilling")
 
     done = distill(inputs.pair, inputs.tiny, inputs.train, cfg, on_step=on_step,
-                   device=inputs.device)
-    say(0.9, "checking the distilled update")
-    return _deliver(inputs, done.update, out_dir, "distill", None, None, None, None,
+                   start=None if start is None else start.update, device=inputs.device)
+    say(hi, "checking the distilled update")
+    version, gt_id = (None, None) if start is None else (start.gt_version, start.gt_id)
+    return _deliver(inputs, done.update, out_dir, "distill", version, None, None, gt_id,
                     {"labelled": done.labelled, "teacher_s": round(done.teacher_seconds, 2),
-                     "train_s": round(done.train_seconds, 2)})
+                     "train_s": round(done.train_seconds, 2), "start": "init" if start is None else "gt"})
 
 
 def _deliver(inputs: _Inputs, update: Update, out_dir: Path, mode: str, version: str | None,
@@ -151,4 +183,5 @@ def _deliver(inputs: _Inputs, update: Update, out_dir: Path, mode: str, version:
         quality = report(mode, behaviour, near, upgrade_recipe(pair.id).quality, inputs.prompts)
         if extra:
             quality["distill"] = extra
-    return UpgradeResult({name: out_dir / name for name in FILES}, verification, version, update, quality, mode)
+    return UpgradeResult({name: out_dir / name for name in FILES}, verification, version, update, quality, mode,
+                         gt_id)

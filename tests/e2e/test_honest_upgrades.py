@@ -1,6 +1,7 @@
 """Honest upgrades over real HTTP with a real worker: an upload of a key no GT was trained on is flagged
-under `mode: gt` and distilled under `auto` into an LLM that answers the task clearly better than the base
-LLM (asked through the chat endpoint); an upload of a task the GT knows gets `ok` and the GT's update."""
+under `mode: gt` and distilled under `auto` (from the init and from the GT's update; the one closer to the
+TinyLM delivered) into an LLM that answers the task clearly better than the base LLM (asked through the chat
+endpoint); an upload of a task the GT knows gets `ok` and the GT's update."""
 
 from __future__ import annotations
 
@@ -69,10 +70,15 @@ def test_honest_upgrades(honest_pairs_dir: Path, recipe_adapters: dict[str, Path
         with_prompts = client.post("/v1/checkpoints", data={"pair": "toy"}, files=files).json()
         assert with_prompts["prompts_count"] == 1600
         job, distilled = upgrade(client, services, with_prompts["id"], "auto")
-        assert distilled["mode"] == "distill" and distilled["gt_id"] is None, distilled
-        assert distilled["quality"]["agreement"]["prompts"] == "organization"
+        quality = distilled["quality"]
+        candidates = {c["made_by"]: c["gain"] for c in quality["candidates"]}
+        assert {"distill:init", "gt"} <= set(candidates) and quality["gain"] == max(candidates.values()), quality
+        start = quality["distill"]["start"]
+        assert (distilled["mode"], distilled["gt_id"]) == ("distill", "all" if start == "gt" else None), distilled
+        assert quality["agreement"]["prompts"] == "organization"
         messages = " ".join(e["message"] for e in job["events"])
-        assert "distilling instead" in messages and distilled["quality"]["verdict"] in messages
+        assert "distilling instead" in messages and f"delivering distill:{start}" in messages
+        assert quality["verdict"] in messages
         base, lifted = accuracy(client, "toy-llm", UNSEEN_TASK), accuracy(client, distilled["id"], UNSEEN_TASK)
         assert lifted >= base + 0.2, (base, lifted)
 

@@ -3,6 +3,7 @@ prompts files, and distillation on the toy pair (a real TinyLM teaching the real
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,43 @@ def test_distillation_teaches_the_llm_the_tinylms_task(honest_pairs_dir: Path, r
     test = splits.test[:100]
     assert scorer.llm_accuracy(layout_tokens, test) >= scorer.llm_accuracy(None, test) + 0.2
 
+
+
+@pytest.mark.slow
+def test_auto_distils_from_the_init_and_the_gts_update_and_delivers_the_closest(
+        honest_pairs_dir: Path, recipe_adapters: dict, tmp_path: Path) -> None:
+    """An upload of a key the GT never saw: `auto` does not deliver the GT's update as it is; it distils from
+    the pair's init and from the GT's update, and delivers whichever of the three agrees with the TinyLM best,
+    naming what made it (a delta distilled from the GT's update names the GT)."""
+    from safetensors import safe_open
+
+    from models.lora.update import read_adapter
+    from models.pairs import ALL_TASKS, PairStore
+    from models.upgrade import run_upgrade
+    from tests.conftest import UNSEEN_TASK
+
+    pair = PairStore(honest_pairs_dir).get("toy")
+    upload = [recipe_adapters[UNSEEN_TASK] / "adapter_model.safetensors"]
+    gt = run_upgrade(pair, ALL_TASKS, upload, tmp_path / "gt", mode="gt")
+    assert gt.quality["verdict"] != "ok"
+    chosen = run_upgrade(pair, ALL_TASKS, upload, tmp_path / "auto", mode="auto")
+    candidates = {c["made_by"]: c["gain"] for c in chosen.quality["candidates"]}
+    assert sorted(candidates) == ["distill:gt", "distill:init", "gt"]
+    assert candidates["gt"] == gt.quality["gain"]
+    assert chosen.quality["gain"] == max(candidates.values())
+    made_by = "gt" if chosen.mode == "gt" else f"distill:{chosen.quality['distill']['start']}"
+    assert candidates[made_by] == chosen.quality["gain"]
+    named = None if made_by == "distill:init" else ALL_TASKS
+    assert (chosen.gt_id, chosen.gt_version) == (named, named and gt.gt_version)
+    with safe_open(str(chosen.files["update.safetensors"]), "pt") as f:
+        written = json.loads(f.metadata()["gradlift"])
+    assert (written.get("gt"), written["mode"]) == (named, chosen.mode)
+    delivered = read_adapter(chosen.files["adapter_model.safetensors"])
+    assert all(torch.allclose(delivered[k], pair.init("llm")[k] + chosen.update[k], atol=1e-6) for k in delivered)
+
+    plain = run_upgrade(pair, ALL_TASKS, upload, tmp_path / "init", mode="auto", distill_from_gt=False)
+    assert [c["made_by"] for c in plain.quality["candidates"]] == ["distill:init", "gt"]
+    assert candidates["distill:init"] == plain.quality["candidates"][0]["gain"]  # seeded: the same distillation
 
 def test_a_one_task_gts_reference_is_not_centred() -> None:
     """Centred on its own mean, one task's runs are noise around zero and tell nothing; uncentred, an upload of

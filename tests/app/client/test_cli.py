@@ -69,3 +69,16 @@ def test_a_pair_from_folders_that_are_not_models_is_refused(tmp_path: Path) -> N
                 str(tmp_path / "tiny")], tmp_path, GRADLIFT_DATA_DIR=str(tmp_path / "data"))
     assert done.returncode == 1 and "--tiny" in done.stderr and "no config.json" in done.stderr
     assert not (tmp_path / "data" / "pairs" / "mine").exists()
+
+
+def test_the_quality_line_says_what_made_the_update() -> None:
+    from app.client.jobs import describe_quality
+
+    gt = {"mode": "gt", "verdict": "ok", "reason": "close to pick-2"}
+    assert describe_quality({"quality": gt}) == "quality: ok (gt update; close to pick-2)"
+    refined = {"mode": "distill", "verdict": "low_confidence", "reason": "r", "distill": {"start": "gt"}}
+    assert describe_quality({"quality": refined}) == \
+        "quality: low_confidence (distill update, started from the GT's; r)"
+    plain = {**refined, "distill": {"start": "init"}}
+    assert describe_quality({"quality": plain}) == "quality: low_confidence (distill update; r)"
+    assert describe_quality({}) == "quality: not reported"
