@@ -63,7 +63,7 @@ def upgrade_row(pair: Pair, scorer: Scorer, run: PrivateRun, gt_id: str | None, 
     quality = result.quality
     return {"task": run.task, "mode": mode, "prompts": prompts, "used": result.mode, "p": p,
             "pgr": pgr(p, run.p_s, run.p_t), "seconds": round(seconds, 2), "verdict": quality["verdict"],
-            "start": (quality.get("distill") or {}).get("start"),
+            "start": (quality.get("distill") or {}).get("start"), "candidates": quality.get("candidates"),
             "gain": quality["gain"], "relative": (quality.get("similarity") or {}).get("relative"),
             "margin": (quality.get("similarity") or {}).get("margin"), "confidence": confidence(quality),
             "reason": quality["reason"], "agreement": quality["agreement"], "p_s": run.p_s, "p_t": run.p_t,
@@ -121,16 +121,16 @@ def main() -> None:
     family, seen_keys, unseen = recipe.unseen
     tasks, c_train = list(pair.spec.tasks), [f"{family}-{k}" for k in seen_keys]
     c_test = [f"{family}-{k}" for k in unseen]
-    plans = {t: recipe.plan(t) for t in sorted(set(tasks + c_train))}
-    build_shadow(pair, list(plans.values()), workers=args.workers)
     scorer = Scorer(pair)
     c_gt = f"{family}-seen-keys"
     gts = {"A": {t: t for t in tasks}, "B": {t: ALL_TASKS for t in tasks}, "C": {t: c_gt for t in c_test}}
+    trained_on = {**{t: [t] for t in tasks}, ALL_TASKS: tasks, c_gt: c_train}
+    missing = sorted({gts[name][t] for name in args.settings for t in gts[name]} - set(pair.gt_ids()))
+    plans = {t: recipe.plan(t) for t in sorted({t for gt_id in missing for t in trained_on[gt_id]})}
+    build_shadow(pair, list(plans.values()), workers=args.workers)  # only what the missing GTs learn from
     timings: dict = {}
-    for gt_id, chosen in [*[(t, [plans[t]]) for t in tasks], (ALL_TASKS, [plans[t] for t in tasks]),
-                          (c_gt, [plans[t] for t in c_train])]:
-        if gt_id not in pair.gt_ids():  # bench.quality leaves A and B; C's GT is kept here
-            fit(pair, chosen, pair.gt_dir(gt_id), gt_id, recipe.gt, timings)
+    for gt_id in missing:  # bench.quality leaves A's and B's; C's GT is kept here
+        fit(pair, [plans[t] for t in trained_on[gt_id]], pair.gt_dir(gt_id), gt_id, recipe.gt, timings)
     variants = ("own", "public") if args.prompts == "both" else (args.prompts,)
     rows: list[dict] = []
     work = args.data_dir / "bench-modes"
