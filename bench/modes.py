@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -133,7 +135,8 @@ def main() -> None:
         fit(pair, [plans[t] for t in trained_on[gt_id]], pair.gt_dir(gt_id), gt_id, recipe.gt, timings)
     variants = ("own", "public") if args.prompts == "both" else (args.prompts,)
     rows: list[dict] = []
-    work = args.data_dir / "bench-modes"
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-modes-", dir=args.data_dir))  # its own: benchmarks run side by side
     for seed in range(args.seeds):
         for name in args.settings:
             for task, gt_id in gts[name].items():
@@ -144,6 +147,7 @@ def main() -> None:
                         rows.append({"setting": name, "gt_id": gt_id, "seed": seed, **row})
                         log.info("%s %s seed %d %s %s: PGR %.1f%% (%s, gain %.3f)", name, task, seed, prompts,
                                  mode, 100 * row["pgr"], row["verdict"], row["gain"])
+    shutil.rmtree(work)
     print_rows(rows)
     cells = [(s, p, m) for s in args.settings for p in variants for m in MODES]
     summary = {"separation": separation(rows), "average_pgr": {
