@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--settings", default="ABC", help="which settings to run, e.g. BC")
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
     parser.add_argument("--seeds", type=int, default=1, help="private draws (data and runs) per task")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="which modes to run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
@@ -142,14 +143,14 @@ def main() -> None:
             for task, gt_id in gts[name].items():
                 run = cached_private_run(pair, scorer, task, recipe.tiny, recipe.llm, seed)
                 for prompts in variants:
-                    for mode in MODES:
+                    for mode in args.modes:
                         row = upgrade_row(pair, scorer, run, gt_id, mode, prompts, work)
                         rows.append({"setting": name, "gt_id": gt_id, "seed": seed, **row})
                         log.info("%s %s seed %d %s %s: PGR %.1f%% (%s, gain %.3f)", name, task, seed, prompts,
                                  mode, 100 * row["pgr"], row["verdict"], row["gain"])
     shutil.rmtree(work)
     print_rows(rows)
-    cells = [(s, p, m) for s in args.settings for p in variants for m in MODES]
+    cells = [(s, p, m) for s in args.settings for p in variants for m in args.modes]
     summary = {"separation": separation(rows), "average_pgr": {
         "/".join(cell): _mean([r["pgr"] for r in rows if (r["setting"], r["prompts"], r["mode"]) == cell])
         for cell in cells},
@@ -158,7 +159,7 @@ def main() -> None:
         "pgr_sd_over_seeds": {"/".join(cell): spread([_mean([r["pgr"] for r in rows if r["seed"] == seed and (
             r["setting"], r["prompts"], r["mode"]) == cell]) for seed in range(args.seeds)])["std"]
             for cell in cells},
-        "mean_seconds": {m: _mean([r["seconds"] for r in rows if r["mode"] == m]) for m in MODES}}
+        "mean_seconds": {m: _mean([r["seconds"] for r in rows if r["mode"] == m]) for m in args.modes}}
     print("\n" + json.dumps(summary, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"pair": pair.id, "rows": rows, "summary": summary,

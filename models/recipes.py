@@ -123,6 +123,8 @@ class QualityConfig:
     ok_from: float = 0.05  # a distilled update (or a GT's without a reference) is ok from this gain
     relative_from: float = 0.5  # a GT's update is ok when the upload is at least this close to a shadow run
     harm_below: float = -0.05  # ... unless the upgraded LLM agrees with the TinyLM less than the base LLM by this
+    gt_gain_from: float | None = None  # ... and, where set, agrees with it more than the base LLM by this much on
+    # probes of the task's format (the organization's or the task's prompts; not on the pair's mixed ones)
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,10 @@ UPGRADES = {
     # in turn, 0.8 flags 21 of the 24 held-out uploads and 2 of the 24 known ones (0.5: 12 and 1; AUROC 0.93:
     # python -m bench.unseen --pair toy --similarity-only). smol keeps the default: no held-out keys measured.
     "toy": UpgradeRecipe(DistillConfig(RECIPES["toy"].llm), QualityConfig(probes=256, relative_from=0.8)),
-    "smol": UpgradeRecipe(DistillConfig(RECIPES["smol"].llm), QualityConfig(probes=64)),
+    # gt_gain_from 0.15 on smol: with the organization's prompts the GT's updates of the 4 known tasks agreed with
+    # their TinyLMs by 0.33-0.72 over the base LLM, those of unseen pick-1 and pick-3 (relative 0.97 and 0.72,
+    # not flagged by similarity) by 0.05 and 0.06 (one draw: bench/results/modes-smol-B.json, modes-smol-C.json).
+    "smol": UpgradeRecipe(DistillConfig(RECIPES["smol"].llm), QualityConfig(probes=64, gt_gain_from=0.15)),
 }
 
 

@@ -38,6 +38,16 @@ def test_a_gts_update_is_judged_by_how_like_its_shadow_runs_the_upload_is() -> N
     assert name == "low_confidence" and "30%" in reason
 
 
+
+def test_where_a_pair_asks_it_a_gts_update_must_also_agree_with_the_tinylm() -> None:
+    """smol: an unseen pick key's upload looks like the shadow runs, but its update barely agrees (0.05)."""
+    strict = QualityConfig(gt_gain_from=0.15)
+    assert verdict("gt", behaviour(0.33, 0.0), near(1.1), strict)[0] == "ok"
+    name, reason = verdict("gt", behaviour(0.05, 0.0), near(1.1), strict)
+    assert name == "low_confidence" and "tasks it was trained on" in reason
+    assert verdict("gt", behaviour(0.05, 0.0), near(1.1), CFG)[0] == "ok"  # the default asks no agreement
+    assert verdict("gt", behaviour(0.05, 0.0), near(1.1), strict, "pair")[0] == "ok"  # nor on mixed prompts
+
 def test_without_a_reference_agreement_decides() -> None:
     assert verdict("gt", behaviour(0.30, 0.05), None, CFG)[0] == "ok"
     assert verdict("gt", behaviour(0.08, 0.05), None, CFG)[0] == "low_confidence"
