@@ -1,12 +1,13 @@
-"""Upgrade modes side by side: the GT's update, distillation from the organization's TinyLM, and `auto` (which
-distils from the GT's update when it does not deliver it; `auto-init`: from the pair's init, as it once did), per
+"""Upgrade modes side by side: the GT's update, distillation from the organization's TinyLM, and `auto` (which,
+when it does not deliver the GT's update, distils from the pair's init and from the GT's update and delivers
+the one closest to the TinyLM; `auto-init`: from the init only, as it once did), per
 setting (A: the task's own GT; B: the pair's GT, task not given; C: a key no shadow run used) and task;
 and how well the quality verdict separates upgrades that recover at least half the gap (PGR >= 0.5) from
 those that do not.
 
-    python -m bench.modes --pair toy --out bench/results/modes-toy.json
+    python -m bench.modes --pair toy --seeds 3 --out bench/results/modes-toy.json
     python -m bench.modes --pair toy --settings C --seeds 3 --out bench/results/modes-toy-C.json
-    python -m bench.modes --pair smol --out bench/results/modes-smol.json
+    python -m bench.modes --pair smol --settings B --prompts own --out bench/results/modes-smol-B.json
 
 Reuses what bench.quality builds (pair, shadow runs, GTs, private runs; missing ones are built). Each upgrade
 runs through models.upgrade.run_upgrade as a worker runs it, with the organization's prompts (`own`: its
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -137,29 +137,27 @@ def main() -> None:
     variants = ("own", "public") if args.prompts == "both" else (args.prompts,)
     rows: list[dict] = []
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-modes-", dir=args.data_dir))  # its own: benchmarks run side by side
-    for seed in range(args.seeds):
-        for name in args.settings:
-            for task, gt_id in gts[name].items():
-                run = cached_private_run(pair, scorer, task, recipe.tiny, recipe.llm, seed)
-                for prompts in variants:
-                    for mode in args.modes:
-                        row = upgrade_row(pair, scorer, run, gt_id, mode, prompts, work)
-                        rows.append({"setting": name, "gt_id": gt_id, "seed": seed, **row})
-                        log.info("%s %s seed %d %s %s: PGR %.1f%% (%s, gain %.3f)", name, task, seed, prompts,
-                                 mode, 100 * row["pgr"], row["verdict"], row["gain"])
-    shutil.rmtree(work)
+    with tempfile.TemporaryDirectory(prefix="bench-modes-", dir=args.data_dir) as folder:  # its own: runs side by side
+        for seed in range(args.seeds):
+            for name in args.settings:
+                for task, gt_id in gts[name].items():
+                    run = cached_private_run(pair, scorer, task, recipe.tiny, recipe.llm, seed)
+                    for prompts in variants:
+                        for mode in args.modes:
+                            row = upgrade_row(pair, scorer, run, gt_id, mode, prompts, Path(folder))
+                            rows.append({"setting": name, "gt_id": gt_id, "seed": seed, **row})
+                            log.info("%s %s seed %d %s %s: PGR %.1f%% (%s, gain %.3f)", name, task, seed,
+                                     prompts, mode, 100 * row["pgr"], row["verdict"], row["gain"])
     print_rows(rows)
-    cells = [(s, p, m) for s in args.settings for p in variants for m in args.modes]
-    summary = {"separation": separation(rows), "average_pgr": {
-        "/".join(cell): _mean([r["pgr"] for r in rows if (r["setting"], r["prompts"], r["mode"]) == cell])
-        for cell in cells},
-        "average_p": {"/".join(cell): _mean([r["p"] for r in rows if (r["setting"], r["prompts"], r["mode"]) == cell])
-                      for cell in cells},
-        "pgr_sd_over_seeds": {"/".join(cell): spread([_mean([r["pgr"] for r in rows if r["seed"] == seed and (
-            r["setting"], r["prompts"], r["mode"]) == cell]) for seed in range(args.seeds)])["std"]
-            for cell in cells},
-        "mean_seconds": {m: _mean([r["seconds"] for r in rows if r["mode"] == m]) for m in args.modes}}
+    cells = {"/".join(cell): [r for r in rows if (r["setting"], r["prompts"], r["mode"]) == cell]
+             for cell in [(s, p, m) for s in args.settings for p in variants for m in args.modes]}
+    summary = {"separation": separation(rows),
+               "average_pgr": {cell: _mean([r["pgr"] for r in mine]) for cell, mine in cells.items()},
+               "average_p": {cell: _mean([r["p"] for r in mine]) for cell, mine in cells.items()},
+               "pgr_sd_over_seeds": {cell: spread([_mean([r["pgr"] for r in mine if r["seed"] == seed])
+                                                   for seed in range(args.seeds)])["std"]
+                                     for cell, mine in cells.items()},
+               "mean_seconds": {m: _mean([r["seconds"] for r in rows if r["mode"] == m]) for m in args.modes}}
     print("\n" + json.dumps(summary, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"pair": pair.id, "rows": rows, "summary": summary,

@@ -137,7 +137,7 @@ class UpgradeRecipe:
 UPGRADES = {
     # relative_from 0.8 on toy: with each key of rotate, drop and separate held out of its family's shadow runs
     # in turn, 0.8 flags 21 of the 24 held-out uploads and 2 of the 24 known ones (0.5: 12 and 1; AUROC 0.93:
-    # python -m bench.unseen --pair toy --similarity-only). smol keeps the default: no held-out keys measured.
+    # python -m bench.unseen --pair toy --similarity-only). smol keeps 0.5: no threshold flags its unseen pick-1.
     "toy": UpgradeRecipe(DistillConfig(RECIPES["toy"].llm), QualityConfig(probes=256, relative_from=0.8)),
     # gt_gain_from 0.15 on smol: with the organization's prompts the GT's updates of the 4 known tasks agreed with
     # their TinyLMs by 0.33-0.72 over the base LLM, those of unseen pick-1 and pick-3 (relative 0.97 and 0.72,
