@@ -186,9 +186,15 @@ function showUpgrades(rows) {
     pct(j.progress), when(j.created_at)]), "No upgrades yet.");
 }
 
+// What made a delta's update: `gt`, `distill`, or a distillation that started from the GT's update.
+function madeBy(d) {
+  const start = d.quality && d.quality.distill && d.quality.distill.start;
+  return start === "gt" ? `${d.mode} from ${d.gt_id}` : d.mode;
+}
+
 function showDeltas(rows) {
   fill("deltas", rows.map((d) => [el("code", {}, d.id), `${d.pair} / ${d.task || "any"}`,
-    d.collaboration_id ? `${d.mode}, pooled` : d.mode,
+    d.collaboration_id ? `${madeBy(d)}, pooled` : madeBy(d),
     d.quality ? badge(d.quality.verdict) : "",
     when(d.created_at),
     el("span", {}, saveButton("archive (.zip)", `/v1/deltas/${d.id}/archive`, `${d.id}.zip`, "upgrade-status"),
@@ -321,7 +327,10 @@ function showJob(job) {
   const verdict = $("watch-verdict");
   if (job.quality) {
     verdict.hidden = false;
-    verdict.replaceChildren("Quality: ", badge(job.quality.verdict), ` ${job.quality.reason || ""}`);
+    // An auto upgrade that made several updates says each one's agreement gain over the base LLM.
+    const tried = (job.quality.candidates || []).map((c) => `${c.made_by} ${c.gain.toFixed(3)}`).join(", ");
+    verdict.replaceChildren("Quality: ", badge(job.quality.verdict), ` ${job.quality.reason || ""}`,
+      tried ? ` (made: ${tried})` : "");
   } else verdict.hidden = true;
   if (job.status === "succeeded") say("upgrade-status", `Done: delta ${job.delta_id}. Chat with it below, or download it.`, "ok");
   else if (job.status === "failed") say("upgrade-status", `The upgrade failed: ${job.error ? job.error.message : "no reason given"}`, "error");
@@ -385,7 +394,7 @@ function drawChart() {
     if (!a) continue;
     const bars = [["agreement, upgraded", a.rate, "#2f5fd0"], ["agreement, base LLM", a.base_rate, "#9aa3b5"]];
     if (sim && sim.nearest_cos !== undefined) bars.push([`cosine to a ${sim.nearest_task} run`, sim.nearest_cos, "#c9a227"]);
-    groups.push({ title: `${d.id} (${d.pair}${d.task ? ` / ${d.task}` : ""}, ${d.mode}, ${d.quality.verdict})`, bars });
+    groups.push({ title: `${d.id} (${d.pair}${d.task ? ` / ${d.task}` : ""}, ${madeBy(d)}, ${d.quality.verdict})`, bars });
   }
   for (const p of state.pairs) {
     for (const t of p.task_details) {

@@ -1,0 +1,187 @@
+"""Is a task's LLM update predictable beyond the task's mean? What a GT could learn past its start.
+
+Within one task, shadow runs differ by their subset of public examples and their seed (data order, dropout),
+and a run's TinyLM and LLM share both. If those shared draws left a trace that the TinyLM's update carries,
+a map from the TinyLM update's departure from the task's mean to the LLM update's departure would beat the
+mean; that is the only thing a trained GT can add on a task whose mean it starts from (setting A, and B
+once routed). This measures it with the maps that have the best chance on few runs, per task:
+
+- leave one shadow run out: the task's mean of the other runs, and that mean plus the departure that kernel
+  ridge on the other runs' departures predicts (linear kernel on standardised TinyLM updates; the ridge
+  strength by an inner leave-one-out, so it may choose to predict nothing), or plus the nearest other run's
+  departure;
+- the organization's private runs (`--seeds` draws): the same maps fitted on every shadow run;
+- how alike runs' departures are on both sides: over pairs of runs, the correlation between the cosine of
+  their TinyLM departures and the cosine of their LLM departures, with a permutation p-value.
+
+R² is against the mean (1 - squared error of the map / of the mean, pooled over held-out runs): above 0 only
+where the map beats the mean. Each run's last snapshot is its update.
+
+    python -m bench.residual --pair toy --out bench/results/residual-toy.json
+    python -m bench.residual --pair smol --seeds 3 --out bench/results/residual-smol.json
+
+Builds what is missing (pair, the recipe's shadow runs, private runs), prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from bench.experiment import Scorer, cached_private_run
+from bench.quality import spread
+from models.pairs import ensure_pair
+from models.recipes import recipe_for
+from models.training.shadow import build_shadow, load_shadow
+
+LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e6)  # ridge strengths, relative to the kernel's mean diagonal
+MAPS = ("ridge", "nearest")
+
+
+def standardise(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x [n, d] centred and scaled per coordinate by the `rows` (a boolean mask) alone."""
+    mean, std = x[rows].mean(0), x[rows].std(0, unbiased=False).clamp_min(1e-12)
+    return (x - mean) / std
+
+
+def hat(k: torch.Tensor, lam: float) -> torch.Tensor:
+    """Kernel ridge with an unpenalised intercept as a linear smoother: fitted y = H y. `k` is the kernel of
+    centred inputs; `lam` is relative to its mean diagonal."""
+    n = len(k)
+    scale = k.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(n, dtype=k.dtype)
+    return torch.full((n, n), 1 / n, dtype=k.dtype) + k @ torch.linalg.inv(k + lam * scale * eye)
+
+
+def choose_lambda(k: torch.Tensor, gram: torch.Tensor) -> float:
+    """The ridge strength of the least leave-one-out error on these runs alone (exact for a linear smoother:
+    each residual over 1 - H_ii); `gram` is y y^T, so the outputs' size never enters."""
+    errors = {}
+    for lam in LAMBDAS:
+        h = hat(k, lam)
+        r = h - torch.eye(len(k), dtype=k.dtype)
+        errors[lam] = float(((r @ gram @ r.T).diagonal() / (1 - h.diagonal()) ** 2).sum())
+    return min(errors, key=errors.get)
+
+
+def predict(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, lam: float | None = None
+            ) -> tuple[dict[str, torch.Tensor], float]:
+    """The mean and each map's prediction for `query` [d], from training runs x [n, d], y [n, k]; the
+    ridge strength (chosen on the training runs unless given)."""
+    both = torch.cat([x, query[None]])
+    xs = standardise(both, torch.arange(len(both)) < len(x))
+    k = xs[:-1] @ xs[:-1].T
+    y_mean = y.mean(0)
+    yc = y - y_mean
+    lam = choose_lambda(k, yc @ yc.T) if lam is None else lam
+    scale = k.diagonal().mean().clamp_min(1e-12)
+    alpha = torch.linalg.solve(k + lam * scale * torch.eye(len(k), dtype=k.dtype), yc)
+    sims = torch.nn.functional.cosine_similarity(xs[-1:], xs[:-1], dim=1)
+    return {"mean": y_mean, "ridge": y_mean + (xs[-1:] @ xs[:-1].T @ alpha)[0],
+            "nearest": y_mean + yc[int(sims.argmax())]}, lam
+
+
+def r2_against_mean(errors: dict[str, list[float]]) -> dict[str, float]:
+    base = sum(errors["mean"])
+    return {m: 1 - sum(errors[m]) / base for m in MAPS}
+
+
+def alike(x: torch.Tensor, y: torch.Tensor, permutations: int = 500, seed: int = 0) -> dict[str, float]:
+    """Over pairs of runs: correlation of TinyLM-departure cosines with LLM-departure cosines, and the
+    share of run permutations (of the LLM side) that correlate at least as much."""
+    xs = standardise(x, torch.ones(len(x), dtype=torch.bool))
+    yc = y - y.mean(0)
+    cx = torch.nn.functional.normalize(xs, dim=1)
+    cy = torch.nn.functional.normalize(yc, dim=1)
+    upper = torch.triu_indices(len(x), len(x), 1)
+
+    def corr(order: torch.Tensor) -> float:
+        a = (cx @ cx.T)[upper[0], upper[1]]
+        b = (cy[order] @ cy[order].T)[upper[0], upper[1]]
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+    observed = corr(torch.arange(len(x)))
+    gen = torch.Generator().manual_seed(seed)
+    null = [corr(torch.randperm(len(x), generator=gen)) for _ in range(permutations)]
+    return {"r": observed, "p": (1 + sum(v >= observed for v in null)) / (1 + permutations)}
+
+
+def task_rows(x: torch.Tensor, y: torch.Tensor, private: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """One task's figures: leave-one-run-out and private R² against the mean, the chosen ridge strengths."""
+    n = len(x)
+    errors: dict[str, list[float]] = {m: [] for m in ("mean", *MAPS)}
+    lams = []
+    for i in range(n):
+        rest = torch.arange(n) != i
+        preds, lam = predict(x[rest], y[rest], x[i])
+        lams.append(lam)
+        for method, pred in preds.items():
+            errors[method].append(float(((pred - y[i]) ** 2).sum()))
+    private_r2, lam_all = [], None
+    for px, py in private:
+        preds, lam_all = predict(x, y, px, lam_all)
+        private_r2.append(r2_against_mean({m: [float(((p - py) ** 2).sum())] for m, p in preds.items()}))
+    return {"runs": n, "held_out_runs": r2_against_mean(errors),
+            "private": {m: spread([r[m] for r in private_r2]) for m in MAPS},
+            "lambda_chosen": {"held_out_runs": sorted(set(lams)), "all_runs": lam_all},
+            "alike": alike(x, y)}
+
+
+def print_table(result: dict) -> None:
+    head = f"{'task':<14}{'runs':>5}{'ridge LOO':>11}{'nearest LOO':>13}{'ridge private':>15}" \
+           f"{'nearest private':>17}{'alike r':>9}{'p':>7}"
+    print(head)
+    for task, row in result["tasks"].items():
+        loo, priv = row["held_out_runs"], row["private"]
+        print(f"{task:<14}{row['runs']:>5}{loo['ridge']:>11.3f}{loo['nearest']:>13.3f}"
+              f"{priv['ridge']['mean']:>15.3f}{priv['nearest']['mean']:>17.3f}"
+              f"{row['alike']['r']:>9.3f}{row['alike']['p']:>7.3f}")
+    print("R² against the task's mean update (above 0: the map beats the mean); private: mean over draws")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", default="toy")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--out", type=Path, default=Path("residual.json"))
+    parser.add_argument("--runs", type=int, default=None, help="shadow runs per task (default: the recipe's)")
+    parser.add_argument("--seeds", type=int, default=3, help="private draws per task")
+    parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    pair = ensure_pair(args.data_dir / "pairs", args.pair)
+    recipe = recipe_for(pair)
+    runs = args.runs or recipe.shadow_k
+    plans = {t: replace(recipe.plan(t), subsets=runs) for t in pair.spec.tasks}
+    build_shadow(pair, list(plans.values()), workers=args.workers)
+    scorer = Scorer(pair)
+    result: dict = {"pair": pair.id, "runs": runs, "seeds": args.seeds, "lambdas": list(LAMBDAS), "tasks": {}}
+    for task, plan in plans.items():
+        shadow = load_shadow(pair, [plan])
+        last = torch.tensor([i for i in range(len(shadow.run))
+                             if i + 1 == len(shadow.run) or shadow.run[i + 1] != shadow.run[i]])
+        x = shadow.src[last].flatten(1).double()
+        y = shadow.tgt[last].flatten(1).double()
+        private = []
+        for seed in range(args.seeds):
+            run = cached_private_run(pair, scorer, task, recipe.tiny, recipe.llm, seed)
+            private.append((run.tiny_tokens.flatten().double(), run.llm_tokens.flatten().double()))
+        result["tasks"][task] = task_rows(x, y, private)
+        logging.info("%s: %s", task, json.dumps(result["tasks"][task]["held_out_runs"]))
+    result["seconds"] = time.perf_counter() - start
+    print_table(result)
+    args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
