@@ -3,9 +3,12 @@ update's departure find such a relation where there is one, and beat the mean by
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from bench.residual import task_rows
+from bench.residual import lora_variant, task_rows
+from models.pairs import Pair
 
 
 def runs(n: int, related: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,3 +34,14 @@ def test_unrelated_departures_give_no_map_an_edge_over_the_mean() -> None:
     assert -0.1 < row["held_out_runs"]["ridge"] < 0.05  # the inner choice of strength shrinks it to the mean
     assert row["held_out_runs"]["nearest"] < -0.5  # a neighbour's departure is noise: about twice the error
     assert row["alike"]["p"] > 0.01
+
+
+def test_a_lora_variant_shares_the_models_and_keeps_its_own_runs(toy_pair: Pair, tmp_path: Path) -> None:
+    variant = lora_variant(toy_pair, 0.0, tmp_path / "pairs-lora-dropout-0")
+    assert variant.spec.lora.dropout == 0.0 and toy_pair.spec.lora.dropout > 0
+    assert variant.spec.lora.targets == toy_pair.spec.lora.targets and variant.spec.tasks == toy_pair.spec.tasks
+    for side in ("tiny", "llm"):
+        assert all(torch.equal(a, b) for a, b in zip(variant.init(side).values(), toy_pair.init(side).values(),
+                                                      strict=True))
+    assert variant.shadow_dir != toy_pair.shadow_dir
+    assert lora_variant(toy_pair, 0.0, tmp_path / "pairs-lora-dropout-0").root == variant.root  # made once
