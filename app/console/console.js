@@ -328,7 +328,8 @@ function showJob(job) {
   if (job.quality) {
     verdict.hidden = false;
     // An auto upgrade that made several updates says each one's agreement gain over the base LLM.
-    const tried = (job.quality.candidates || []).map((c) => `${c.made_by} ${c.gain.toFixed(3)}`).join(", ");
+    const tried = (job.quality.candidates || [])
+      .map((c) => `${c.made_by} ${typeof c.gain === "number" ? c.gain.toFixed(3) : "–"}`).join(", ");
     verdict.replaceChildren("Quality: ", badge(job.quality.verdict), ` ${job.quality.reason || ""}`,
       tried ? ` (made: ${tried})` : "");
   } else verdict.hidden = true;
