@@ -6,10 +6,9 @@ a map from the TinyLM update's departure from the task's mean to the LLM update'
 mean; that is the only thing a trained GT can add on a task whose mean it starts from (setting A, and B
 once routed). This measures it with the maps that have the best chance on few runs, per task:
 
-- leave one shadow run out: the task's mean of the other runs, and that mean plus the departure that kernel
-  ridge on the other runs' departures predicts (linear kernel on standardised TinyLM updates; the ridge
-  strength by an inner leave-one-out, so it may choose to predict nothing), or plus the nearest other run's
-  departure;
+- leave one shadow run out: the task's mean of the other runs, kernel ridge on the other runs (the `Ridge`
+  baseline, its strength chosen by an inner leave-one-out, so it may choose to predict the mean), and the
+  nearest other run (the `nearest` baseline);
 - the organization's private runs (`--seeds` draws): the same maps fitted on every shadow run;
 - how alike runs' departures are on both sides: over pairs of runs, the correlation between the cosine of
   their TinyLM departures and the cosine of their LLM departures, with a permutation p-value; and the same
@@ -23,7 +22,8 @@ where the map beats the mean. Each run's last snapshot is its update.
 
     python -m bench.residual --pair toy --out bench/results/residual-toy.json
     python -m bench.residual --pair smol --seeds 3 --out bench/results/residual-smol.json
-    python -m bench.residual --pair toy --lora-dropout 0 --tasks rotate-6 --out residual-toy-no-dropout.json
+    python -m bench.residual --pair toy --lora-dropout 0 --tasks rotate-6 separate-2 \
+        --out bench/results/residual-toy-no-dropout.json
 
 Builds what is missing (pair, the recipe's shadow runs, private runs), prints a table, writes JSON.
 """
@@ -41,32 +41,33 @@ import torch
 
 from bench.experiment import Scorer, cached_private_run
 from bench.quality import spread
+from models.gt.baselines import Ridge, mean_update, nearest
 from models.pairs import Pair, ensure_pair
 from models.recipes import recipe_for
-from models.training.shadow import build_shadow, load_shadow
+from models.training.shadow import ShadowSet, build_shadow, load_shadow
 
 LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e6)  # ridge strengths, relative to the kernel's mean diagonal
 MAPS = ("ridge", "nearest")
 
 
-def standardise(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """x [n, d] centred and scaled per coordinate by the `rows` (a boolean mask) alone."""
-    mean, std = x[rows].mean(0), x[rows].std(0, unbiased=False).clamp_min(1e-12)
-    return (x - mean) / std
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """x [n, d] centred and scaled per coordinate, as the ridge baseline reads its inputs."""
+    return (x - x.mean(0)) / x.std(0, unbiased=False).clamp_min(1e-12)
 
 
 def hat(k: torch.Tensor, lam: float) -> torch.Tensor:
     """Kernel ridge with an unpenalised intercept as a linear smoother: fitted y = H y. `k` is the kernel of
-    centred inputs; `lam` is relative to its mean diagonal."""
+    centred inputs; `lam` is relative to its mean diagonal (as `Ridge`'s alpha)."""
     n = len(k)
-    scale = k.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(n, dtype=k.dtype)
-    return torch.full((n, n), 1 / n, dtype=k.dtype) + k @ torch.linalg.inv(k + lam * scale * eye)
+    ridge = k + lam * k.diagonal().mean().clamp_min(1e-12) * torch.eye(n, dtype=k.dtype)
+    return torch.full((n, n), 1 / n, dtype=k.dtype) + k @ torch.linalg.inv(ridge)
 
 
-def choose_lambda(k: torch.Tensor, gram: torch.Tensor) -> float:
+def choose_lambda(x: torch.Tensor, y: torch.Tensor) -> float:
     """The ridge strength of the least leave-one-out error on these runs alone (exact for a linear smoother:
-    each residual over 1 - H_ii); `gram` is y y^T, so the outputs' size never enters."""
+    each residual over 1 - H_ii); through y y^T, so the outputs' size never enters."""
+    xs, yc = standardise(x), y - y.mean(0)
+    k, gram = xs @ xs.T, yc @ yc.T
     errors = {}
     for lam in LAMBDAS:
         h = hat(k, lam)
@@ -77,19 +78,12 @@ def choose_lambda(k: torch.Tensor, gram: torch.Tensor) -> float:
 
 def predict(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor, lam: float | None = None
             ) -> tuple[dict[str, torch.Tensor], float]:
-    """The mean and each map's prediction for `query` [d], from training runs x [n, d], y [n, k]; the
-    ridge strength (chosen on the training runs unless given)."""
-    both = torch.cat([x, query[None]])
-    xs = standardise(both, torch.arange(len(both)) < len(x))
-    k = xs[:-1] @ xs[:-1].T
-    y_mean = y.mean(0)
-    yc = y - y_mean
-    lam = choose_lambda(k, yc @ yc.T) if lam is None else lam
-    scale = k.diagonal().mean().clamp_min(1e-12)
-    alpha = torch.linalg.solve(k + lam * scale * torch.eye(len(k), dtype=k.dtype), yc)
-    sims = torch.nn.functional.cosine_similarity(xs[-1:], xs[:-1], dim=1)
-    return {"mean": y_mean, "ridge": y_mean + (xs[-1:] @ xs[:-1].T @ alpha)[0],
-            "nearest": y_mean + yc[int(sims.argmax())]}, lam
+    """The mean, ridge's and the nearest run's prediction for `query` [d] (models/gt/baselines.py), from
+    training runs x [n, d], y [n, k]; and the ridge strength (chosen on the training runs unless given)."""
+    data = ShadowSet(x, y, torch.arange(len(x)), [""] * len(x))
+    lam = choose_lambda(x, y) if lam is None else lam
+    return {"mean": mean_update(data), "ridge": Ridge(data, alpha=lam).predict(query),
+            "nearest": nearest(data, query)}, lam
 
 
 def r2_against_mean(errors: dict[str, list[float]]) -> dict[str, float]:
@@ -97,23 +91,27 @@ def r2_against_mean(errors: dict[str, list[float]]) -> dict[str, float]:
     return {m: 1 - sum(errors[m]) / base for m in MAPS}
 
 
+def cosines(v: torch.Tensor) -> torch.Tensor:
+    """Every pair of rows' cosine [n, n]."""
+    unit = torch.nn.functional.normalize(v, dim=1)
+    return unit @ unit.T
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
 def alike(x: torch.Tensor, y: torch.Tensor, permutations: int = 500, seed: int = 0) -> dict[str, float]:
     """Over pairs of runs: correlation of TinyLM-departure cosines with LLM-departure cosines, and the
     share of run permutations (of the LLM side) that correlate at least as much."""
-    xs = standardise(x, torch.ones(len(x), dtype=torch.bool))
-    yc = y - y.mean(0)
-    cx = torch.nn.functional.normalize(xs, dim=1)
-    cy = torch.nn.functional.normalize(yc, dim=1)
-    upper = torch.triu_indices(len(x), len(x), 1)
-
-    def corr(order: torch.Tensor) -> float:
-        a = (cx @ cx.T)[upper[0], upper[1]]
-        b = (cy[order] @ cy[order].T)[upper[0], upper[1]]
-        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
-
-    observed = corr(torch.arange(len(x)))
+    cx, cy = cosines(standardise(x)), cosines(y - y.mean(0))
+    i, j = torch.triu_indices(len(x), len(x), 1)
+    observed = correlation(cx[i, j], cy[i, j])
     gen = torch.Generator().manual_seed(seed)
-    null = [corr(torch.randperm(len(x), generator=gen)) for _ in range(permutations)]
+    null = []
+    for _ in range(permutations):
+        order = torch.randperm(len(x), generator=gen)
+        null.append(correlation(cx[i, j], cy[order[i], order[j]]))
     return {"r": observed, "p": (1 + sum(v >= observed for v in null)) / (1 + permutations)}
 
 
@@ -122,15 +120,13 @@ def alike_steps(src: torch.Tensor, tgt: torch.Tensor) -> dict[str, float]:
     (centred over every step), over pairs of steps of one run and pairs from two runs apart."""
     def changes(t: torch.Tensor) -> torch.Tensor:
         d = t[:, 1:] - t[:, :-1]
-        return torch.nn.functional.normalize((d - d.mean((0, 1))).flatten(0, 1), dim=1)
+        return (d - d.mean((0, 1))).flatten(0, 1)
 
-    cx, cy = changes(src), changes(tgt)
+    cx, cy = cosines(changes(src)), cosines(changes(tgt))
     run = torch.arange(len(src)).repeat_interleave(src.shape[1] - 1)
-    upper = torch.triu_indices(len(run), len(run), 1)
-    a, b = (cx @ cx.T)[upper[0], upper[1]], (cy @ cy.T)[upper[0], upper[1]]
-    same = run[upper[0]] == run[upper[1]]
-    return {name: float(torch.corrcoef(torch.stack([a[m], b[m]]))[0, 1])
-            for name, m in (("same_run", same), ("other_runs", ~same))}
+    i, j = torch.triu_indices(len(run), len(run), 1)
+    same = run[i] == run[j]
+    return {name: correlation(cx[i, j][m], cy[i, j][m]) for name, m in (("same_run", same), ("other_runs", ~same))}
 
 
 def task_rows(x: torch.Tensor, y: torch.Tensor, private: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
