@@ -133,12 +133,25 @@ class Distiller:
         return scorer.layout.to_tokens(result.update), result.teacher_seconds + result.train_seconds
 
 
+def span_bound(shadow: ShadowSet, target: torch.Tensor) -> torch.Tensor:
+    """The update nearest to `target` [L_T, D_T] among all that the shadow LLM updates' affine span holds
+    (every snapshot of every run): a least-squares projection. It reads the answer, so it is no method but a
+    bound: the mean, ridge, the nearest run and a routed GT's start all lie in this span, so none of them comes
+    closer to the LLM's own update than this does."""
+    flat = shadow.tgt.flatten(1).double()
+    mean = flat.mean(0)
+    basis = (flat - mean).T  # [d, N]
+    coef = torch.linalg.lstsq(basis, (target.flatten().double() - mean)[:, None], driver="gelsd").solution
+    return (mean + (basis @ coef)[:, 0]).float().reshape(target.shape)
+
+
 def score_task(run: PrivateRun, scorer: Scorer, gt: GradientTransformer, shadow: ShadowSet,
                ridge: Ridge, start: GradientTransformer | None = None, distiller: Distiller | None = None,
-               others: dict[str, GradientTransformer] | None = None) -> dict:
+               others: dict[str, GradientTransformer] | None = None, bound: bool = False) -> dict:
     """One row of the quality table: the GT beside ridge, mean update and nearest shadow pair; with `start`,
     the GT's untrained start too (what training added); with `distiller`, distillation from the pair's init
-    and from the GT's update (and their seconds); with `others`, GTs of other recipes (`gt:<name>`)."""
+    and from the GT's update (and their seconds); with `others`, GTs of other recipes (`gt:<name>`); with
+    `bound`, the best update the shadow runs' span holds (`span_bound`, which reads the LLM's own update)."""
     mean = mean_update(shadow)
     gt_tokens = gt.generate(run.tiny_tokens[None])[0]
     candidates = {
@@ -150,6 +163,8 @@ def score_task(run: PrivateRun, scorer: Scorer, gt: GradientTransformer, shadow:
     }
     if start is not None:
         candidates["gt_start"] = start.generate(run.tiny_tokens[None])[0]
+    if bound:
+        candidates["span_bound"] = span_bound(shadow, run.llm_tokens)
     seconds = {}
     if distiller is not None:
         candidates["distill"], seconds["distill"] = distiller.tokens(scorer, run)

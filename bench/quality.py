@@ -64,11 +64,13 @@ def distiller(pair, task: str | None, cfg, from_gt: bool = True) -> Distiller | 
 
 
 def score_runs(runs: list[PrivateRun], scorer: Scorer, model: GradientTransformer, data, cfg: GTTrainConfig,
-               distill_with: Distiller | None, others: dict[str, GradientTransformer] | None = None) -> list[dict]:
+               distill_with: Distiller | None, others: dict[str, GradientTransformer] | None = None,
+               bound: bool = False) -> list[dict]:
     """Rows of a quality table: each private run's GT update beside the GT's untrained start, the
-    baselines fitted on the same shadow runs and the GTs of other recipes (`others`)."""
+    baselines fitted on the same shadow runs, the GTs of other recipes (`others`) and, with `bound`, the
+    best update the shadow runs' span holds."""
     ridge, start = Ridge(data), untrained_gt(data, cfg)
-    return [score_task(run, scorer, model, data, ridge, start, distill_with, others) for run in runs]
+    return [score_task(run, scorer, model, data, ridge, start, distill_with, others, bound) for run in runs]
 
 
 def fit_others(names: list[str], data, timings: dict) -> dict[str, GradientTransformer]:
@@ -113,8 +115,9 @@ def method_value(row: dict, method: str, key: str = "pgr") -> float:
 
 
 def methods_of(runs: list[dict]) -> list[str]:
-    """The methods rows report: the fixed ones, then other recipes' GTs (`gt:<name>`) in their order."""
-    others = dict.fromkeys(m for r in runs for m in r["baselines"] if m.startswith("gt:"))
+    """The methods rows report: the fixed ones, then the others (other recipes' GTs `gt:<name>`, the span's
+    bound) in their order."""
+    others = dict.fromkeys(m for r in runs for m in r["baselines"] if m not in METHODS)
     return [*METHODS, *others]
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from bench.experiment import Scorer, cached_private_run
-from bench.quality import METHODS, distiller, fit, print_table, score_runs, setting
+from bench.quality import distiller, fit, methods_of, print_table, score_runs, setting
 from models.data.tasks import FAMILIES
 from models.gt.reference import build_reference
 from models.gt.train import untrained_gt
@@ -48,7 +48,7 @@ def families_of(pair, names: list[str] | None) -> list[str]:
 def summarise(rows: list[dict]) -> dict:
     """Each method's average PGR over the keys of `rows` (each key's mean over seeds)."""
     out = {}
-    for method in METHODS:
+    for method in methods_of([run for row in rows for run in row["runs"]]):
         means = [r["pgr_by_method"][method]["mean"] for r in rows if r["pgr_by_method"][method]["n"]]
         out[method] = sum(means) / len(means) if means else float("nan")
     return out
@@ -64,12 +64,13 @@ def accuracy_of(row: dict, method: str) -> float:
 def print_accuracies(result: dict) -> None:
     """Test accuracy per held-out key (PGR divides by P_T - P_S, which is small on some keys)."""
     rows = [row for block in result["families"].values() for row in block["keys"]]
-    print(f"\n{'held-out key':<22}{'base':>6}{'P_S':>6}{'P_T':>6}" + "".join(f"{m:>12}" for m in METHODS))
-    widths = [6, 6, 6] + [12] * len(METHODS)
+    methods = list(result["all"])
+    print(f"\n{'held-out key':<22}{'base':>6}{'P_S':>6}{'P_T':>6}" + "".join(f"{m:>12}" for m in methods))
+    widths = [6, 6, 6] + [12] * len(methods)
 
     def columns(row: dict) -> list[float]:
         return [row["p_base"]["mean"], row["p_s"]["mean"], row["p_t"]["mean"],
-                *(accuracy_of(row, m) for m in METHODS)]
+                *(accuracy_of(row, m) for m in methods)]
 
     for kind in ("interpolation", "extrapolation"):
         chosen = [columns(row) for row in rows if row["kind"] == kind]
@@ -133,6 +134,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="private draws per held-out key")
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
     parser.add_argument("--no-distill", action="store_true")
+    parser.add_argument("--bound", action="store_true", help="also the best update the span of the other keys' "
+                        "shadow LLM updates holds (`span_bound`: it reads the LLM's own update, so it bounds every "
+                        "map whose output stays in that span: the mean, ridge, the nearest run, a routed start)")
     parser.add_argument("--show", type=Path, default=None, help="print the tables of a results file and stop")
     parser.add_argument("--similarity-only", action="store_true",
                         help="only how each held-out key's upload compares with the shadow runs the GT would read "
@@ -163,7 +167,7 @@ def main() -> None:
     pooled = distiller(pair, None, distill_cfg)  # an unseen key: the task is not given
     cfg = recipe.gt
     result: dict = {"pair": pair.id, "families": {}, "timings_s": timings,
-                    "config": {"runs_per_key": args.runs, "seeds": args.seeds, "gt": asdict(cfg),
+                    "config": {"runs_per_key": args.runs, "seeds": args.seeds, "gt": asdict(cfg), "bound": args.bound,
                                "distill": asdict(distill_cfg) if distill_cfg else None}}
     everything = []
     for family in families:
@@ -173,7 +177,7 @@ def main() -> None:
             seen = [f"{family}-{k}" for k in keys[family] if k != key]
             model, data = fit(pair, [plans[t] for t in seen], None, f"{family}-without-{key}", cfg, timings)
             private = [cached_private_run(pair, scorer, held, recipe.tiny, recipe.llm, s) for s in range(args.seeds)]
-            block = setting(held, score_runs(private, scorer, model, data, cfg, pooled))
+            block = setting(held, score_runs(private, scorer, model, data, cfg, pooled, bound=args.bound))
             row = block["tasks"][0]
             row["kind"] = "interpolation" if min(keys[family]) < key < max(keys[family]) else "extrapolation"
             row["runs"] = block["runs"]
@@ -189,9 +193,10 @@ def main() -> None:
         result[kind] = summarise([r for r in everything if r["kind"] == kind])
     result["all"] = summarise(everything)
     print_accuracies(result)
-    print(f"\n{'held-out keys':<16}" + "".join(f"{m:>12}" for m in METHODS))
+    methods = list(result["all"])
+    print(f"\n{'held-out keys':<16}" + "".join(f"{m:>12}" for m in methods))
     for kind in ("interpolation", "extrapolation", "all"):
-        print(f"{kind:<16}" + "".join(f"{result[kind][m]:>12.1%}" for m in METHODS))
+        print(f"{kind:<16}" + "".join(f"{result[kind].get(m, float('nan')):>12.1%}" for m in methods))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
     print(f"\nwrote {args.out}")

@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.experiment import Distiller, PrivateRun, Scorer, private_examples
+from bench.experiment import Distiller, PrivateRun, Scorer, private_examples, span_bound
 from bench.quality import merge, setting
+from models.gt.baselines import Ridge, mean_update, nearest
 from models.lora.update import LoraLayout
 from models.pairs import Pair
 from models.training.distill import DistillConfig
 from models.training.finetune import FinetuneConfig
+from models.training.shadow import ShadowSet
 
 
 def test_each_seed_draws_new_private_inputs_and_never_public_or_test_ones(toy_pair: Pair) -> None:
@@ -72,3 +74,19 @@ def test_results_of_other_settings_merge_into_one_file() -> None:
         merge([part({"A": {}}, [1.0]), part({"B": {}}, [1.0], {"shadow_k": 4})])
     with pytest.raises(SystemExit, match="two files"):
         merge([part({"A": {}}, [1.0]), part({"A": {}}, [1.0])])
+
+
+def test_the_span_bound_is_no_farther_from_the_llms_update_than_any_map_inside_the_span() -> None:
+    gen = torch.Generator().manual_seed(0)
+    src, tgt = torch.randn(12, 3, 8, generator=gen), torch.randn(12, 4, 16, generator=gen)
+    shadow = ShadowSet(src, tgt, torch.arange(12), ["a"] * 12)
+    inside = tgt.mean(0) + 0.7 * (tgt[3] - tgt[5]) - 0.2 * (tgt[8] - tgt[0])
+    assert torch.allclose(span_bound(shadow, inside), inside, atol=1e-5)  # what the span holds, it finds
+    target = torch.randn(4, 16, generator=gen)  # 64 coordinates, 11 directions: mostly outside
+    bound = span_bound(shadow, target)
+    gap = (target - bound).flatten()
+    assert torch.allclose((tgt - tgt.mean(0)).flatten(1) @ gap, torch.zeros(12), atol=1e-4)  # orthogonal
+    query = torch.randn(3, 8, generator=gen)
+    for other in (mean_update(shadow), nearest(shadow, query), Ridge(shadow).predict(query)):
+        assert gap.norm() <= (target - other).norm() + 1e-6
+    assert gap.norm() > 0.5 * target.norm()
