@@ -13,7 +13,8 @@ data cannot), or one does and the maps cannot find it from the upload. Per held-
 - `span_distill`: distillation restricted to the span: the LLM's update is the mean plus a combination of the
   span's `--rank` principal directions, and only those coefficients are fitted to the organization's TinyLM's
   answers on the pair's public prompts (no private data; the same prompts and recipe as `distill`);
-- `distill`: plain distillation (the LLM's LoRA, all of it), as in `bench.quality`.
+- `distill`: plain distillation (the LLM's LoRA, all of it), as in `bench.quality`; `distill_span`: its update
+  projected onto the span (what of it the shadow runs' directions hold; no private data read).
 
     python -m bench.span --pair toy --family rotate --keys 4 5 6 --out bench/results/span-toy.json
 
@@ -129,6 +130,7 @@ def key_row(scorer: Scorer, run: PrivateRun, data: ShadowSet, cfg: DistillConfig
         "random_last": span_bound(random_like(last, gen), run.llm_tokens),
         "span_distill": spanned,
         "distill": plain,
+        "distill_span": span_bound(data, plain),
     }
     row = {"task": run.task, "p_base": run.p_base, "p_s": run.p_s, "p_t": run.p_t, "directions": len(data.task) - 1,
            "directions_last": len(last.task) - 1, "span_distill_loss": [losses[0], losses[-1]],
@@ -138,7 +140,8 @@ def key_row(scorer: Scorer, run: PrivateRun, data: ShadowSet, cfg: DistillConfig
     return row
 
 
-COLUMNS = ("mean", "bound_all", "random_all", "bound_last", "random_last", "span_distill", "distill")
+COLUMNS = ("mean", "bound_all", "random_all", "bound_last", "random_last", "span_distill", "distill",
+           "distill_span")
 
 
 def print_table(result: dict) -> None:
