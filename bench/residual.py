@@ -21,7 +21,7 @@ R² is against the mean (1 - squared error of the map / of the mean, pooled over
 where the map beats the mean. Each run's last snapshot is its update.
 
     python -m bench.residual --pair toy --out bench/results/residual-toy.json
-    python -m bench.residual --pair smol --seeds 3 --out bench/results/residual-smol.json
+    python -m bench.residual --pair smol --tasks pick-2 omit-1 --runs 24 --out bench/results/residual-smol.json
     python -m bench.residual --pair toy --lora-dropout 0 --tasks rotate-6 separate-2 \
         --out bench/results/residual-toy-no-dropout.json
 
