@@ -16,7 +16,9 @@ data cannot), or one does and the maps cannot find it from the upload. Per held-
 - `distill`: plain distillation (the LLM's LoRA, all of it), as in `bench.quality`; `distill_span`: its update
   projected onto the span (what of it the shadow runs' directions hold; no private data read).
 
-    python -m bench.span --pair toy --family rotate --keys 4 5 6 --out bench/results/span-toy.json
+    python -m bench.span --pair toy --family rotate --out bench/results/span-toy.json
+    python -m bench.span --pair smol --family pick --keys 1 3 --train-keys 2 4 --chunk 4 \
+        --out bench/results/span-smol.json
 
 Builds what is missing (pair, shadow runs of every key of the family, private runs), prints a table, writes JSON.
 """
@@ -162,11 +164,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("span.json"))
     parser.add_argument("--family", default="rotate")
     parser.add_argument("--keys", type=int, nargs="+", default=None, help="keys to hold out (default: every key)")
+    parser.add_argument("--train-keys", type=int, nargs="+", default=None,
+                        help="keys whose shadow runs make the span (default: the family's keys but the held-out one)")
     parser.add_argument("--runs", type=int, default=8, help="shadow runs per key (as bench.unseen)")
     parser.add_argument("--seed", type=int, default=0, help="the private draw")
     parser.add_argument("--rank", type=int, default=64, help="principal directions span_distill fits")
     parser.add_argument("--lr", type=float, default=0.05, help="span_distill's Adam rate on the coefficients")
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
+    parser.add_argument("--chunk", type=int, default=8, help="shadow runs per training loop (the toy results used 8)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
@@ -176,16 +181,17 @@ def main() -> None:
     if args.family not in FAMILIES:
         parser.error(f"unknown family {args.family!r}; known: {', '.join(FAMILIES)}")
     keys = list(FAMILIES[args.family].keys)
-    held = args.keys or keys
-    if unknown := sorted(set(held) - set(keys)):
+    held, train = args.keys or keys, args.train_keys or keys
+    if unknown := sorted(set(held + train) - set(keys)):
         parser.error(f"not keys of {args.family}: {unknown}; its keys: {keys}")
-    plans = {k: replace(recipe.plan(f"{args.family}-{k}"), subsets=args.runs) for k in keys}
-    build_shadow(pair, list(plans.values()), workers=args.workers)
+    plans = {k: replace(recipe.plan(f"{args.family}-{k}"), subsets=args.runs) for k in train}
+    build_shadow(pair, list(plans.values()), workers=args.workers, chunk=args.chunk)
     scorer, gen = Scorer(pair), torch.Generator().manual_seed(0)
-    result: dict = {"pair": pair.id, "family": args.family, "runs_per_key": args.runs, "seed": args.seed,
+    result: dict = {"pair": pair.id, "family": args.family, "train_keys": train, "runs_per_key": args.runs,
+                    "seed": args.seed,
                     "rank": args.rank, "lr": args.lr, "keys": []}
     for key in held:
-        data = load_shadow(pair, [plans[k] for k in keys if k != key])
+        data = load_shadow(pair, [plans[k] for k in train if k != key])
         run = cached_private_run(pair, scorer, f"{args.family}-{key}", recipe.tiny, recipe.llm, args.seed)
         result["keys"].append(key_row(scorer, run, data, cfg, args.rank, args.lr, gen))
         log.info("%s: %s", run.task, {c: round(result["keys"][-1][c]["p"], 2) for c in COLUMNS})
