@@ -22,6 +22,7 @@ where the map beats the mean. Each run's last snapshot is its update.
 
     python -m bench.residual --pair toy --out bench/results/residual-toy.json
     python -m bench.residual --pair smol --tasks pick-2 omit-1 --runs 24 --out bench/results/residual-smol.json
+    python -m bench.residual --pair smol --runs 16 --seeds 0 --chunk 4 --out bench/results/residual-smol-16.json
     python -m bench.residual --pair toy --lora-dropout 0 --tasks rotate-6 separate-2 \
         --out bench/results/residual-toy-no-dropout.json
 
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=None, help="shadow runs per task (default: the recipe's)")
     parser.add_argument("--seeds", type=int, default=3, help="private draws per task (0: shadow runs only)")
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
+    parser.add_argument("--chunk", type=int, default=8, help="shadow runs per training loop (smol's recipe: 4)")
     parser.add_argument("--tasks", nargs="+", default=None, help="the pair's tasks to measure (default: all)")
     parser.add_argument("--lora-dropout", type=float, default=None,
                         help="a variant of the pair with this LoRA dropout (its own shadow and private runs, "
@@ -209,7 +211,7 @@ def main() -> None:
     if unknown:
         parser.error(f"not tasks of the {pair.id} pair: {unknown}; its tasks: {', '.join(pair.spec.tasks)}")
     plans = {t: replace(recipe.plan(t), subsets=runs) for t in args.tasks or pair.spec.tasks}
-    build_shadow(pair, list(plans.values()), workers=args.workers)
+    build_shadow(pair, list(plans.values()), workers=args.workers, chunk=args.chunk)
     scorer = Scorer(pair)
     result: dict = {"pair": pair.id, "lora_dropout": pair.spec.lora.dropout, "runs": runs, "seeds": args.seeds,
                     "lambdas": list(LAMBDAS), "tasks": {}}

@@ -184,6 +184,8 @@ def main() -> None:
     held, train = args.keys or keys, args.train_keys or keys
     if unknown := sorted(set(held + train) - set(keys)):
         parser.error(f"not keys of {args.family}: {unknown}; its keys: {keys}")
+    if any(set(train) <= {key} for key in held):
+        parser.error("every held-out key needs another key's shadow runs to span: give more --train-keys")
     plans = {k: replace(recipe.plan(f"{args.family}-{k}"), subsets=args.runs) for k in train}
     build_shadow(pair, list(plans.values()), workers=args.workers, chunk=args.chunk)
     scorer, gen = Scorer(pair), torch.Generator().manual_seed(0)
