@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -40,10 +39,11 @@ from bench.experiment import Distiller, PrivateRun, Scorer, cached_private_run, 
 from models.data.evaluate import cosine
 from models.data.tasks import FAMILIES, Example
 from models.data.textdata import encode_batch
-from models.lora.update import LoraLayout, add, delta_weight
+from models.gt.baselines import mean_update
+from models.lora.update import LoraLayout, add, module_deltas
 from models.pairs import ensure_pair
 from models.recipes import recipe_for, upgrade_recipe
-from models.training.distill import DistillConfig, fits, label
+from models.training.distill import DistillConfig, teacher_examples
 from models.training.finetune import batch_order
 from models.training.shadow import ShadowSet, build_shadow, load_shadow
 from models.upgrade.checks import public_prompts
@@ -87,12 +87,7 @@ def span_distill(scorer: Scorer, examples: list[Example], mean: torch.Tensor, ba
 
     def weights() -> dict[str, torch.Tensor]:
         lora = add(scorer.init, layout.from_tokens((mean + coef @ basis).reshape(shape)))
-        modules: dict[str, dict[str, torch.Tensor]] = {}
-        for name, tensor in lora.items():
-            module = name[: name.index(".lora_")].removeprefix("base_model.model.")
-            modules.setdefault(module, {})["A" if ".lora_A." in name else "B"] = tensor
-        return {f"{m}.weight": params[f"{m}.weight"] + delta_weight(ab["A"], ab["B"], pair.spec.lora.scale)
-                for m, ab in modules.items()}
+        return {name: params[name] + delta for name, delta in module_deltas(lora, pair.spec.lora.scale).items()}
 
     order, losses = batch_order(len(examples), cfg.finetune.batch_size, cfg.seed), []
     for _ in range(cfg.finetune.steps):
@@ -105,27 +100,19 @@ def span_distill(scorer: Scorer, examples: list[Example], mean: torch.Tensor, ba
     return (mean + coef.detach() @ basis).reshape(shape), losses
 
 
-def teacher_answers(scorer: Scorer, run: PrivateRun, cfg: DistillConfig) -> list[Example]:
-    """The organization's TinyLM's answers to the pair's public prompts, drawn as `distill` draws them."""
-    pair = scorer.pair
-    prompts = public_prompts(pair, None)[0]
-    drawn = random.Random(cfg.seed).sample(prompts, min(cfg.prompts, len(prompts)))
-    tiny = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).from_tokens(run.tiny_tokens)
-    return label(pair, tiny, fits(pair, "tiny", drawn, cfg.max_new_tokens), cfg.max_new_tokens)
-
-
-def key_row(scorer: Scorer, run: PrivateRun, data: ShadowSet, cfg: DistillConfig, rank: int, lr: float,
+def key_row(scorer: Scorer, run: PrivateRun, data: ShadowSet, distiller: Distiller, rank: int, lr: float,
             gen: torch.Generator) -> dict:
     """Accuracy and cosine to the LLM's own update of every column, for one held-out key."""
-    last = last_snapshots(data)
+    pair, last = scorer.pair, last_snapshots(data)
     mean, basis = principal(data, rank)
     start = time.perf_counter()
-    own = replace(cfg, seed=cfg.seed + run.seed)  # as `distill` seeds a private draw's distillation
-    spanned, losses = span_distill(scorer, teacher_answers(scorer, run, own), mean, basis, own, lr)
+    own = replace(distiller.cfg, seed=distiller.cfg.seed + run.seed)  # as `distill` seeds a private draw's
+    tiny = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).from_tokens(run.tiny_tokens)
+    spanned, losses = span_distill(scorer, teacher_examples(pair, tiny, distiller.prompts, own), mean, basis, own, lr)
     span_seconds = time.perf_counter() - start
-    plain, plain_seconds = Distiller(public_prompts(scorer.pair, None)[0], cfg, from_gt=False).tokens(scorer, run)
+    plain, plain_seconds = distiller.tokens(scorer, run)
     candidates = {
-        "mean": data.tgt.mean(0),
+        "mean": mean_update(data),
         "bound_all": span_bound(data, run.llm_tokens),
         "bound_last": span_bound(last, run.llm_tokens),
         "random_all": span_bound(random_like(data, gen), run.llm_tokens),
@@ -189,13 +176,13 @@ def main() -> None:
     plans = {k: replace(recipe.plan(f"{args.family}-{k}"), subsets=args.runs) for k in train}
     build_shadow(pair, list(plans.values()), workers=args.workers, chunk=args.chunk)
     scorer, gen = Scorer(pair), torch.Generator().manual_seed(0)
+    distiller = Distiller(public_prompts(pair, None)[0], cfg, from_gt=False)  # every task's prompts, as in C
     result: dict = {"pair": pair.id, "family": args.family, "train_keys": train, "runs_per_key": args.runs,
-                    "seed": args.seed,
-                    "rank": args.rank, "lr": args.lr, "keys": []}
+                    "seed": args.seed, "rank": args.rank, "lr": args.lr, "keys": []}
     for key in held:
         data = load_shadow(pair, [plans[k] for k in train if k != key])
         run = cached_private_run(pair, scorer, f"{args.family}-{key}", recipe.tiny, recipe.llm, args.seed)
-        result["keys"].append(key_row(scorer, run, data, cfg, args.rank, args.lr, gen))
+        result["keys"].append(key_row(scorer, run, data, distiller, args.rank, args.lr, gen))
         log.info("%s: %s", run.task, {c: round(result["keys"][-1][c]["p"], 2) for c in COLUMNS})
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -98,9 +98,8 @@ def delta_weight(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor
     return scale * (b.float() @ a.float())
 
 
-def merge_into(model: torch.nn.Module, lora_weights: Update, scale: float) -> torch.nn.Module:
-    """Add every module's delta weight to a plain model in place (no PEFT wrapper; fast evaluation)."""
-    params = dict(model.named_parameters())
+def module_deltas(lora_weights: Update, scale: float) -> dict[str, torch.Tensor]:
+    """Each adapted module's dense weight change (scale * B @ A), keyed by the plain model's parameter name."""
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in lora_weights.items():
         match = _NAME.search(name)
@@ -108,9 +107,15 @@ def merge_into(model: torch.nn.Module, lora_weights: Update, scale: float) -> to
             raise AdapterError(f"not a LoRA tensor name: {name!r}")
         module = name[: name.index(".lora_")].removeprefix("base_model.model.")
         by_module.setdefault(module, {})[match.group(3)] = tensor
+    return {f"{module}.weight": delta_weight(ab["A"], ab["B"], scale) for module, ab in by_module.items()}
+
+
+def merge_into(model: torch.nn.Module, lora_weights: Update, scale: float) -> torch.nn.Module:
+    """Add every module's delta weight to a plain model in place (no PEFT wrapper; fast evaluation)."""
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for module, ab in by_module.items():
-            params[module + ".weight"] += delta_weight(ab["A"], ab["B"], scale)
+        for name, delta in module_deltas(lora_weights, scale).items():
+            params[name] += delta
     return model
 
 

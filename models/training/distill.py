@@ -78,19 +78,26 @@ def label(pair: Pair, tiny_update: Update, prompts: list[Prompt], max_new_tokens
     return examples
 
 
-def distill(pair: Pair, tiny_update: Update, prompts: list[Prompt], cfg: DistillConfig,
-            start: Update | None = None, on_step: OnStep | None = None,
-            device: torch.device | str = "cpu") -> DistillResult:
-    """An LLM update learned from the teacher's answers to (a seeded draw of at most cfg.prompts of) `prompts`."""
+def teacher_examples(pair: Pair, tiny_update: Update, prompts: list[Prompt], cfg: DistillConfig,
+                     device: torch.device | str = "cpu") -> list[Example | Conversation]:
+    """The teacher's answers to a seeded draw of at most cfg.prompts of `prompts` (those that fit its context)."""
     drawn = random.Random(cfg.seed).sample(prompts, min(cfg.prompts, len(prompts)))
     chosen = fits(pair, "tiny", drawn, cfg.max_new_tokens)
     if not chosen:
         raise ConfigError("no prompt fits the TinyLM's context; nothing to distill from")
-    started = time.perf_counter()
     examples = label(pair, tiny_update, chosen, cfg.max_new_tokens, device)
-    teacher_s = time.perf_counter() - started
     if not examples:
         raise ConfigError("the TinyLM answered every prompt with nothing; nothing to distill from")
+    return examples
+
+
+def distill(pair: Pair, tiny_update: Update, prompts: list[Prompt], cfg: DistillConfig,
+            start: Update | None = None, on_step: OnStep | None = None,
+            device: torch.device | str = "cpu") -> DistillResult:
+    """An LLM update learned from the teacher's answers to (a seeded draw of at most cfg.prompts of) `prompts`."""
+    started = time.perf_counter()
+    examples = teacher_examples(pair, tiny_update, prompts, cfg, device)
+    teacher_s = time.perf_counter() - started
     llm_init = pair.init("llm")
     begin = llm_init if start is None else add(llm_init, start)
     model = pair.load_model("llm", device)
