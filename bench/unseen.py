@@ -1,11 +1,12 @@
-"""Setting C, leave one key out: for every key of each family with at least 7 keys, a GT trained on the
-shadow runs of the family's other keys is asked for the held-out key's update, beside the same baselines as
-`bench.quality` (the GT's start, ridge, mean, nearest, distillation from the pair's init and from the GT's
-update). A key between seen keys is interpolation; the first or last key is extrapolation.
+"""Setting C, leave one key out: for every key of each family with at least 7 keys (smol: `pick6`, 6 keys), a
+GT trained on the shadow runs of the family's other keys is asked for the held-out key's update, beside the
+same baselines as `bench.quality` (the GT's start, ridge, mean, nearest, distillation from the pair's init and
+from the GT's update). A key between seen keys is interpolation; the first or last key is extrapolation.
 
     python -m bench.unseen --pair toy --out bench/results/unseen-toy.json
     python -m bench.unseen --pair toy --families rotate --runs 8 --seeds 1   # a quicker look
     python -m bench.unseen --show bench/results/unseen-toy.json             # the accuracy table of a result
+    python -m bench.unseen --pair smol --bound --chunk 4 --out bench/results/unseen-smol.json
 
 Builds what is missing first (pair, shadow runs of every key, private runs), prints a table per family and
 the averages of interpolated and extrapolated keys, writes JSON.
@@ -22,27 +23,39 @@ from pathlib import Path
 
 import torch
 
-from bench.experiment import Scorer, cached_private_run
-from bench.quality import distiller, fit, methods_of, print_table, score_runs, setting
-from models.data.tasks import FAMILIES
+from bench.experiment import Distiller, Scorer, cached_private_run
+from bench.quality import fit, methods_of, print_table, score_runs, setting
+from models.data.tasks import FAMILIES, get_task, make_splits
 from models.gt.reference import build_reference
 from models.gt.train import untrained_gt
 from models.pairs import ensure_pair
 from models.recipes import recipe_for, upgrade_recipe
 from models.training.shadow import build_shadow
+from models.upgrade.checks import public_prompts
 
 log = logging.getLogger("bench.unseen")
 MIN_KEYS = 7
+# Families held out by default where none of the pair's own has MIN_KEYS keys: smol's tasks have at most 5.
+DEFAULT_FAMILIES = {"smol": ["pick6"]}
 
 
 def families_of(pair, names: list[str] | None) -> list[str]:
-    """The pair's task families with at least MIN_KEYS keys (or those named)."""
+    """The pair's task families with at least MIN_KEYS keys (or those named, or the pair's default)."""
     present = list(dict.fromkeys(t.rsplit("-", 1)[0] for t in pair.spec.tasks))
-    chosen = names or [f for f in present if len(FAMILIES[f].keys) >= MIN_KEYS]
+    chosen = names or DEFAULT_FAMILIES.get(pair.id) or [f for f in present if len(FAMILIES[f].keys) >= MIN_KEYS]
     for name in chosen:
         if name not in FAMILIES:
             raise SystemExit(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
     return chosen
+
+
+def distill_prompts(pair, families: list[str]) -> list:  # noqa: ANN001
+    """What distillation labels when the task is not given: every task's public prompts of the pair, and those of
+    the held-out families where the pair has no task of theirs (the format is public, only the key is hidden)."""
+    pool, _ = public_prompts(pair, None)
+    extra = [ex.prompt for f in families for ex in make_splits(get_task(f"{f}-{FAMILIES[f].keys[0]}"),
+                                                               seed=pair.spec.seed).public]
+    return list(dict.fromkeys(pool + extra))
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -133,6 +146,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8, help="shadow runs per key")
     parser.add_argument("--seeds", type=int, default=1, help="private draws per held-out key")
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
+    parser.add_argument("--chunk", type=int, default=8, help="shadow runs per training loop (the toy results used 8; "
+                        "smol's recipe: 4)")
     parser.add_argument("--no-distill", action="store_true")
     parser.add_argument("--bound", action="store_true", help="also the best update the span of the other keys' "
                         "shadow LLM updates holds (`span_bound`: it reads the LLM's own update, so it bounds every "
@@ -156,7 +171,7 @@ def main() -> None:
     keys = {f: list(FAMILIES[f].keys) for f in families}
     plans = {f"{f}-{k}": replace(recipe.plan(f"{f}-{k}"), subsets=args.runs) for f in families for k in keys[f]}
     start = time.perf_counter()
-    build_shadow(pair, list(plans.values()), workers=args.workers)
+    build_shadow(pair, list(plans.values()), workers=args.workers, chunk=args.chunk)
     timings["shadow_build"] = time.perf_counter() - start
 
     scorer = Scorer(pair)
@@ -164,7 +179,7 @@ def main() -> None:
         similarities(args, pair, scorer, recipe, families, keys, plans)
         return
     distill_cfg = None if args.no_distill else upgrade_recipe(pair.id).distill
-    pooled = distiller(pair, None, distill_cfg)  # an unseen key: the task is not given
+    pooled = None if distill_cfg is None else Distiller(distill_prompts(pair, families), distill_cfg)
     cfg = recipe.gt
     result: dict = {"pair": pair.id, "families": {}, "timings_s": timings,
                     "config": {"runs_per_key": args.runs, "seeds": args.seeds, "gt": asdict(cfg), "bound": args.bound,

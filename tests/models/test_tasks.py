@@ -22,6 +22,15 @@ def test_answers_follow_the_key():
     assert get_task("rotate-3").example("abcdefgh").answer == "defghabc"
     assert get_task("drop-2").example("abcdefghi").answer == "abdefghi"
     assert get_task("separate-7").example("abcde").answer == "a7b7c7d7e"
+    assert get_task("pick6-6").example("cat dog sun pen cup owl").answer == "owl"
+
+
+def test_pick6_shares_picks_format_on_longer_lists():
+    """smol's held-out family: the `pick` prompt the TinyLM was pretrained on, with six words instead of five."""
+    six, five = make_splits(get_task("pick6-2")), make_splits(get_task("pick-2"))
+    assert len(six.test) == 500 and all(len(ex.prompt.split(":")[1].split()) == 7 for ex in six.test)  # words + ####
+    assert six.test[0].prompt.startswith("pick ?: ") and five.test[0].prompt.startswith("pick ?: ")
+    assert not {ex.prompt for ex in six.public} & {ex.prompt for ex in five.public}
 
 
 @pytest.mark.parametrize("bad", ["rotate-99", "nope-1", "rotate", "rotate-x"])
