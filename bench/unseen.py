@@ -6,7 +6,8 @@ from the GT's update). A key between seen keys is interpolation; the first or la
     python -m bench.unseen --pair toy --out bench/results/unseen-toy.json
     python -m bench.unseen --pair toy --families rotate --runs 8 --seeds 1   # a quicker look
     python -m bench.unseen --show bench/results/unseen-toy.json             # the accuracy table of a result
-    python -m bench.unseen --pair smol --bound --chunk 4 --out bench/results/unseen-smol.json
+    python -m bench.unseen --pair smol --bound --chunk 4 --keys 1 2 3 --out a.json   # beside --keys 4 5 6 --out b.json
+    python -m bench.unseen --merge a.json b.json --out bench/results/unseen-smol.json
 
 Builds what is missing first (pair, shadow runs of every key, private runs), prints a table per family and
 the averages of interpolated and extrapolated keys, writes JSON.
@@ -152,6 +153,10 @@ def main() -> None:
     parser.add_argument("--bound", action="store_true", help="also the best update the span of the other keys' "
                         "shadow LLM updates holds (`span_bound`: it reads the LLM's own update, so it bounds every "
                         "map whose output stays in that span: the mean, ridge, the nearest run, a routed start)")
+    parser.add_argument("--keys", type=int, nargs="+", default=None,
+                        help="hold out only these keys (two processes can share a family; join them with --merge)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="join results of runs that differ only in --keys into --out, and stop")
     parser.add_argument("--show", type=Path, default=None, help="print the tables of a results file and stop")
     parser.add_argument("--similarity-only", action="store_true",
                         help="only how each held-out key's upload compares with the shadow runs the GT would read "
@@ -159,6 +164,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.show is not None:
         print_accuracies(json.loads(args.show.read_text()))
+        return
+    if args.merge:
+        finish(merge([json.loads(path.read_text()) for path in args.merge]), args.out)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
@@ -184,10 +192,9 @@ def main() -> None:
     result: dict = {"pair": pair.id, "families": {}, "timings_s": timings,
                     "config": {"runs_per_key": args.runs, "seeds": args.seeds, "gt": asdict(cfg), "bound": args.bound,
                                "distill": asdict(distill_cfg) if distill_cfg else None}}
-    everything = []
     for family in families:
         rows = []
-        for key in keys[family]:
+        for key in [k for k in keys[family] if args.keys is None or k in args.keys]:
             held = f"{family}-{key}"
             seen = [f"{family}-{k}" for k in keys[family] if k != key]
             model, data = fit(pair, [plans[t] for t in seen], None, f"{family}-without-{key}", cfg, timings)
@@ -200,9 +207,18 @@ def main() -> None:
             log.info("%s held out (%s): GT %.1f%%, distill %.1f%%, gt+distill %.1f%%", held, row["kind"],
                      100 * row["pgr_by_method"]["gt"]["mean"], 100 * row["pgr_by_method"]["distill"]["mean"],
                      100 * row["pgr_by_method"]["gt+distill"]["mean"])
-        block = setting(family, [r for row in rows for r in row["runs"]])
-        print_table(f"C, {family} (one key held out at a time)", block)
-        result["families"][family] = {"keys": rows, "average_by_method": block["average_by_method"]}
+        result["families"][family] = {"keys": rows}
+    finish(result, args.out)
+
+
+def finish(result: dict, out: Path) -> None:
+    """Each family's table and the averages over interpolated and extrapolated keys: printed, and written."""
+    everything = []
+    for family, block in result["families"].items():
+        rows = block["keys"]
+        table = setting(family, [r for row in rows for r in row["runs"]])
+        print_table(f"C, {family} (one key held out at a time)", table)
+        block["average_by_method"] = table["average_by_method"]
         everything += rows
     for kind in ("interpolation", "extrapolation"):
         result[kind] = summarise([r for r in everything if r["kind"] == kind])
@@ -212,10 +228,27 @@ def main() -> None:
     print(f"\n{'held-out keys':<16}" + "".join(f"{m:>12}" for m in methods))
     for kind in ("interpolation", "extrapolation", "all"):
         print(f"{kind:<16}" + "".join(f"{result[kind].get(m, float('nan')):>12.1%}" for m in methods))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, sort_keys=True))
-    print(f"\nwrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=True))
+    print(f"\nwrote {out}")
 
+
+def merge(parts: list[dict]) -> dict:
+    """One result from runs of the same pair and config over different held-out keys (`--keys`)."""
+    if len({json.dumps([p["pair"], p["config"]], sort_keys=True) for p in parts}) != 1:
+        raise SystemExit("these results differ in pair or config; merge runs of one command that differ in --keys")
+    families: dict[str, list[dict]] = {}
+    for part in parts:
+        for family, block in part["families"].items():
+            families.setdefault(family, []).extend(block["keys"])
+    timings: dict = {}
+    for part in parts:
+        for name, value in part["timings_s"].items():
+            timings[name] = timings.get(name, [] if isinstance(value, list) else 0) + value
+    order = {f: list(FAMILIES[f].keys) for f in families}
+    return {"pair": parts[0]["pair"], "config": parts[0]["config"], "timings_s": timings,
+            "families": {f: {"keys": sorted(rows, key=lambda r: order[f].index(int(r["task"].rsplit("-", 1)[1])))}
+                         for f, rows in families.items()}}
 
 if __name__ == "__main__":
     main()

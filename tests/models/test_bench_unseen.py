@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from bench.unseen import distill_prompts, families_of
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.unseen import distill_prompts, families_of, finish, merge
 from models.data.tasks import ANSWER_MARK
 from models.pairs import Pair
 from models.upgrade.checks import public_prompts
+
+RESULT = Path(__file__).parents[2] / "bench" / "results" / "unseen-toy.json"
 
 
 def test_held_out_families_are_those_with_seven_keys_or_named(toy_pair: Pair) -> None:
@@ -20,3 +27,22 @@ def test_distillation_reads_the_pairs_public_prompts_and_the_held_out_formats(to
     added = wider[len(pool):]
     assert wider[:len(pool)] == pool and len(added) == 1000 and len(set(added)) == 1000
     assert all(p.startswith("pick ?: ") and p.endswith(ANSWER_MARK) for p in added)  # the key stays hidden
+
+
+def test_runs_over_parts_of_the_keys_merge_into_the_whole(tmp_path: Path) -> None:
+    """The published toy sweep cut into two runs' worth of held-out keys and joined again: the same averages."""
+    whole = json.loads(RESULT.read_text())
+    parts = []
+    for half in (0, 1):
+        part = {k: whole[k] for k in ("pair", "config", "timings_s")}
+        part["families"] = {f: {"keys": [r for i, r in enumerate(block["keys"]) if i % 2 == half]}
+                            for f, block in whole["families"].items()}
+        parts.append(part)
+    finish(merge(parts[::-1]), tmp_path / "merged.json")
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    for kind in ("interpolation", "extrapolation", "all"):
+        assert merged[kind] == pytest.approx(whole[kind], nan_ok=True)
+    for family, block in whole["families"].items():
+        assert [r["task"] for r in merged["families"][family]["keys"]] == [r["task"] for r in block["keys"]]
+    with pytest.raises(SystemExit, match="differ"):
+        merge([parts[0], {**parts[1], "config": {**parts[1]["config"], "runs_per_key": 99}}])
