@@ -50,10 +50,11 @@ def families_of(pair, names: list[str] | None) -> list[str]:
     return chosen
 
 
-def distill_prompts(pair, families: list[str]) -> list:  # noqa: ANN001
+def distill_prompts(pair, families: list[str], own: bool = False) -> list:  # noqa: ANN001
     """What distillation labels when the task is not given: every task's public prompts of the pair, and those of
-    the held-out families where the pair has no task of theirs (the format is public, only the key is hidden)."""
-    pool, _ = public_prompts(pair, None)
+    the held-out families where the pair has no task of theirs (the format is public, only the key is hidden).
+    `own`: the families' prompts alone, standing in for prompts the organization attaches in its own format."""
+    pool = [] if own else public_prompts(pair, None)[0]
     extra = [ex.prompt for f in families for ex in make_splits(get_task(f"{f}-{FAMILIES[f].keys[0]}"),
                                                                seed=pair.spec.seed).public]
     return list(dict.fromkeys(pool + extra))
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8, help="shadow runs per training loop (the toy results used 8; "
                         "smol's recipe: 4)")
     parser.add_argument("--no-distill", action="store_true")
+    parser.add_argument("--prompts", choices=("public", "own"), default="public",
+                        help="what distillation labels: the pair's public prompts and the held-out family's (the "
+                        "task not given), or the family's alone (as if the organization attached its prompts)")
     parser.add_argument("--bound", action="store_true", help="also the best update the span of the other keys' "
                         "shadow LLM updates holds (`span_bound`: it reads the LLM's own update, so it bounds every "
                         "map whose output stays in that span: the mean, ridge, the nearest run, a routed start)")
@@ -187,12 +191,14 @@ def main() -> None:
         similarities(args, pair, scorer, recipe, families, keys, plans)
         return
     distill_cfg = None if args.no_distill else upgrade_recipe(pair.id).distill
-    pooled = None if distill_cfg is None else Distiller(distill_prompts(pair, families), distill_cfg)
     cfg = recipe.gt
     result: dict = {"pair": pair.id, "families": {}, "timings_s": timings,
                     "config": {"runs_per_key": args.runs, "seeds": args.seeds, "gt": asdict(cfg), "bound": args.bound,
-                               "distill": asdict(distill_cfg) if distill_cfg else None}}
+                               "distill": asdict(distill_cfg) if distill_cfg else None, "prompts": args.prompts}}
     for family in families:
+        own = args.prompts == "own"
+        pooled = None if distill_cfg is None else Distiller(distill_prompts(pair, [family] if own else families, own),
+                                                            distill_cfg)
         rows = []
         for key in [k for k in keys[family] if args.keys is None or k in args.keys]:
             held = f"{family}-{key}"

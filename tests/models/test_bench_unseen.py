@@ -27,6 +27,7 @@ def test_distillation_reads_the_pairs_public_prompts_and_the_held_out_formats(to
     added = wider[len(pool):]
     assert wider[:len(pool)] == pool and len(added) == 1000 and len(set(added)) == 1000
     assert all(p.startswith("pick ?: ") and p.endswith(ANSWER_MARK) for p in added)  # the key stays hidden
+    assert distill_prompts(toy_pair, ["pick6"], own=True) == added  # the organization's format alone
 
 
 def test_runs_over_parts_of_the_keys_merge_into_the_whole(tmp_path: Path) -> None:
