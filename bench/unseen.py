@@ -26,7 +26,7 @@ import torch
 
 from bench.experiment import Distiller, Scorer, cached_private_run
 from bench.quality import fit, methods_of, print_table, score_runs, setting
-from models.data.tasks import FAMILIES, get_task, make_splits
+from models.data.tasks import FAMILIES
 from models.gt.reference import build_reference
 from models.gt.train import untrained_gt
 from models.pairs import ensure_pair
@@ -55,8 +55,7 @@ def distill_prompts(pair, families: list[str], own: bool = False) -> list:  # no
     the held-out families where the pair has no task of theirs (the format is public, only the key is hidden).
     `own`: the families' prompts alone, standing in for prompts the organization attaches in its own format."""
     pool = [] if own else public_prompts(pair, None)[0]
-    extra = [ex.prompt for f in families for ex in make_splits(get_task(f"{f}-{FAMILIES[f].keys[0]}"),
-                                                               seed=pair.spec.seed).public]
+    extra = [p for f in families for p in public_prompts(pair, f"{f}-{FAMILIES[f].keys[0]}")[0]]  # keys share inputs
     return list(dict.fromkeys(pool + extra))
 
 
@@ -195,8 +194,8 @@ def main() -> None:
     result: dict = {"pair": pair.id, "families": {}, "timings_s": timings,
                     "config": {"runs_per_key": args.runs, "seeds": args.seeds, "gt": asdict(cfg), "bound": args.bound,
                                "distill": asdict(distill_cfg) if distill_cfg else None, "prompts": args.prompts}}
+    own = args.prompts == "own"
     for family in families:
-        own = args.prompts == "own"
         pooled = None if distill_cfg is None else Distiller(distill_prompts(pair, [family] if own else families, own),
                                                             distill_cfg)
         rows = []
@@ -255,6 +254,7 @@ def merge(parts: list[dict]) -> dict:
     return {"pair": parts[0]["pair"], "config": parts[0]["config"], "timings_s": timings,
             "families": {f: {"keys": sorted(rows, key=lambda r: order[f].index(int(r["task"].rsplit("-", 1)[1])))}
                          for f, rows in families.items()}}
+
 
 if __name__ == "__main__":
     main()
