@@ -8,6 +8,8 @@ from the GT's update). A key between seen keys is interpolation; the first or la
     python -m bench.unseen --show bench/results/unseen-toy.json             # the accuracy table of a result
     python -m bench.unseen --pair smol --bound --chunk 4 --keys 1 2 3 --out a.json   # beside --keys 4 5 6 --out b.json
     python -m bench.unseen --merge a.json b.json --out bench/results/unseen-smol.json
+    python -m bench.unseen --pair smol --prompts own --chunk 4 --first-seed 1 --keys 1 2 3 --out c.json  # a second
+    python -m bench.unseen --merge bench/results/unseen-smol-own.json c.json d.json --out ...  # draw, joined per key
 
 Builds what is missing first (pair, shadow runs of every key, private runs), prints a table per family and
 the averages of interpolated and extrapolated keys, writes JSON.
@@ -146,6 +148,8 @@ def main() -> None:
                         f"every family of the pair with at least {MIN_KEYS} keys)")
     parser.add_argument("--runs", type=int, default=8, help="shadow runs per key")
     parser.add_argument("--seeds", type=int, default=1, help="private draws per held-out key")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first private draw (a later run adds draws "
+                        "to an earlier one's keys through --merge)")
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
     parser.add_argument("--chunk", type=int, default=8, help="shadow runs per training loop (the toy results used 8; "
                         "smol's recipe: 4)")
@@ -159,7 +163,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, nargs="+", default=None,
                         help="hold out only these keys (two processes can share a family; join them with --merge)")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
-                        help="join results of runs that differ only in --keys into --out, and stop")
+                        help="join results of runs that differ only in --keys or their draws into --out, and stop")
     parser.add_argument("--show", type=Path, default=None, help="print the tables of a results file and stop")
     parser.add_argument("--similarity-only", action="store_true",
                         help="only how each held-out key's upload compares with the shadow runs the GT would read "
@@ -192,7 +196,8 @@ def main() -> None:
     distill_cfg = None if args.no_distill else upgrade_recipe(pair.id).distill
     cfg = recipe.gt
     result: dict = {"pair": pair.id, "families": {}, "timings_s": timings,
-                    "config": {"runs_per_key": args.runs, "seeds": args.seeds, "gt": asdict(cfg), "bound": args.bound,
+                    "config": {"runs_per_key": args.runs, "seeds": args.seeds, "first_seed": args.first_seed,
+                               "gt": asdict(cfg), "bound": args.bound,
                                "distill": asdict(distill_cfg) if distill_cfg else None, "prompts": args.prompts}}
     own = args.prompts == "own"
     for family in families:
@@ -203,11 +208,10 @@ def main() -> None:
             held = f"{family}-{key}"
             seen = [f"{family}-{k}" for k in keys[family] if k != key]
             model, data = fit(pair, [plans[t] for t in seen], None, f"{family}-without-{key}", cfg, timings)
-            private = [cached_private_run(pair, scorer, held, recipe.tiny, recipe.llm, s) for s in range(args.seeds)]
-            block = setting(held, score_runs(private, scorer, model, data, cfg, pooled, bound=args.bound))
-            row = block["tasks"][0]
-            row["kind"] = "interpolation" if min(keys[family]) < key < max(keys[family]) else "extrapolation"
-            row["runs"] = block["runs"]
+            private = [cached_private_run(pair, scorer, held, recipe.tiny, recipe.llm, s)
+                       for s in range(args.first_seed, args.first_seed + args.seeds)]
+            kind = "interpolation" if min(keys[family]) < key < max(keys[family]) else "extrapolation"
+            row = key_row(held, kind, score_runs(private, scorer, model, data, cfg, pooled, bound=args.bound))
             rows.append(row)
             log.info("%s held out (%s): GT %.1f%%, distill %.1f%%, gt+distill %.1f%%", held, row["kind"],
                      100 * row["pgr_by_method"]["gt"]["mean"], 100 * row["pgr_by_method"]["distill"]["mean"],
@@ -238,22 +242,48 @@ def finish(result: dict, out: Path) -> None:
     print(f"\nwrote {out}")
 
 
+def key_row(task: str, kind: str, runs: list[dict]) -> dict:
+    """A held-out key's row: its runs (one per private draw) and each method's mean and spread over them."""
+    return {**setting(task, runs)["tasks"][0], "kind": kind, "runs": runs}
+
+
+SEED_KEYS = ("seeds", "first_seed")
+
+
+def comparable(config: dict) -> dict:
+    """What runs to be merged must share: all but their draws (results written before --prompts labelled the
+    public pool)."""
+    return {"prompts": "public", **{k: v for k, v in config.items() if k not in SEED_KEYS}}
+
+
 def merge(parts: list[dict]) -> dict:
-    """One result from runs of the same pair and config over different held-out keys (`--keys`)."""
-    if len({json.dumps([p["pair"], p["config"]], sort_keys=True) for p in parts}) != 1:
-        raise SystemExit("these results differ in pair or config; merge runs of one command that differ in --keys")
-    families: dict[str, list[dict]] = {}
+    """One result from runs of the same pair and config over different held-out keys (`--keys`) or private draws
+    (`--first-seed`): a key's runs from every part are joined and its means and spreads taken again."""
+    if len({json.dumps([p["pair"], comparable(p["config"])], sort_keys=True) for p in parts}) != 1:
+        raise SystemExit("these results differ in pair or config; merge runs of one command that differ in --keys "
+                         "or --first-seed")
+    runs: dict[str, dict[str, list[dict]]] = {}
+    kinds: dict[str, str] = {}
     for part in parts:
         for family, block in part["families"].items():
-            families.setdefault(family, []).extend(block["keys"])
+            for row in block["keys"]:
+                runs.setdefault(family, {}).setdefault(row["task"], []).extend(row["runs"])
+                kinds[row["task"]] = row["kind"]
+    draws = [(run["task"], run["seed"]) for by_task in runs.values() for mine in by_task.values() for run in mine]
+    if len(set(draws)) != len(draws):
+        raise SystemExit("a held-out key's draw appears in two results; merge runs with different --first-seed")
     timings: dict = {}
     for part in parts:
         for name, value in part["timings_s"].items():
             timings[name] = timings.get(name, [] if isinstance(value, list) else 0) + value
-    order = {f: list(FAMILIES[f].keys) for f in families}
-    return {"pair": parts[0]["pair"], "config": parts[0]["config"], "timings_s": timings,
-            "families": {f: {"keys": sorted(rows, key=lambda r: order[f].index(int(r["task"].rsplit("-", 1)[1])))}
-                         for f, rows in families.items()}}
+    seeds = sorted({seed for _, seed in draws})
+    order = {f: list(FAMILIES[f].keys) for f in runs}
+    return {"pair": parts[0]["pair"], "config": {**comparable(parts[0]["config"]), "seeds": len(seeds),
+                                                 "first_seed": seeds[0]}, "timings_s": timings,
+            "families": {f: {"keys": [key_row(task, kinds[task], sorted(mine, key=lambda r: r["seed"]))
+                                      for task, mine in sorted(by_task.items(), key=lambda item:
+                                                               order[f].index(int(item[0].rsplit("-", 1)[1])))]}
+                         for f, by_task in runs.items()}}
 
 
 if __name__ == "__main__":

@@ -47,3 +47,27 @@ def test_runs_over_parts_of_the_keys_merge_into_the_whole(tmp_path: Path) -> Non
         assert [r["task"] for r in merged["families"][family]["keys"]] == [r["task"] for r in block["keys"]]
     with pytest.raises(SystemExit, match="differ"):
         merge([parts[0], {**parts[1], "config": {**parts[1]["config"], "runs_per_key": 99}}])
+
+
+def test_a_later_draw_joins_each_keys_runs(tmp_path: Path) -> None:
+    """A second private draw (`--first-seed 1`) merged into the first: each key holds both runs, its means and
+    spreads over them; a draw given twice is refused."""
+    first = json.loads(RESULT.read_text())
+    second = json.loads(RESULT.read_text())
+    second["config"] = {**second["config"], "prompts": "public", "first_seed": 1}  # written after --prompts
+    for block in second["families"].values():
+        for row in block["keys"]:
+            for run in row["runs"]:
+                run["seed"], run["pgr"] = 1, 0.0
+    merged = merge([second, first])
+    assert merged["config"]["seeds"] == 2 and merged["config"]["first_seed"] == 0
+    for family, block in first["families"].items():
+        for before, after in zip(block["keys"], merged["families"][family]["keys"], strict=True):
+            assert [r["seed"] for r in after["runs"]] == [0, 1] and after["seeds"] == 2
+            assert after["kind"] == before["kind"]
+            gt = after["pgr_by_method"]["gt"]
+            assert gt["mean"] == pytest.approx(before["pgr"] / 2, nan_ok=True)
+            assert gt["std"] == pytest.approx(abs(before["pgr"]) / 2, nan_ok=True)
+    finish(merged, tmp_path / "merged.json")
+    with pytest.raises(SystemExit, match="two results"):
+        merge([first, first])
