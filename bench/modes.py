@@ -1,13 +1,15 @@
 """Upgrade modes side by side: the GT's update, distillation from the organization's TinyLM, and `auto` (which,
 when it does not deliver the GT's update, distils from the pair's init and from the GT's update and delivers
 the one closest to the TinyLM; `auto-init`: from the init only, as it once did), per
-setting (A: the task's own GT; B: the pair's GT, task not given; C: a key no shadow run used) and task;
+setting (A: the task's own GT; B: the pair's GT, task not given; C: a key no shadow run used; L: each key of
+bench.unseen's families held out in turn, the GT trained on the family's other keys) and task;
 and how well the quality verdict separates upgrades that recover at least half the gap (PGR >= 0.5) from
 those that do not.
 
     python -m bench.modes --pair toy --seeds 3 --out bench/results/modes-toy.json
     python -m bench.modes --pair toy --settings C --seeds 3 --out bench/results/modes-toy-C.json
     python -m bench.modes --pair smol --settings B --prompts own --out bench/results/modes-smol-B.json
+    python -m bench.modes --pair smol --settings L --prompts own --modes auto --first-seed 1 --out ...
 
 Reuses what bench.quality builds (pair, shadow runs, GTs, private runs; missing ones are built). Each upgrade
 runs through models.upgrade.run_upgrade as a worker runs it, with the organization's prompts (`own`: its
@@ -30,7 +32,9 @@ import torch
 
 from bench.experiment import PrivateRun, Scorer, cached_private_run
 from bench.quality import fit, spread
+from bench.unseen import families_of
 from models.data.evaluate import accuracy, pgr
+from models.data.tasks import FAMILIES
 from models.lora.update import LoraLayout, add
 from models.pairs import ALL_TASKS, Pair, ensure_pair
 from models.pairs.tasks import task_splits
@@ -43,6 +47,18 @@ from models.upgrade.quality import confidence
 log = logging.getLogger("bench.modes")
 MODES = ("gt", "distill", "auto", "auto-init")  # auto-init: auto distilling from the pair's init, as before
 OWN_PROMPTS = 1000  # the organization's attached prompts, in `own` runs
+
+
+def leave_one_out(pair: Pair) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Setting L: each key of bench.unseen's families and the GT asked for it, and each such GT's tasks (the
+    family's other keys: the GT bench.unseen trains for that key, on the same runs and recipe)."""
+    gts, trained_on = {}, {}
+    for family in families_of(pair, None):
+        keys = FAMILIES[family].keys
+        for key in keys:
+            gts[f"{family}-{key}"] = f"{family}-without-{key}"
+            trained_on[f"{family}-without-{key}"] = [f"{family}-{k}" for k in keys if k != key]
+    return gts, trained_on
 
 
 def adapter_file(pair: Pair, run: PrivateRun, folder: Path) -> Path:
@@ -111,9 +127,11 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path, default=Path("modes.json"))
     parser.add_argument("--prompts", choices=("own", "public", "both"), default="both")
-    parser.add_argument("--settings", default="ABC", help="which settings to run, e.g. BC")
+    parser.add_argument("--settings", default="ABC", help="which settings to run, e.g. BC (L: one key held out at "
+                        "a time, as bench.unseen)")
     parser.add_argument("--workers", type=int, default=2, help="processes for shadow runs")
     parser.add_argument("--seeds", type=int, default=1, help="private draws (data and runs) per task")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first private draw")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="which modes to run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -126,8 +144,11 @@ def main() -> None:
     c_test = [f"{family}-{k}" for k in unseen]
     scorer = Scorer(pair)
     c_gt = f"{family}-seen-keys"
-    gts = {"A": {t: t for t in tasks}, "B": {t: ALL_TASKS for t in tasks}, "C": {t: c_gt for t in c_test}}
+    gts = {"A": {t: t for t in tasks}, "B": {t: ALL_TASKS for t in tasks}, "C": {t: c_gt for t in c_test}, "L": {}}
     trained_on = {**{t: [t] for t in tasks}, ALL_TASKS: tasks, c_gt: c_train}
+    if "L" in args.settings:
+        gts["L"], held_out = leave_one_out(pair)
+        trained_on.update(held_out)
     missing = sorted({gts[name][t] for name in args.settings for t in gts[name]} - set(pair.gt_ids()))
     plans = {t: recipe.plan(t) for t in sorted({t for gt_id in missing for t in trained_on[gt_id]})}
     build_shadow(pair, list(plans.values()), workers=args.workers)  # only what the missing GTs learn from
@@ -138,7 +159,7 @@ def main() -> None:
     rows: list[dict] = []
     args.data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-modes-", dir=args.data_dir) as folder:  # its own: runs side by side
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for name in args.settings:
                 for task, gt_id in gts[name].items():
                     run = cached_private_run(pair, scorer, task, recipe.tiny, recipe.llm, seed)
@@ -155,7 +176,8 @@ def main() -> None:
                "average_pgr": {cell: _mean([r["pgr"] for r in mine]) for cell, mine in cells.items()},
                "average_p": {cell: _mean([r["p"] for r in mine]) for cell, mine in cells.items()},
                "pgr_sd_over_seeds": {cell: spread([_mean([r["pgr"] for r in mine if r["seed"] == seed])
-                                                   for seed in range(args.seeds)])["std"]
+                                                   for seed in range(args.first_seed,
+                                                                     args.first_seed + args.seeds)])["std"]
                                      for cell, mine in cells.items()},
                "mean_seconds": {m: _mean([r["seconds"] for r in rows if r["mode"] == m]) for m in args.modes}}
     print("\n" + json.dumps(summary, indent=2))

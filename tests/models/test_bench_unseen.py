@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.unseen import distill_prompts, families_of, finish, merge
-from models.data.tasks import ANSWER_MARK
+from models.data.tasks import ANSWER_MARK, FAMILIES
 from models.pairs import Pair
 from models.upgrade.checks import public_prompts
 
@@ -71,3 +71,15 @@ def test_a_later_draw_joins_each_keys_runs(tmp_path: Path) -> None:
     finish(merged, tmp_path / "merged.json")
     with pytest.raises(SystemExit, match="two results"):
         merge([first, first])
+
+
+def test_bench_modes_holds_out_the_same_keys_with_the_same_gts(toy_pair: Pair) -> None:
+    """Setting L of bench.modes: every key of bench.unseen's families, each asked of a GT of the other keys."""
+    from bench.modes import leave_one_out
+
+    gts, trained_on = leave_one_out(toy_pair)
+    keys = {f: FAMILIES[f].keys for f in ("rotate", "drop", "separate")}
+    assert sorted(gts) == sorted(f"{f}-{k}" for f, ks in keys.items() for k in ks)
+    assert gts["rotate-3"] == "rotate-without-3"
+    assert trained_on["rotate-without-3"] == [f"rotate-{k}" for k in keys["rotate"] if k != 3]
+    assert set(trained_on) == set(gts.values())
