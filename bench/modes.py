@@ -32,7 +32,7 @@ import torch
 
 from bench.experiment import PrivateRun, Scorer, cached_private_run
 from bench.quality import fit, spread
-from bench.unseen import families_of
+from bench.unseen import families_of, without
 from models.data.evaluate import accuracy, pgr
 from models.data.tasks import FAMILIES
 from models.lora.update import LoraLayout, add
@@ -54,10 +54,9 @@ def leave_one_out(pair: Pair) -> tuple[dict[str, str], dict[str, list[str]]]:
     family's other keys: the GT bench.unseen trains for that key, on the same runs and recipe)."""
     gts, trained_on = {}, {}
     for family in families_of(pair, None):
-        keys = FAMILIES[family].keys
-        for key in keys:
-            gts[f"{family}-{key}"] = f"{family}-without-{key}"
-            trained_on[f"{family}-without-{key}"] = [f"{family}-{k}" for k in keys if k != key]
+        for key in FAMILIES[family].keys:
+            gts[f"{family}-{key}"], seen = without(family, key)
+            trained_on[gts[f"{family}-{key}"]] = seen
     return gts, trained_on
 
 
@@ -137,6 +136,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(0)
     torch.set_num_threads(1)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     pair = ensure_pair(args.data_dir / "pairs", args.pair)
     recipe: Recipe = recipe_for(pair)
     family, seen_keys, unseen = recipe.unseen
@@ -159,7 +159,7 @@ def main() -> None:
     rows: list[dict] = []
     args.data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-modes-", dir=args.data_dir) as folder:  # its own: runs side by side
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for seed in seeds:
             for name in args.settings:
                 for task, gt_id in gts[name].items():
                     run = cached_private_run(pair, scorer, task, recipe.tiny, recipe.llm, seed)
@@ -176,8 +176,7 @@ def main() -> None:
                "average_pgr": {cell: _mean([r["pgr"] for r in mine]) for cell, mine in cells.items()},
                "average_p": {cell: _mean([r["p"] for r in mine]) for cell, mine in cells.items()},
                "pgr_sd_over_seeds": {cell: spread([_mean([r["pgr"] for r in mine if r["seed"] == seed])
-                                                   for seed in range(args.first_seed,
-                                                                     args.first_seed + args.seeds)])["std"]
+                                                   for seed in seeds])["std"]
                                      for cell, mine in cells.items()},
                "mean_seconds": {m: _mean([r["seconds"] for r in rows if r["mode"] == m]) for m in args.modes}}
     print("\n" + json.dumps(summary, indent=2))

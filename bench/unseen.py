@@ -52,6 +52,11 @@ def families_of(pair, names: list[str] | None) -> list[str]:
     return chosen
 
 
+def without(family: str, key: int) -> tuple[str, list[str]]:
+    """The GT asked for a held-out key: its id, and the family's other keys it is trained on."""
+    return f"{family}-without-{key}", [f"{family}-{k}" for k in FAMILIES[family].keys if k != key]
+
+
 def distill_prompts(pair, families: list[str], own: bool = False) -> list:  # noqa: ANN001
     """What distillation labels when the task is not given: every task's public prompts of the pair, and those of
     the held-out families where the pair has no task of theirs (the format is public, only the key is hidden).
@@ -206,8 +211,8 @@ def main() -> None:
         rows = []
         for key in [k for k in keys[family] if args.keys is None or k in args.keys]:
             held = f"{family}-{key}"
-            seen = [f"{family}-{k}" for k in keys[family] if k != key]
-            model, data = fit(pair, [plans[t] for t in seen], None, f"{family}-without-{key}", cfg, timings)
+            gt_id, seen = without(family, key)
+            model, data = fit(pair, [plans[t] for t in seen], None, gt_id, cfg, timings)
             private = [cached_private_run(pair, scorer, held, recipe.tiny, recipe.llm, s)
                        for s in range(args.first_seed, args.first_seed + args.seeds)]
             kind = "interpolation" if min(keys[family]) < key < max(keys[family]) else "extrapolation"
