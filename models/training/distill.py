@@ -98,14 +98,21 @@ def distill(pair: Pair, tiny_update: Update, prompts: list[Prompt], cfg: Distill
     started = time.perf_counter()
     examples = teacher_examples(pair, tiny_update, prompts, cfg, device)
     teacher_s = time.perf_counter() - started
-    llm_init = pair.init("llm")
-    begin = llm_init if start is None else add(llm_init, start)
-    model = pair.load_model("llm", device)
     started = time.perf_counter()
-    result = finetune_lora(model, pair.load_tokenizer("llm"), begin, pair.spec.lora, examples,
-                           replace(cfg.finetune, keep_last=0), on_step)
+    update = learn(pair, examples, cfg.finetune, start, on_step, device)
     train_s = time.perf_counter() - started
-    update = result.update if start is None else add(start, result.update)
     log.info("distilled %d teacher answers into the LLM (%.1fs labelling, %.1fs training)", len(examples),
              teacher_s, train_s)
     return DistillResult(update, len(examples), teacher_s, train_s)
+
+
+def learn(pair: Pair, examples: list[Example | Conversation], cfg: FinetuneConfig, start: Update | None = None,
+          on_step: OnStep | None = None, device: torch.device | str = "cpu") -> Update:
+    """The LLM's LoRA fine-tuned on the teacher's answers from the pair's init (or from `start`, a generated
+    update): the update relative to the init, `start` included."""
+    llm_init = pair.init("llm")
+    begin = llm_init if start is None else add(llm_init, start)
+    model = pair.load_model("llm", device)
+    result = finetune_lora(model, pair.load_tokenizer("llm"), begin, pair.spec.lora, examples,
+                           replace(cfg, keep_last=0), on_step)
+    return result.update if start is None else add(start, result.update)

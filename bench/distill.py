@@ -1,0 +1,178 @@
+"""Distillation's length and restarts, on the held-out keys bench.unseen uses: how much of the gap the LLM
+fine-tuned on the organization's TinyLM's answers recovers as it learns from more of them (`--steps`), and
+whether restarts with other seeds, chosen between by the upgrade's own probe check (exact agreement with the
+TinyLM on probe prompts), do better than one run.
+
+    python -m bench.distill --pair smol --steps 40 120 --restarts 2 --keys 1 2 3 --out a.json  # beside 4 5 6
+    python -m bench.distill --merge a.json b.json --out bench/results/distill-smol.json
+
+The prompts are split as an upgrade splits the organization's attached ones (`own`: the family's public prompts
+stand in for its question format; `public`: every task's of the pair): probes for the check, the rest labelled
+once per upload by the TinyLM; every variant learns from the same labels, from the pair's init. Restart r seeds
+the LLM's fine-tune with the recipe's seed plus r (restart 0 is what an upgrade runs today).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from bench.experiment import Scorer, cached_private_run
+from bench.quality import spread
+from bench.unseen import distill_prompts, families_of
+from models.data.evaluate import accuracy, answers, pgr
+from models.data.tasks import FAMILIES
+from models.lora.update import LoraLayout
+from models.pairs import ensure_pair
+from models.recipes import recipe_for, upgrade_recipe
+from models.training.distill import learn, teacher_examples
+from models.upgrade.checks import agreement, base_answers, llm_budget, split_prompts, teacher_answers, usable
+
+log = logging.getLogger("bench.distill")
+PICKS = ("first", "chosen", "mean", "best")  # restart 0; the probe check's pick; all restarts' mean; the oracle
+
+
+def key_draw(pair, scorer: Scorer, recipe, task: str, seed: int, pool: list, steps: list[int],  # noqa: ANN001
+             restarts: int) -> dict:
+    """One held-out key and private draw: every (steps, restart) variant's test accuracy, PGR and probe
+    agreement with the TinyLM."""
+    cfg = upgrade_recipe(pair.id)
+    run = cached_private_run(pair, scorer, task, recipe.tiny, recipe.llm, seed)
+    tiny = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).from_tokens(run.tiny_tokens)
+    probes, train = split_prompts(pool, cfg.quality.probes)
+    probes = usable(pair, probes)
+    taught = teacher_answers(pair, tiny, probes)
+    budget = llm_budget(pair, taught)
+    base_rate = agreement(taught, base_answers(pair, probes, budget))[0]
+    started = time.perf_counter()
+    examples = teacher_examples(pair, tiny, train, replace(cfg.distill, seed=cfg.distill.seed + seed))
+    teacher_s = time.perf_counter() - started
+    variants = []
+    for n in steps:
+        for restart in range(restarts):
+            finetune = replace(cfg.distill.finetune, steps=n, seed=cfg.distill.finetune.seed + restart)
+            started = time.perf_counter()
+            tokens = scorer.layout.to_tokens(learn(pair, examples, finetune))
+            train_s = time.perf_counter() - started
+            model = scorer.llm_model(tokens)
+            p = accuracy(model, scorer.tokenizer, run.test)
+            rate = agreement(taught, answers(model, scorer.tokenizer, probes, budget))[0]
+            variants.append({"steps": n, "restart": restart, "p": p, "pgr": pgr(p, run.p_s, run.p_t),
+                             "probe_rate": rate, "train_s": round(train_s, 1)})
+            log.info("%s draw %d, %d steps, restart %d: accuracy %.2f, probe agreement %.2f (%.0fs)", task, seed,
+                     n, restart, p, rate, train_s)
+    return {"task": task, "seed": seed, "n_test": len(run.test), "p_base": run.p_base, "p_s": run.p_s,
+            "p_t": run.p_t, "probes": len(probes), "base_probe_rate": base_rate, "labelled": len(examples),
+            "teacher_s": round(teacher_s, 1), "variants": variants}
+
+
+def picks(variants: list[dict]) -> dict[str, dict]:
+    """One key-draw's variants of one length, as each way of choosing between restarts would deliver them."""
+    chosen = max(variants, key=lambda v: v["probe_rate"])  # the first on a tie: restart 0
+    best = max(variants, key=lambda v: v["p"])
+    mean = {k: sum(v[k] for v in variants) / len(variants) for k in ("p", "pgr")}
+    return {"first": variants[0], "chosen": chosen, "mean": mean, "best": best}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per length and pick: the average accuracy and PGR over key-draws, and each key-draw's values."""
+    out = {}
+    for n in sorted({v["steps"] for row in rows for v in row["variants"]}):
+        by_pick = {name: {"p": [], "pgr": []} for name in PICKS}
+        for row in rows:
+            for name, got in picks([v for v in row["variants"] if v["steps"] == n]).items():
+                by_pick[name]["p"].append(got["p"])
+                by_pick[name]["pgr"].append(got["pgr"])
+        out[str(n)] = {name: {"p": spread(v["p"]), "pgr": spread(v["pgr"]), "pgr_each": v["pgr"]}
+                       for name, v in by_pick.items()}
+    return out
+
+
+def print_summary(result: dict) -> None:
+    rows = result["rows"]
+    steps = list(result["summary"])
+    print(f"\n{'key, draw':<14}{'P_S':>6}{'P_T':>6}" + "".join(f"{f'{n} steps r{r}':>16}" for n in steps
+                                                            for r in range(result["config"]["restarts"])))
+    for row in rows:
+        cells = "".join(f"{v['p']:>9.2f} ({v['probe_rate']:.2f})" for v in row["variants"])
+        print(f"{row['task'] + ', ' + str(row['seed']):<14}{row['p_s']:>6.2f}{row['p_t']:>6.2f}{cells}")
+    print("(test accuracy, and in brackets the probe check's agreement with the TinyLM)")
+    print(f"\n{'steps':<8}" + "".join(f"{name + ' PGR':>18}" for name in PICKS) + f"{'chosen acc.':>14}")
+    for n, by_pick in result["summary"].items():
+        cells = "".join(f"{by_pick[name]['pgr']['mean']:>10.1%} ±{by_pick[name]['pgr']['std']:>5.1%}"
+                        for name in PICKS)
+        print(f"{n:<8}{cells}{by_pick['chosen']['p']['mean']:>14.2f}")
+    print(f"({len(rows)} key-draws; ± is the spread over key-draws, not over seeds)")
+
+
+def finish(result: dict, out: Path) -> None:
+    result["summary"] = summarise(result["rows"])
+    print_summary(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=True))
+    print(f"\nwrote {out}")
+
+
+def merge(parts: list[dict]) -> dict:
+    """One result from runs of one config over different keys or draws."""
+    if len({json.dumps([p["pair"], {k: v for k, v in p["config"].items() if k != "keys"}], sort_keys=True)
+            for p in parts}) != 1:
+        raise SystemExit("these results differ in pair or config; merge runs that differ in --keys or --first-seed")
+    rows = [row for part in parts for row in part["rows"]]
+    if len({(r["task"], r["seed"]) for r in rows}) != len(rows):
+        raise SystemExit("a key-draw appears in two results")
+    config = {**parts[0]["config"], "keys": sorted({k for p in parts for k in p["config"]["keys"]})}
+    return {"pair": parts[0]["pair"], "config": config, "rows": sorted(rows, key=lambda r: (r["task"], r["seed"]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", default="smol")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--out", type=Path, default=Path("distill.json"))
+    parser.add_argument("--families", nargs="*", default=None, help="families whose keys are held out "
+                        "(default: bench.unseen's)")
+    parser.add_argument("--keys", type=int, nargs="+", default=None, help="only these keys")
+    parser.add_argument("--prompts", choices=("own", "public"), default="own")
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="the LLM fine-tune's lengths to try (default: the recipe's)")
+    parser.add_argument("--restarts", type=int, default=2, help="fine-tune seeds per length")
+    parser.add_argument("--seeds", type=int, default=1, help="private draws per key")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--merge", type=Path, nargs="+", default=None)
+    args = parser.parse_args()
+    if args.merge:
+        finish(merge([json.loads(path.read_text()) for path in args.merge]), args.out)
+        return
+    if args.restarts < 1:
+        parser.error("--restarts takes at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # two processes side by side on 2 cores
+    pair = ensure_pair(args.data_dir / "pairs", args.pair)
+    recipe = recipe_for(pair)
+    distill_cfg = upgrade_recipe(pair.id).distill
+    steps = args.steps or [distill_cfg.finetune.steps]
+    scorer = Scorer(pair)
+    families = families_of(pair, args.families)
+    rows = []
+    for family in families:
+        pool = distill_prompts(pair, [family] if args.prompts == "own" else families, args.prompts == "own")
+        for key in [k for k in FAMILIES[family].keys if args.keys is None or k in args.keys]:
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                rows.append(key_draw(pair, scorer, recipe, f"{family}-{key}", seed, pool, steps, args.restarts))
+    keys = sorted({int(r["task"].rsplit("-", 1)[1]) for r in rows})
+    finish({"pair": pair.id, "rows": rows,
+            "config": {"families": families, "keys": keys, "prompts": args.prompts, "steps": steps,
+                       "restarts": args.restarts, "distill": asdict(distill_cfg), "probes": rows[0]["probes"]}},
+           args.out)
+
+
+if __name__ == "__main__":
+    main()
