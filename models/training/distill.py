@@ -35,9 +35,10 @@ class DistillConfig:
     prompts: int = 1000  # at most this many prompts are labelled, drawn from those given
     max_new_tokens: int = 32  # the teacher's longest answer
     seed: int = 0
+    restarts: int = 1  # an upgrade's fine-tunes from each start, seeded apart; the probe check picks one
 
     def __post_init__(self) -> None:
-        if self.prompts < 1 or self.max_new_tokens < 1:
+        if self.prompts < 1 or self.max_new_tokens < 1 or self.restarts < 1:
             raise ConfigError(f"invalid distillation settings: {self}")
 
 

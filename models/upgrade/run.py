@@ -8,6 +8,9 @@
                     update; whichever of those and the GT's own update agrees with the TinyLM best on the
                     probe prompts is delivered (bench/results/modes-toy-C.json measures the choice)
 
+The TinyLM labels the prompts once per upgrade; every distillation (each start, and each of the recipe's
+`restarts`, fine-tunes seeded apart) learns from those labels, and the probe check chooses between them all.
+
 Whatever the mode, the delivered delta says how much to trust it (models/upgrade/quality.py).
 """
 
@@ -15,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,7 +30,7 @@ from models.errors import ConfigError, VerificationError
 from models.lora.update import Update, add, mean, read_adapter, save_update, subtract
 from models.pairs import Pair
 from models.recipes import upgrade_recipe
-from models.training.distill import distill
+from models.training.distill import learn, teacher_examples
 from models.training.finetune import write_adapter_folder
 from models.upgrade.checks import check, public_prompts, split_prompts, teacher_answers, usable
 from models.upgrade.lift import generate_update, similarity
@@ -98,8 +102,7 @@ def run_upgrade(pair: Pair, gt_id: str | None, adapter_paths: list[Path], out_di
     if distill_from_gt is None:
         distill_from_gt = upgrade_recipe(pair.id).distill_from_gt
     starts = [None] + ([gt_result] if distill_from_gt and _may_start(gt_result, pair) else [])
-    spans = [(0.5 + 0.4 * i / len(starts), 0.5 + 0.4 * (i + 1) / len(starts)) for i in range(len(starts))]
-    made = [_distill_path(inputs, out_dir, say, start, span) for start, span in zip(starts, spans, strict=True)]
+    made = _distill_paths(inputs, out_dir, say, starts)
     candidates = [*made, *([gt_result] if gt_result is not None else [])]
     best = max(candidates, key=lambda r: r.quality["gain"])  # the first on a tie: the init's distillation
     best.quality["candidates"] = [{"made_by": _made_by(r), "gain": r.quality["gain"],
@@ -113,8 +116,11 @@ def run_upgrade(pair: Pair, gt_id: str | None, adapter_paths: list[Path], out_di
 
 
 def _made_by(result: UpgradeResult) -> str:
-    """"gt", "distill:init" or "distill:gt" (distilled from the GT's update)."""
-    return "gt" if result.mode == "gt" else f"distill:{result.quality['distill']['start']}"
+    """"gt", "distill:init" or "distill:gt" (distilled from the GT's update), and ":<r>" for restart r > 0."""
+    if result.mode == "gt":
+        return "gt"
+    restart = result.quality["distill"].get("restart", 0)
+    return f"distill:{result.quality['distill']['start']}" + (f":{restart}" if restart else "")
 
 
 def _inputs(pair: Pair, tiny: Update, prompts: list[Prompt] | None, task: str | None,
@@ -148,25 +154,37 @@ def _may_start(gt_result: UpgradeResult | None, pair: Pair) -> bool:
     return gt_result is not None and gt_result.quality["gain"] >= upgrade_recipe(pair.id).quality.harm_below
 
 
-def _distill_path(inputs: _Inputs, out_dir: Path, say: Progress, start: UpgradeResult | None = None,
-                  span: tuple[float, float] = (0.5, 0.9)) -> UpgradeResult:
-    """Distillation from the pair's init, or from `start` (the GT's update), which the result then names;
-    progress runs over `span`."""
+def _distill_paths(inputs: _Inputs, out_dir: Path, say: Progress, starts: list[UpgradeResult | None]
+                   ) -> list[UpgradeResult]:
+    """Distillation from the pair's init (None) or a GT's update, each start fine-tuned `restarts` times with
+    seeds apart (the recipe's), all from one labelling of the prompts by the TinyLM; each result names its
+    start and restart."""
     cfg = upgrade_recipe(inputs.pair.id).distill
-    steps = cfg.finetune.steps
-    lo, hi = span
-    say(lo, "distilling", "starting from the " + ("pair's init" if start is None else "GT's update"))
+    say(0.5, "distilling", "the TinyLM answers the prompts")
+    started = time.perf_counter()
+    examples = teacher_examples(inputs.pair, inputs.tiny, inputs.train, cfg, inputs.device)
+    teacher_s = time.perf_counter() - started
+    runs = [(start, restart) for start in starts for restart in range(cfg.restarts)]
+    made = []
+    for i, (start, restart) in enumerate(runs):
+        lo, hi = 0.55 + 0.35 * i / len(runs), 0.55 + 0.35 * (i + 1) / len(runs)
+        say(lo, "distilling", "starting from the " + ("pair's init" if start is None else "GT's update")
+            + (f" (restart {restart})" if restart else ""))
 
-    def on_step(step: int, loss: float) -> None:
-        say(lo + 0.9 * (hi - lo) * (step + 1) / steps, "distilling")
+        def on_step(step: int, loss: float, lo: float = lo, hi: float = hi) -> None:
+            say(lo + 0.9 * (hi - lo) * (step + 1) / cfg.finetune.steps, "distilling")
 
-    done = distill(inputs.pair, inputs.tiny, inputs.train, cfg, on_step=on_step,
-                   start=None if start is None else start.update, device=inputs.device)
-    say(hi, "checking the distilled update")
-    version, gt_id = (None, None) if start is None else (start.gt_version, start.gt_id)
-    return _deliver(inputs, done.update, out_dir, "distill", version, None, None, gt_id,
-                    {"labelled": done.labelled, "teacher_s": round(done.teacher_seconds, 2),
-                     "train_s": round(done.train_seconds, 2), "start": "init" if start is None else "gt"})
+        started = time.perf_counter()
+        update = learn(inputs.pair, examples, replace(cfg.finetune, seed=cfg.finetune.seed + restart),
+                       None if start is None else start.update, on_step, inputs.device)
+        train_s = time.perf_counter() - started
+        say(hi, "checking the distilled update")
+        version, gt_id = (None, None) if start is None else (start.gt_version, start.gt_id)
+        made.append(_deliver(inputs, update, out_dir, "distill", version, None, None, gt_id,
+                             {"labelled": len(examples), "teacher_s": round(teacher_s, 2),
+                              "train_s": round(train_s, 2), "start": "init" if start is None else "gt",
+                              "restart": restart}))
+    return made
 
 
 def _deliver(inputs: _Inputs, update: Update, out_dir: Path, mode: str, version: str | None,

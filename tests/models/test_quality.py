@@ -200,3 +200,30 @@ def test_a_one_task_gts_reference_is_not_centred() -> None:
     own = reference.compare(one.src[:3].mean(0))
     other = reference.compare(data.src[data.run == 4].mean(0))
     assert own["margin"] is None and own["relative"] > 0.8 and other["relative"] < 0.5 * own["relative"]
+
+
+def test_distillation_restarts_learn_from_one_labelling_and_the_probe_check_picks(
+        toy_pairs_dir: Path, toy_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two restarts in the pair's recipe a distillation is fine-tuned twice, seeded apart, from one labelling
+    of the prompts by the TinyLM; the one that agrees with the TinyLM most on the probes is delivered."""
+    from dataclasses import replace
+
+    from models.lora.update import read_adapter
+    from models.pairs import PairStore
+    from models.recipes import UPGRADES
+    from models.upgrade import run_upgrade
+
+    recipe = UPGRADES["toy"]
+    quick = replace(recipe.distill.finetune, steps=30)
+    monkeypatch.setitem(UPGRADES, "toy", replace(recipe, distill=replace(recipe.distill, restarts=2, finetune=quick)))
+    pair = PairStore(toy_pairs_dir).get("toy")
+    said: list[str] = []
+    got = run_upgrade(pair, None, [toy_adapter / "adapter_model.safetensors"], tmp_path, mode="distill",
+                      on_progress=lambda fraction, stage, message=None: said.append(message or ""))
+    candidates = got.quality["candidates"]
+    assert [c["made_by"] for c in candidates] == ["distill:init", "distill:init:1"]
+    assert got.quality["gain"] == max(c["gain"] for c in candidates)
+    assert sum("the TinyLM answers the prompts" in m for m in said) == 1
+    assert sum("restart 1" in m for m in said) == 1
+    delivered = read_adapter(got.files["adapter_model.safetensors"])
+    assert all(torch.allclose(delivered[k], pair.init("llm")[k] + got.update[k], atol=1e-6) for k in delivered)
