@@ -161,18 +161,23 @@ def main() -> None:
     steps = args.steps or [distill_cfg.finetune.steps]
     scorer = Scorer(pair)
     families = families_of(pair, args.families)
-    rows = []
+    rows: list[dict] = []
+
+    def result() -> dict:
+        keys = sorted({int(r["task"].rsplit("-", 1)[1]) for r in rows})
+        return {"pair": pair.id, "rows": rows,
+                "config": {"families": families, "keys": keys, "prompts": args.prompts, "steps": steps,
+                           "restarts": args.restarts, "distill": asdict(distill_cfg),
+                           "probes": rows[0]["probes"]}}
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for family in families:
         pool = distill_prompts(pair, [family] if args.prompts == "own" else families, args.prompts == "own")
         for key in [k for k in FAMILIES[family].keys if args.keys is None or k in args.keys]:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 rows.append(key_draw(pair, scorer, recipe, f"{family}-{key}", seed, pool, steps, args.restarts))
-    keys = sorted({int(r["task"].rsplit("-", 1)[1]) for r in rows})
-    finish({"pair": pair.id, "rows": rows,
-            "config": {"families": families, "keys": keys, "prompts": args.prompts, "steps": steps,
-                       "restarts": args.restarts, "distill": asdict(distill_cfg), "probes": rows[0]["probes"]}},
-           args.out)
-
+                args.out.write_text(json.dumps(result(), indent=2, sort_keys=True))  # a stopped run keeps its rows
+    finish(result(), args.out)
 
 if __name__ == "__main__":
     main()
