@@ -145,8 +145,8 @@ UPGRADES = {
     # 0.25-0.72 against 0.03-0.11 (bench/results/modes-smol-gt-B.json, modes-smol-gt-C.json).
     # smol distils for 120 steps of batch 8, about one pass over the ~940 prompts the TinyLM labels, where the
     # private fine-tune's 40 steps saw a third of them: on pick6's held-out keys with the organization's prompts,
-    # from the init, 44.2% average PGR against 28.6% (accuracy 0.58 against 0.54), better on 3 of 6 keys, worse on
-    # the extrapolated 1 and 6 (bench/results/distill-smol.json; a second draw in distill-smol-long.json).
+    # from the init, 44.2% average PGR against 28.6% (accuracy 0.58 against 0.54), better on 3 of 6 keys; on a second
+    # draw 38.2% against 17.8%, better on 5 of 6 (bench/results/distill-smol.json, distill-smol-long.json).
     "smol": UpgradeRecipe(DistillConfig(replace(RECIPES["smol"].llm, steps=120)),
                           QualityConfig(probes=64, gt_gain_from=0.15)),
 }
