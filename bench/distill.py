@@ -179,5 +179,6 @@ def main() -> None:
                 args.out.write_text(json.dumps(result(), indent=2, sort_keys=True))  # a stopped run keeps its rows
     finish(result(), args.out)
 
+
 if __name__ == "__main__":
     main()
