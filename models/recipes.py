@@ -147,8 +147,8 @@ UPGRADES = {
     # private fine-tune's 40 steps saw a third of them: on pick6's held-out keys with the organization's prompts,
     # from the init, 44.2% average PGR against 28.6% (accuracy 0.58 against 0.54), better on 3 of 6 keys; on a second
     # draw 38.2% against 17.8%, better on 5 of 6 (bench/results/distill-smol.json, distill-smol-long.json).
-    # Distilled from the GT's update it leaves the average where it was: 51.9% against 50.7% on the first draw, better
-    # between seen keys, worse on the extrapolated ones' second draw (bench/results/unseen-smol-own-120.json).
+    # Distilled from the GT's update it moves the average a little: 50.7% against 48.1% over two draws of the six keys,
+    # better between seen keys, worse on extrapolated pick6-1's second draw (bench/results/unseen-smol-own-120.json).
     "smol": UpgradeRecipe(DistillConfig(replace(RECIPES["smol"].llm, steps=120)),
                           QualityConfig(probes=64, gt_gain_from=0.15)),
 }
