@@ -148,7 +148,7 @@ UPGRADES = {
     # from the init, 44.2% average PGR against 28.6% (accuracy 0.58 against 0.54), better on 3 of 6 keys; on a second
     # draw 38.2% against 17.8%, better on 5 of 6 (bench/results/distill-smol.json, distill-smol-long.json).
     # Distilled from the GT's update it moves the average a little: 50.7% against 48.1% over two draws of the six keys,
-    # better between seen keys, worse on extrapolated pick6-1's second draw (bench/results/unseen-smol-own-120.json).
+    # 57.4% against 48.5% between seen keys, 37.3% against 47.3% outside them (bench/results/unseen-smol-own-120.json).
     "smol": UpgradeRecipe(DistillConfig(replace(RECIPES["smol"].llm, steps=120)),
                           QualityConfig(probes=64, gt_gain_from=0.15)),
 }
