@@ -35,7 +35,7 @@ from bench.quality import fit, spread
 from bench.unseen import families_of, without
 from models.data.evaluate import accuracy, pgr
 from models.data.tasks import FAMILIES
-from models.lora.update import LoraLayout, add
+from models.lora.update import LoraLayout, Update, add
 from models.pairs import ALL_TASKS, Pair, ensure_pair
 from models.pairs.tasks import task_splits
 from models.recipes import Recipe, recipe_for, upgrade_recipe
@@ -43,6 +43,7 @@ from models.training.finetune import write_adapter_folder
 from models.training.shadow import build_shadow
 from models.upgrade import run_upgrade
 from models.upgrade.quality import confidence
+from models.upgrade.run import made_by
 
 log = logging.getLogger("bench.modes")
 MODES = ("gt", "distill", "auto", "auto-init")  # auto-init: auto distilling from the pair's init, as before
@@ -76,15 +77,21 @@ def upgrade_row(pair: Pair, scorer: Scorer, run: PrivateRun, gt_id: str | None, 
                          mode=mode.removesuffix("-init"), prompts=own, distill_from_gt=not mode.endswith("-init"))
     seconds = time.perf_counter() - start
     layout = LoraLayout(pair.init("llm"), pair.spec.lora.targets)
-    p = accuracy(scorer.llm_model(layout.to_tokens(result.update)), scorer.tokenizer, run.test)
+
+    def score(update: Update) -> float:
+        return accuracy(scorer.llm_model(layout.to_tokens(update)), scorer.tokenizer, run.test)
+
+    p = score(result.update)
     quality = result.quality
+    # auto judged several upgrades: each one's test accuracy, to tell whether the probe check chose the best
+    scored = {made_by(r): score(r.update) for r in result.alternatives} | {made_by(result): p}
     return {"task": run.task, "mode": mode, "prompts": prompts, "used": result.mode, "p": p,
             "pgr": pgr(p, run.p_s, run.p_t), "seconds": round(seconds, 2), "verdict": quality["verdict"],
             "start": (quality.get("distill") or {}).get("start"), "candidates": quality.get("candidates"),
             "gain": quality["gain"], "relative": (quality.get("similarity") or {}).get("relative"),
             "margin": (quality.get("similarity") or {}).get("margin"), "confidence": confidence(quality),
             "reason": quality["reason"], "agreement": quality["agreement"], "p_s": run.p_s, "p_t": run.p_t,
-            "p_base": run.p_base}
+            "p_base": run.p_base, "candidates_p": scored if result.alternatives else None}
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float:
@@ -132,8 +139,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="private draws (data and runs) per task")
     parser.add_argument("--first-seed", type=int, default=0, help="the first private draw")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="which modes to run")
+    parser.add_argument("--keys", nargs="+", type=int, help="setting L: only these held-out keys (two processes "
+                        "can share the keys and --merge their files)")
+    parser.add_argument("--merge", nargs="+", type=Path, help="join the rows of these files (of one pair) into "
+                        "--out, and summarise them; runs nothing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.merge:
+        return merge(args.merge, args.out)
     torch.manual_seed(0)
     torch.set_num_threads(1)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -149,6 +162,8 @@ def main() -> None:
     if "L" in args.settings:
         gts["L"], held_out = leave_one_out(pair)
         trained_on.update(held_out)
+        if args.keys:
+            gts["L"] = {t: gt_id for t, gt_id in gts["L"].items() if int(t.rsplit("-", 1)[1]) in args.keys}
     missing = sorted({gts[name][t] for name in args.settings for t in gts[name]} - set(pair.gt_ids()))
     plans = {t: recipe.plan(t) for t in sorted({t for gt_id in missing for t in trained_on[gt_id]})}
     build_shadow(pair, list(plans.values()), workers=args.workers)  # only what the missing GTs learn from
@@ -169,22 +184,62 @@ def main() -> None:
                             rows.append({"setting": name, "gt_id": gt_id, "seed": seed, **row})
                             log.info("%s %s seed %d %s %s: PGR %.1f%% (%s, gain %.3f)", name, task, seed,
                                      prompts, mode, 100 * row["pgr"], row["verdict"], row["gain"])
-    print_rows(rows)
+    write(args.out, pair.id, rows)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Average PGR and accuracy per setting, prompts and mode (each with its spread over private draws), mean
+    seconds per mode, and how well the verdict separates upgrades."""
     cells = {"/".join(cell): [r for r in rows if (r["setting"], r["prompts"], r["mode"]) == cell]
-             for cell in [(s, p, m) for s in args.settings for p in variants for m in args.modes]}
-    summary = {"separation": separation(rows),
-               "average_pgr": {cell: _mean([r["pgr"] for r in mine]) for cell, mine in cells.items()},
-               "average_p": {cell: _mean([r["p"] for r in mine]) for cell, mine in cells.items()},
-               "pgr_sd_over_seeds": {cell: spread([_mean([r["pgr"] for r in mine if r["seed"] == seed])
-                                                   for seed in seeds])["std"]
-                                     for cell, mine in cells.items()},
-               "mean_seconds": {m: _mean([r["seconds"] for r in rows if r["mode"] == m]) for m in args.modes}}
+             for cell in dict.fromkeys((r["setting"], r["prompts"], r["mode"]) for r in rows)}
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    return {"separation": separation(rows),
+            "average_pgr": {cell: _mean([r["pgr"] for r in mine]) for cell, mine in cells.items()},
+            "average_p": {cell: _mean([r["p"] for r in mine]) for cell, mine in cells.items()},
+            "pgr_sd_over_seeds": {cell: spread([_mean([r["pgr"] for r in mine if r["seed"] == seed])
+                                                for seed in sorted({r["seed"] for r in mine})])["std"]
+                                  for cell, mine in cells.items()},
+            "mean_seconds": {m: _mean([r["seconds"] for r in rows if r["mode"] == m]) for m in modes},
+            "choice": choice(rows)}
+
+
+def choice(rows: list[dict]) -> dict:
+    """Of auto's upgrades that judged several candidates: how often the probe check delivered the one with the
+    best test accuracy, and the average accuracy of what it delivered, of the best and of each kind of
+    candidate."""
+    judged = [r for r in rows if r.get("candidates_p")]
+    kinds = sorted({k for r in judged for k in r["candidates_p"]})
+    return {"upgrades": len(judged),
+            "chose_best": sum(r["p"] >= max(r["candidates_p"].values()) for r in judged),
+            "average_p_delivered": _mean([r["p"] for r in judged]),
+            "average_p_best": _mean([max(r["candidates_p"].values()) for r in judged]),
+            "average_p_by_candidate": {k: _mean([r["candidates_p"][k] for r in judged if k in r["candidates_p"]])
+                                       for k in kinds}}
+
+
+def write(out: Path, pair_id: str, rows: list[dict]) -> None:
+    """Print the rows and their summary and write them, with the upgrade recipe they ran under, to `out`."""
+    print_rows(rows)
+    summary = summarise(rows)
     print("\n" + json.dumps(summary, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"pair": pair.id, "rows": rows, "summary": summary,
-                                    "quality": asdict(upgrade_recipe(pair.id).quality),
-                                    "distill": asdict(upgrade_recipe(pair.id).distill)}, indent=2, sort_keys=True))
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"pair": pair_id, "rows": rows, "summary": summary,
+                               "quality": asdict(upgrade_recipe(pair_id).quality),
+                               "distill": asdict(upgrade_recipe(pair_id).distill)}, indent=2, sort_keys=True))
+    print(f"wrote {out}")
+
+
+def merge(files: list[Path], out: Path) -> None:
+    """Join the rows of several runs of one pair (e.g. two processes' held-out keys) into one file."""
+    results = [json.loads(f.read_text()) for f in files]
+    pairs = {r["pair"] for r in results}
+    if len(pairs) != 1:
+        raise SystemExit(f"the files hold different pairs: {sorted(pairs)}")
+    rows = [row for r in results for row in r["rows"]]
+    cells = [(r["setting"], r["task"], r["seed"], r["prompts"], r["mode"]) for r in rows]
+    if len(set(cells)) < len(cells):
+        raise SystemExit("the files hold two results of one upgrade (setting, task, seed, prompts and mode)")
+    write(out, pairs.pop(), rows)
 
 
 def _mean(values: list[float]) -> float:

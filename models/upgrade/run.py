@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +53,7 @@ class UpgradeResult:
     quality: dict
     mode: str  # what made the delivered update: "gt" or "distill"
     gt_id: str | None = None  # the GT of gt_version
+    alternatives: list[UpgradeResult] = field(default_factory=list)  # candidates the probe check passed over
 
 
 @dataclass
@@ -105,17 +106,18 @@ def run_upgrade(pair: Pair, gt_id: str | None, adapter_paths: list[Path], out_di
     made = _distill_paths(inputs, out_dir, say, starts)
     candidates = [*made, *([gt_result] if gt_result is not None else [])]
     best = max(candidates, key=lambda r: r.quality["gain"])  # the first on a tie: the init's distillation
-    best.quality["candidates"] = [{"made_by": _made_by(r), "gain": r.quality["gain"],
+    best.quality["candidates"] = [{"made_by": made_by(r), "gain": r.quality["gain"],
                                    "verdict": r.quality["verdict"]} for r in candidates]
     if len(candidates) > 1:
         gains = ", ".join(f"{c['made_by']} {c['gain']:.3f}" for c in best.quality["candidates"])
-        say(0.95, "checking", f"delivering {_made_by(best)}: it agrees with the TinyLM best (gain: {gains})")
-    if best is made[-1]:  # the last one written is the one in out_dir
-        return best
-    return _deliver(inputs, best.update, out_dir, best.mode, best.gt_version, best.quality, gt_id=best.gt_id)
+        say(0.95, "checking", f"delivering {made_by(best)}: it agrees with the TinyLM best (gain: {gains})")
+    if best is not made[-1]:  # the last one written is the one in out_dir
+        best = _deliver(inputs, best.update, out_dir, best.mode, best.gt_version, best.quality, gt_id=best.gt_id)
+    best.alternatives = [r for r in candidates if r.quality is not best.quality]
+    return best
 
 
-def _made_by(result: UpgradeResult) -> str:
+def made_by(result: UpgradeResult) -> str:
     """"gt", "distill:init" or "distill:gt" (distilled from the GT's update), and ":<r>" for restart r > 0."""
     if result.mode == "gt":
         return "gt"

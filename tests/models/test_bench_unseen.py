@@ -83,3 +83,28 @@ def test_bench_modes_holds_out_the_same_keys_with_the_same_gts(toy_pair: Pair) -
     assert gts["rotate-3"] == "rotate-without-3"
     assert trained_on["rotate-without-3"] == [f"rotate-{k}" for k in keys["rotate"] if k != 3]
     assert set(trained_on) == set(gts.values())
+
+
+def test_bench_modes_joins_two_processes_files_and_says_how_often_auto_chose_best(tmp_path: Path) -> None:
+    """Two processes' held-out keys join into one summary; auto's choice is scored against the test accuracy
+    of every candidate it judged; one upgrade twice is refused."""
+    from bench.modes import merge
+
+    def row(task: str, p: float, candidates: dict | None) -> dict:
+        return {"setting": "L", "task": task, "seed": 1, "prompts": "own", "mode": "auto", "used": "distill",
+                "p": p, "pgr": p - 0.2, "seconds": 10.0, "verdict": "low_confidence", "confidence": 0.1,
+                "gain": 0.2, "relative": None, "candidates_p": candidates}
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"pair": "smol", "rows": [
+        row("pick6-1", 0.6, {"distill:init": 0.6, "distill:gt": 0.7})]}))
+    second.write_text(json.dumps({"pair": "smol", "rows": [
+        row("pick6-4", 0.9, {"distill:init": 0.5, "distill:gt": 0.9}), row("pick6-5", 0.4, None)]}))
+    merge([first, second], tmp_path / "out.json")
+    summary = json.loads((tmp_path / "out.json").read_text())["summary"]
+    assert summary["average_p"]["L/own/auto"] == pytest.approx((0.6 + 0.9 + 0.4) / 3)
+    assert summary["choice"]["upgrades"] == 2 and summary["choice"]["chose_best"] == 1
+    assert summary["choice"]["average_p_best"] == pytest.approx(0.8)
+    assert summary["choice"]["average_p_by_candidate"] == pytest.approx({"distill:init": 0.55, "distill:gt": 0.8})
+    with pytest.raises(SystemExit, match="two results"):
+        merge([first, first], tmp_path / "twice.json")

@@ -176,6 +176,9 @@ def test_auto_distils_from_the_init_and_the_gts_update_and_delivers_the_closest(
     assert chosen.quality["gain"] == max(candidates.values())
     made_by = "gt" if chosen.mode == "gt" else f"distill:{chosen.quality['distill']['start']}"
     assert candidates[made_by] == chosen.quality["gain"]
+    from models.upgrade.run import made_by as describe  # the candidates passed over are kept beside
+    assert sorted(describe(r) for r in [chosen, *chosen.alternatives]) == sorted(candidates)
+    assert all(any(not torch.equal(r.update[k], chosen.update[k]) for k in chosen.update) for r in chosen.alternatives)
     named = None if made_by == "distill:init" else ALL_TASKS
     assert (chosen.gt_id, chosen.gt_version) == (named, named and gt.gt_version)
     with safe_open(str(chosen.files["update.safetensors"]), "pt") as f:
