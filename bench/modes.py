@@ -9,13 +9,16 @@ those that do not.
     python -m bench.modes --pair toy --seeds 3 --out bench/results/modes-toy.json
     python -m bench.modes --pair toy --settings C --seeds 3 --out bench/results/modes-toy-C.json
     python -m bench.modes --pair smol --settings B --prompts own --out bench/results/modes-smol-B.json
-    python -m bench.modes --pair smol --settings L --prompts own --modes auto --first-seed 1 --out ...
+    python -m bench.modes --pair smol --settings L --prompts own --modes auto --first-seed 1 --keys 1 2 3 --out a.json
+    python -m bench.modes --merge a.json b.json --out bench/results/modes-smol-L.json  # b.json: --keys 4 5 6
 
 Reuses what bench.quality builds (pair, shadow runs, GTs, private runs; missing ones are built). Each upgrade
 runs through models.upgrade.run_upgrade as a worker runs it, with the organization's prompts (`own`: its
 task's public prompts stand in for its question format) or without (`public`: the pair's public prompts).
 The summary gives average PGR and average accuracy (`average_p`): where the LLM's own fine-tune learns a key
 worse than the TinyLM did (P_T < P_S, as rotate-2 can), PGR turns signs and only accuracy reads plainly.
+Where auto judged several candidates, each one's test accuracy is scored too (`candidates_p`), and `choice`
+says how often the probe check delivered the best of them.
 """
 
 from __future__ import annotations
