@@ -2,3 +2,7 @@
 
 Importable without `app/` or `workers/`.
 """
+
+from models.kernels import pin_cpu_kernels
+
+pin_cpu_kernels()  # before any tensor operation of the process: see models/kernels.py

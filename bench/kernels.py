@@ -1,0 +1,109 @@
+"""Whether this machine computes the same bits as the machines recorded in bench/results/kernels.json.
+
+    python -m bench.kernels                 # prints this machine's digests beside the recorded ones
+    python -m bench.kernels --record        # and adds them to the file (commit it)
+
+Two computations, each under the pinned AVX2 kernels (models/kernels.py) and under each library's own choice
+(`GRADLIFT_CPU_KERNELS=native`), each in a fresh process on one thread: the smol pair's LoRA init (seeded
+random numbers) and a 4-step LoRA fine-tune of its LLM from that init on 32 public examples of pick6-1 (the
+steps every shadow run, private run and distillation is made of). A digest is a SHA-256 of the tensors'
+bytes. Pinned digests that match across machines mean a rerun there builds the same shadow runs, GTs and
+benchmark rows; native ones match only between machines whose CPUs offer the same instructions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path("bench/results/kernels.json")
+
+
+def digest(tensors: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def measure(data_dir: Path) -> dict:
+    """This process's digests (run under the environment its parent chose)."""
+    import torch
+
+    import models  # noqa: F401  (pins the kernels unless told not to, before any tensor operation)
+    from models.pairs import ensure_pair
+    from models.pairs.tasks import task_splits
+    from models.training.distill import learn
+    from models.training.finetune import FinetuneConfig
+
+    torch.set_num_threads(1)
+    pair = ensure_pair(data_dir / "pairs", "smol")
+    examples = task_splits(pair, "pick6-1").public[:32]
+    update = learn(pair, examples, FinetuneConfig(steps=4, batch_size=8, lr=2e-3, seed=0))
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "llm_init": digest(pair.init("llm")),
+            "tiny_init": digest(pair.init("tiny")), "finetune_4_steps": digest(update)}
+
+
+def _bits(measured: dict) -> tuple:
+    return tuple(v for k, v in sorted(measured.items()) if k != "capability")
+
+
+def machine() -> dict:
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cpu": model, "avx512": " avx512f" in _cpuinfo(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--record", action="store_true", help=f"add this machine's digests to {RESULTS}")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # the child processes
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.data_dir)))
+        return
+    here = {"machine": machine()}
+    for kernels in ("avx2", "native"):
+        env = {**os.environ, "GRADLIFT_CPU_KERNELS": kernels, "OMP_NUM_THREADS": "1"}
+        for name in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA"):
+            env.pop(name, None)
+        out = subprocess.run([sys.executable, "-m", "bench.kernels", "--measure", "--data-dir", str(args.data_dir)],
+                             env=env, check=True, capture_output=True, text=True).stdout
+        here[kernels] = json.loads(out.strip().splitlines()[-1])
+    recorded = json.loads(RESULTS.read_text())["machines"] if RESULTS.exists() else []
+    print(f"{'machine':<44}{'torch':<14}{'kernels':<8}{'capability':<11}{'llm_init':<18}{'finetune_4_steps':<18}")
+    for entry in [*recorded, here]:
+        for kernels in ("avx2", "native"):
+            got = entry[kernels]
+            label = ("this machine: " if entry is here else "") + entry["machine"]["cpu"]
+            print(f"{label[:43]:<44}{entry['machine']['torch']:<14}{kernels:<8}{got['capability']:<11}"
+                  f"{got['llm_init']:<18}{got['finetune_4_steps']:<18}")
+    same = [e["machine"]["cpu"] for e in recorded if e["avx2"]["finetune_4_steps"] == here["avx2"]["finetune_4_steps"]]
+    print(f"\npinned kernels: the same bits as {len(same)} of {len(recorded)} recorded machines; "
+          f"native kernels here {'compute' if _bits(here['native']) == _bits(here['avx2']) else 'differ from'} "
+          "the pinned ones' bits")
+    if args.record:
+        RESULTS.write_text(json.dumps({"machines": [*recorded, here]}, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
