@@ -149,6 +149,8 @@ UPGRADES = {
     # draw 38.2% against 17.8%, better on 5 of 6 (bench/results/distill-smol.json, distill-smol-long.json).
     # Distilled from the GT's update it moves the average a little: 50.7% against 48.1% over two draws of the six keys,
     # 57.4% against 48.5% between seen keys, 37.3% against 47.3% outside them (bench/results/unseen-smol-own-120.json).
+    # `auto` on the second draw, choosing between both by agreement: 54.1% (50.2% at 40 steps), the better of the
+    # two on 4 of 6 keys (bench/results/modes-smol-L-120.json).
     "smol": UpgradeRecipe(DistillConfig(replace(RECIPES["smol"].llm, steps=120)),
                           QualityConfig(probes=64, gt_gain_from=0.15)),
 }
