@@ -10,7 +10,7 @@ those that do not.
     python -m bench.modes --pair toy --settings C --seeds 3 --out bench/results/modes-toy-C.json
     python -m bench.modes --pair smol --settings B --prompts own --out bench/results/modes-smol-B.json
     python -m bench.modes --pair smol --settings L --prompts own --modes auto --first-seed 1 --keys 1 2 3 --out a.json
-    python -m bench.modes --merge a.json b.json --out bench/results/modes-smol-L.json  # b.json: --keys 4 5 6
+    python -m bench.modes --merge a.json b.json --out bench/results/modes-smol-L-120.json  # b.json: --keys 4 5 6
 
 Reuses what bench.quality builds (pair, shadow runs, GTs, private runs; missing ones are built). Each upgrade
 runs through models.upgrade.run_upgrade as a worker runs it, with the organization's prompts (`own`: its
@@ -187,7 +187,8 @@ def main() -> None:
                             rows.append({"setting": name, "gt_id": gt_id, "seed": seed, **row})
                             log.info("%s %s seed %d %s %s: PGR %.1f%% (%s, gain %.3f)", name, task, seed,
                                      prompts, mode, 100 * row["pgr"], row["verdict"], row["gain"])
-    write(args.out, pair.id, rows)
+    recipe_used = upgrade_recipe(pair.id)
+    write(args.out, pair.id, rows, {"quality": asdict(recipe_used.quality), "distill": asdict(recipe_used.distill)})
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -220,29 +221,30 @@ def choice(rows: list[dict]) -> dict:
                                        for k in kinds}}
 
 
-def write(out: Path, pair_id: str, rows: list[dict]) -> None:
+def write(out: Path, pair_id: str, rows: list[dict], recipe_used: dict) -> None:
     """Print the rows and their summary and write them, with the upgrade recipe they ran under, to `out`."""
     print_rows(rows)
     summary = summarise(rows)
     print("\n" + json.dumps(summary, indent=2))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"pair": pair_id, "rows": rows, "summary": summary,
-                               "quality": asdict(upgrade_recipe(pair_id).quality),
-                               "distill": asdict(upgrade_recipe(pair_id).distill)}, indent=2, sort_keys=True))
+    out.write_text(json.dumps({"pair": pair_id, "rows": rows, "summary": summary, **recipe_used}, indent=2,
+                              sort_keys=True))
     print(f"wrote {out}")
 
 
 def merge(files: list[Path], out: Path) -> None:
-    """Join the rows of several runs of one pair (e.g. two processes' held-out keys) into one file."""
+    """Join the rows of several runs of one pair and upgrade recipe (e.g. two processes' held-out keys) into one
+    file."""
     results = [json.loads(f.read_text()) for f in files]
     pairs = {r["pair"] for r in results}
-    if len(pairs) != 1:
-        raise SystemExit(f"the files hold different pairs: {sorted(pairs)}")
+    recipes = {json.dumps({k: r.get(k) for k in ("quality", "distill")}, sort_keys=True) for r in results}
+    if len(pairs) != 1 or len(recipes) != 1:
+        raise SystemExit(f"the files hold different pairs or upgrade recipes: {sorted(pairs)}")
     rows = [row for r in results for row in r["rows"]]
     cells = [(r["setting"], r["task"], r["seed"], r["prompts"], r["mode"]) for r in rows]
     if len(set(cells)) < len(cells):
         raise SystemExit("the files hold two results of one upgrade (setting, task, seed, prompts and mode)")
-    write(out, pairs.pop(), rows)
+    write(out, pairs.pop(), rows, json.loads(recipes.pop()))
 
 
 def _mean(values: list[float]) -> float:

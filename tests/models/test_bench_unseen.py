@@ -108,3 +108,7 @@ def test_bench_modes_joins_two_processes_files_and_says_how_often_auto_chose_bes
     assert summary["choice"]["average_p_by_candidate"] == pytest.approx({"distill:init": 0.55, "distill:gt": 0.8})
     with pytest.raises(SystemExit, match="two results"):
         merge([first, first], tmp_path / "twice.json")
+    other = tmp_path / "c.json"
+    other.write_text(json.dumps({"pair": "smol", "distill": {"steps": 40}, "rows": [row("pick6-6", 0.4, None)]}))
+    with pytest.raises(SystemExit, match="upgrade recipes"):
+        merge([first, other], tmp_path / "mixed.json")
