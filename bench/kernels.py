@@ -8,7 +8,9 @@ Two computations, each under the pinned AVX2 kernels (models/kernels.py) and und
 random numbers) and a 4-step LoRA fine-tune of its LLM from that init on 32 public examples of pick6-1 (the
 steps every shadow run, private run and distillation is made of). A digest is a SHA-256 of the tensors'
 bytes. Pinned digests that match across machines mean a rerun there builds the same shadow runs, GTs and
-benchmark rows; native ones match only between machines whose CPUs offer the same instructions.
+benchmark rows; native ones match only between machines whose CPUs offer the same instructions. `seconds`:
+the fine-tune's 4 steps, after a warm-up step (both kernel choices run one after the other, so compare them
+on one machine only).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 RESULTS = Path("bench/results/kernels.json")
@@ -46,13 +49,16 @@ def measure(data_dir: Path) -> dict:
     torch.set_num_threads(1)
     pair = ensure_pair(data_dir / "pairs", "smol")
     examples = task_splits(pair, "pick6-1").public[:32]
+    learn(pair, examples[:8], FinetuneConfig(steps=1, batch_size=8, lr=2e-3, seed=0))  # warm: loads, first step
+    started = time.perf_counter()
     update = learn(pair, examples, FinetuneConfig(steps=4, batch_size=8, lr=2e-3, seed=0))
     return {"capability": torch.backends.cpu.get_cpu_capability(), "llm_init": digest(pair.init("llm")),
-            "tiny_init": digest(pair.init("tiny")), "finetune_4_steps": digest(update)}
+            "tiny_init": digest(pair.init("tiny")), "finetune_4_steps": digest(update),
+            "seconds": round(time.perf_counter() - started, 2)}
 
 
 def _bits(measured: dict) -> tuple:
-    return tuple(v for k, v in sorted(measured.items()) if k != "capability")
+    return tuple(v for k, v in sorted(measured.items()) if k not in ("capability", "seconds"))
 
 
 def machine() -> dict:
@@ -89,13 +95,14 @@ def main() -> None:
                              env=env, check=True, capture_output=True, text=True).stdout
         here[kernels] = json.loads(out.strip().splitlines()[-1])
     recorded = json.loads(RESULTS.read_text())["machines"] if RESULTS.exists() else []
-    print(f"{'machine':<44}{'torch':<14}{'kernels':<8}{'capability':<11}{'llm_init':<18}{'finetune_4_steps':<18}")
+    print(f"{'machine':<44}{'torch':<14}{'kernels':<8}{'capability':<11}{'llm_init':<18}{'finetune_4_steps':<18}"
+          f"{'seconds':>8}")
     for entry in [*recorded, here]:
         for kernels in ("avx2", "native"):
             got = entry[kernels]
             label = ("this machine: " if entry is here else "") + entry["machine"]["cpu"]
             print(f"{label[:43]:<44}{entry['machine']['torch']:<14}{kernels:<8}{got['capability']:<11}"
-                  f"{got['llm_init']:<18}{got['finetune_4_steps']:<18}")
+                  f"{got['llm_init']:<18}{got['finetune_4_steps']:<18}{got.get('seconds', float('nan')):>8.1f}")
     same = [e["machine"]["cpu"] for e in recorded if e["avx2"]["finetune_4_steps"] == here["avx2"]["finetune_4_steps"]]
     print(f"\npinned kernels: the same bits as {len(same)} of {len(recorded)} recorded machines; "
           f"native kernels here {'compute' if _bits(here['native']) == _bits(here['avx2']) else 'differ from'} "

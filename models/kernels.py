@@ -6,7 +6,8 @@ PyTorch's AVX-512 kernels than under its AVX2 ones on the same machine, and a sh
 distillation from the GT's update amplifies that (`python -m bench.kernels` shows it and compares with
 `bench/results/kernels.json`). Asking all three for their AVX2 path, which every x86 machine of the last
 decade has, makes the built pair, shadow runs and benchmarks one computation wherever they run; it cost
-nothing measurable here (8 fine-tune steps: 27.6 s pinned, 27.8 s on AVX-512).
+nothing measurable here (`python -m bench.kernels`, 4 fine-tune steps: 9.0 s pinned and 9.0 s on AVX-512, then
+8.9 and 8.7).
 
 `GRADLIFT_CPU_KERNELS=native` keeps each library's own choice; a variable the environment already sets is
 kept. It has to happen before the process's first tensor operation (each library fixes its choice then), so
