@@ -53,7 +53,8 @@ class UpgradeResult:
     quality: dict
     mode: str  # what made the delivered update: "gt" or "distill"
     gt_id: str | None = None  # the GT of gt_version
-    alternatives: list[UpgradeResult] = field(default_factory=list)  # candidates the probe check passed over
+    # the candidates the probe check passed over: their updates and reports (out_dir holds the delivered files)
+    alternatives: list[UpgradeResult] = field(default_factory=list)
 
 
 @dataclass
