@@ -16,7 +16,6 @@ on one machine only).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -25,22 +24,21 @@ import sys
 import time
 from pathlib import Path
 
+from models.kernels import AVX2, SETTING, cpu_description
+
 RESULTS = Path("bench/results/kernels.json")
 
 
 def digest(tensors: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    from models.gt.checkpoint import data_hash
+
+    return data_hash(*(tensors[name] for name in sorted(tensors)))[:16]
 
 
 def measure(data_dir: Path) -> dict:
     """This process's digests (run under the environment its parent chose)."""
-    import torch
+    import torch  # the kernels are pinned (or not) already: importing models.kernels above did it
 
-    import models  # noqa: F401  (pins the kernels unless told not to, before any tensor operation)
     from models.pairs import ensure_pair
     from models.pairs.tasks import task_splits
     from models.training.distill import learn
@@ -62,19 +60,12 @@ def _bits(measured: dict) -> tuple:
 
 
 def machine() -> dict:
-    import torch
+    from models.gt.checkpoint import versions
 
-    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "avx512": " avx512f" in _cpuinfo(), "torch": torch.__version__,
-            "python": platform.python_version()}
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
+    cpu = cpu_description()
+    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("model name")),
+                 platform.processor())
+    return {"cpu": model, "avx512": " avx512f" in cpu, **versions()}
 
 
 def main() -> None:
@@ -88,9 +79,8 @@ def main() -> None:
         return
     here = {"machine": machine()}
     for kernels in ("avx2", "native"):
-        env = {**os.environ, "GRADLIFT_CPU_KERNELS": kernels, "OMP_NUM_THREADS": "1"}
-        for name in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA"):
-            env.pop(name, None)
+        env = {name: value for name, value in os.environ.items() if name not in AVX2}
+        env |= {SETTING: kernels, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, "-m", "bench.kernels", "--measure", "--data-dir", str(args.data_dir)],
                              env=env, check=True, capture_output=True, text=True).stdout
         here[kernels] = json.loads(out.strip().splitlines()[-1])

@@ -87,14 +87,15 @@ def upgrade_row(pair: Pair, scorer: Scorer, run: PrivateRun, gt_id: str | None, 
     p = score(result.update)
     quality = result.quality
     # auto judged several upgrades: each one's test accuracy, to tell whether the probe check chose the best
-    scored = {made_by(r): score(r.update) for r in result.alternatives} | {made_by(result): p}
+    scored = ({made_by(r): score(r.update) for r in result.alternatives} | {made_by(result): p}
+              if result.alternatives else None)
     return {"task": run.task, "mode": mode, "prompts": prompts, "used": result.mode, "p": p,
             "pgr": pgr(p, run.p_s, run.p_t), "seconds": round(seconds, 2), "verdict": quality["verdict"],
             "start": (quality.get("distill") or {}).get("start"), "candidates": quality.get("candidates"),
             "gain": quality["gain"], "relative": (quality.get("similarity") or {}).get("relative"),
             "margin": (quality.get("similarity") or {}).get("margin"), "confidence": confidence(quality),
             "reason": quality["reason"], "agreement": quality["agreement"], "p_s": run.p_s, "p_t": run.p_t,
-            "p_base": run.p_base, "candidates_p": scored if result.alternatives else None}
+            "p_base": run.p_base, "candidates_p": scored}
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float:

@@ -6,8 +6,8 @@ PyTorch's AVX-512 kernels than under its AVX2 ones on the same machine, and a sh
 distillation from the GT's update amplifies that (`python -m bench.kernels` shows it and compares with
 `bench/results/kernels.json`). Asking all three for their AVX2 path, which every x86 machine of the last
 decade has, makes the built pair, shadow runs and benchmarks one computation wherever they run; it cost
-nothing measurable here (`python -m bench.kernels`, 4 fine-tune steps: 9.0 s pinned and 9.0 s on AVX-512, then
-8.9 and 8.7).
+nothing measurable here (`python -m bench.kernels`, 4 fine-tune steps: 9.1 s pinned and 8.9 s on AVX-512, then
+9.4 and 9.3).
 
 `GRADLIFT_CPU_KERNELS=native` keeps each library's own choice; a variable the environment already sets is
 kept. It has to happen before the process's first tensor operation (each library fixes its choice then), so
@@ -29,15 +29,16 @@ def pin_cpu_kernels(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
     choice = os.environ.get(SETTING, "avx2").lower()
     if choice not in ("avx2", "native"):
         raise ValueError(f"{SETTING} must be 'avx2' or 'native', not {choice!r}")
-    if choice == "native" or not _has_avx2(cpuinfo):
+    if choice == "native" or " avx2" not in cpu_description(cpuinfo):
         return {}
     chosen = {name: value for name, value in AVX2.items() if name not in os.environ}
     os.environ.update(chosen)
     return chosen
 
 
-def _has_avx2(cpuinfo: Path) -> bool:
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The kernel's description of the CPU (model name, flags); empty where there is none (not Linux)."""
     try:
-        return " avx2" in cpuinfo.read_text()
-    except OSError:  # not Linux: leave the libraries be
-        return False
+        return cpuinfo.read_text()
+    except OSError:
+        return ""
