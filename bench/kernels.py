@@ -3,14 +3,15 @@
     python -m bench.kernels                 # prints this machine's digests beside the recorded ones
     python -m bench.kernels --record        # and adds them to the file (commit it)
 
-Two computations, each under the pinned AVX2 kernels (models/kernels.py) and under each library's own choice
-(`GRADLIFT_CPU_KERNELS=native`), each in a fresh process on one thread: the smol pair's LoRA init (seeded
-random numbers) and a 4-step LoRA fine-tune of its LLM from that init on 32 public examples of pick6-1 (the
-steps every shadow run, private run and distillation is made of). A digest is a SHA-256 of the tensors'
-bytes. Pinned digests that match across machines mean a rerun there builds the same shadow runs, GTs and
-benchmark rows; native ones match only between machines whose CPUs offer the same instructions. `seconds`:
-the fine-tune's 4 steps, after a warm-up step (both kernel choices run one after the other, so compare them
-on one machine only).
+Two computations, under each choice of `GRADLIFT_CPU_KERNELS` (models/kernels.py: `avx2`, the default;
+`portable`, MKL's COMPATIBLE branch; `native`, each library's own), each in a fresh process on one thread: the
+smol pair's LoRA init (seeded random numbers) and a 4-step LoRA fine-tune of its LLM from that init on 32
+public examples of pick6-1 (the steps every shadow run, private run and distillation is made of). A digest is
+a SHA-256 of the tensors' bytes. Pinned digests that match across machines mean a rerun there builds the same
+shadow runs, GTs and benchmark rows; native ones match only between machines whose CPUs offer the same
+instructions. Recorded so far: `avx2` gives other bits on an AMD EPYC than on an Intel Xeon (MKL honours its
+AVX2 branch on Intel CPUs only). `seconds`: the fine-tune's 4 steps, after a warm-up step (the choices run one
+after the other, so compare them on one machine only).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from models.kernels import AVX2, SETTING, cpu_description
+from models.kernels import AVX2, CHOICES, SETTING, cpu_description
 
 RESULTS = Path("bench/results/kernels.json")
 
@@ -78,7 +79,7 @@ def main() -> None:
         print(json.dumps(measure(args.data_dir)))
         return
     here = {"machine": machine()}
-    for kernels in ("avx2", "native"):
+    for kernels in CHOICES:
         env = {name: value for name, value in os.environ.items() if name not in AVX2}
         env |= {SETTING: kernels, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, "-m", "bench.kernels", "--measure", "--data-dir", str(args.data_dir)],
@@ -88,15 +89,18 @@ def main() -> None:
     print(f"{'machine':<44}{'torch':<14}{'kernels':<8}{'capability':<11}{'llm_init':<18}{'finetune_4_steps':<18}"
           f"{'seconds':>8}")
     for entry in [*recorded, here]:
-        for kernels in ("avx2", "native"):
+        for kernels in [k for k in CHOICES if k in entry]:  # machines recorded before `portable` lack it
             got = entry[kernels]
             label = ("this machine: " if entry is here else "") + entry["machine"]["cpu"]
             print(f"{label[:43]:<44}{entry['machine']['torch']:<14}{kernels:<8}{got['capability']:<11}"
                   f"{got['llm_init']:<18}{got['finetune_4_steps']:<18}{got.get('seconds', float('nan')):>8.1f}")
-    same = [e["machine"]["cpu"] for e in recorded if e["avx2"]["finetune_4_steps"] == here["avx2"]["finetune_4_steps"]]
-    print(f"\npinned kernels: the same bits as {len(same)} of {len(recorded)} recorded machines; "
-          f"native kernels here {'compute' if _bits(here['native']) == _bits(here['avx2']) else 'differ from'} "
-          "the pinned ones' bits")
+    print()
+    for kernels in ("avx2", "portable"):
+        others = [e for e in recorded if kernels in e]
+        same = [e for e in others if _bits(e[kernels]) == _bits(here[kernels])]
+        print(f"{kernels} kernels: the same bits as {len(same)} of {len(others)} recorded machines")
+    print(f"native kernels here {'compute' if _bits(here['native']) == _bits(here['avx2']) else 'differ from'} "
+          "the avx2 ones' bits")
     if args.record:
         RESULTS.write_text(json.dumps({"machines": [*recorded, here]}, indent=2, sort_keys=True) + "\n")
         print(f"wrote {RESULTS}")

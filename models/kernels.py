@@ -1,17 +1,19 @@
-"""One set of CPU kernels on every x86 machine, so that a rerun elsewhere computes the same bits.
+"""One set of CPU kernels for every process, so that a rerun computes the same bits.
 
 PyTorch, MKL and oneDNN each pick their kernels by what the CPU offers (AVX2, AVX-512, ...), and the kernels
 round differently: a 4-step LoRA fine-tune of the smol pair's LLM, one thread, ends on other bits under
 PyTorch's AVX-512 kernels than under its AVX2 ones on the same machine, and a shadow run, a GT training or a
 distillation from the GT's update amplifies that (`python -m bench.kernels` shows it and compares with
-`bench/results/kernels.json`). Asking all three for their AVX2 path, which every x86 machine of the last
-decade has, makes the built pair, shadow runs and benchmarks one computation wherever they run; it cost
-nothing measurable here (`python -m bench.kernels`, 4 fine-tune steps: 9.1 s pinned and 8.9 s on AVX-512, then
-9.4 and 9.3).
+`bench/results/kernels.json`). So every process asks all three for their AVX2 path (`avx2`, the default),
+which every x86 machine of the last decade has: the same computation on any machine of one CPU maker.
+Across makers it is not: MKL honours its AVX2 branch on Intel CPUs only and falls back to its own choice on
+others (Intel's oneMKL guide), and the pinned fine-tune ends on other bits on an AMD EPYC than on an Intel
+Xeon. `portable` takes MKL's COMPATIBLE (SSE2) branch instead, the one Intel documents as giving the same
+results on Intel and compatible CPUs, at about three times the fine-tune's time here (42 s against 14 s
+for 4 steps on an Intel Xeon; not yet recorded on an AMD machine). `native` keeps each library's own choice.
 
-`GRADLIFT_CPU_KERNELS=native` keeps each library's own choice; a variable the environment already sets is
-kept. It has to happen before the process's first tensor operation (each library fixes its choice then), so
-importing `models` does it; CUDA kernels are not touched.
+A variable the environment already sets is kept. The choice has to happen before the process's first tensor
+operation (each library fixes its choice then), so importing `models` does it; CUDA kernels are not touched.
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ import os
 from pathlib import Path
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-SETTING = "GRADLIFT_CPU_KERNELS"  # "avx2" (the default) or "native"
+PORTABLE = AVX2 | {"MKL_CBWR": "COMPATIBLE"}
+CHOICES = {"avx2": AVX2, "portable": PORTABLE, "native": {}}
+SETTING = "GRADLIFT_CPU_KERNELS"  # one of CHOICES; "avx2" by default
 
 
 def pin_cpu_kernels(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
-    """Ask PyTorch, MKL and oneDNN for their AVX2 kernels where the CPU has AVX2 and the setting does not say
-    `native`; returns the variables it set (none that the environment already had)."""
+    """Ask PyTorch, MKL and oneDNN for the kernels the setting names where the CPU has AVX2; returns the
+    variables it set (none that the environment already had)."""
     choice = os.environ.get(SETTING, "avx2").lower()
-    if choice not in ("avx2", "native"):
-        raise ValueError(f"{SETTING} must be 'avx2' or 'native', not {choice!r}")
-    if choice == "native" or " avx2" not in cpu_description(cpuinfo):
+    if choice not in CHOICES:
+        raise ValueError(f"{SETTING} must be one of {', '.join(CHOICES)}, not {choice!r}")
+    if " avx2" not in cpu_description(cpuinfo):
         return {}
-    chosen = {name: value for name, value in AVX2.items() if name not in os.environ}
+    chosen = {name: value for name, value in CHOICES[choice].items() if name not in os.environ}
     os.environ.update(chosen)
     return chosen
 

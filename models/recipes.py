@@ -132,6 +132,7 @@ class UpgradeRecipe:
     distill: DistillConfig
     quality: QualityConfig = field(default_factory=QualityConfig)
     distill_from_gt: bool = True  # `auto` also distils from the GT's undelivered update (and picks by agreement)
+    soup: bool = False  # where an upgrade made several distillations, their element-wise mean is a candidate too
 
 
 UPGRADES = {
@@ -152,7 +153,7 @@ UPGRADES = {
     # `auto` on the second draw, choosing between both by agreement: 54.1% (50.2% at 40 steps), the better of the
     # two on 4 of 6 keys (bench/results/modes-smol-L-120.json).
     "smol": UpgradeRecipe(DistillConfig(replace(RECIPES["smol"].llm, steps=120)),
-                          QualityConfig(probes=64, gt_gain_from=0.15)),
+                          QualityConfig(probes=64, gt_gain_from=0.15), soup=True),
 }
 
 

@@ -9,7 +9,8 @@
                     probe prompts is delivered (bench/results/modes-toy-C.json measures the choice)
 
 The TinyLM labels the prompts once per upgrade; every distillation (each start, and each of the recipe's
-`restarts`, fine-tunes seeded apart) learns from those labels, and the probe check chooses between them all.
+`restarts`, fine-tunes seeded apart) learns from those labels, and the probe check chooses between them all
+and, where the recipe asks for `soup`, their element-wise mean.
 
 Whatever the mode, the delivered delta says how much to trust it (models/upgrade/quality.py).
 """
@@ -74,11 +75,12 @@ class _Inputs:
 def run_upgrade(pair: Pair, gt_id: str | None, adapter_paths: list[Path], out_dir: Path,
                 on_progress: Progress | None = None, device: torch.device = CPU, *, mode: str = "gt",
                 prompts: list[Prompt] | None = None, task: str | None = None,
-                distill_from_gt: bool | None = None) -> UpgradeResult:
+                distill_from_gt: bool | None = None, soup: bool | None = None) -> UpgradeResult:
     """Turn uploaded TinyLM adapters into a checked LLM adapter folder in out_dir (models and checks run on
     `device`). `prompts`: the organization's own (unlabelled) prompts, for probes and distillation.
     `distill_from_gt`: whether `auto` also distils from the GT's undelivered update (default: the pair's
-    recipe)."""
+    recipe). `soup`: whether the mean of the distilled updates, where there are several, is a candidate too
+    (default: the recipe's)."""
     if mode not in MODES or (mode == "gt" and gt_id is None):
         raise ConfigError(f"mode must be one of {MODES} (gt needs a GT), not {mode!r}")
     say = on_progress or (lambda fraction, stage, message=None: None)
@@ -101,10 +103,12 @@ def run_upgrade(pair: Pair, gt_id: str | None, adapter_paths: list[Path], out_di
         say(0.45, "distilling", f"the GT's update is not delivered ({why}); distilling instead")
     elif mode == "auto":
         say(0.3, "distilling", "no Gradient Transformer covers this upgrade: distilling")
-    if distill_from_gt is None:
-        distill_from_gt = upgrade_recipe(pair.id).distill_from_gt
+    recipe = upgrade_recipe(pair.id)
+    distill_from_gt = recipe.distill_from_gt if distill_from_gt is None else distill_from_gt
     starts = [None] + ([gt_result] if distill_from_gt and _may_start(gt_result, pair) else [])
     made = _distill_paths(inputs, out_dir, say, starts)
+    if len(made) > 1 and (recipe.soup if soup is None else soup):
+        made.append(_soup(inputs, made, out_dir, say))
     candidates = [*made, *([gt_result] if gt_result is not None else [])]
     best = max(candidates, key=lambda r: r.quality["gain"])  # the first on a tie: the init's distillation
     best.quality["candidates"] = [{"made_by": made_by(r), "gain": r.quality["gain"],
@@ -119,7 +123,8 @@ def run_upgrade(pair: Pair, gt_id: str | None, adapter_paths: list[Path], out_di
 
 
 def made_by(result: UpgradeResult) -> str:
-    """"gt", "distill:init" or "distill:gt" (distilled from the GT's update), and ":<r>" for restart r > 0."""
+    """"gt", "distill:init" or "distill:gt" (distilled from the GT's update), and ":<r>" for restart r > 0;
+    "distill:soup" for the mean of the distilled updates."""
     if result.mode == "gt":
         return "gt"
     restart = result.quality["distill"].get("restart", 0)
@@ -188,6 +193,16 @@ def _distill_paths(inputs: _Inputs, out_dir: Path, say: Progress, starts: list[U
                               "train_s": round(train_s, 2), "start": "init" if start is None else "gt",
                               "restart": restart}))
     return made
+
+
+def _soup(inputs: _Inputs, made: list[UpgradeResult], out_dir: Path, say: Progress) -> UpgradeResult:
+    """The element-wise mean of the distilled updates (LoRA factors, as pooling averages organizations'),
+    checked and judged like each of them."""
+    say(0.92, "checking the mean of the distilled updates")
+    start = next((r for r in made if r.gt_version is not None), None)
+    return _deliver(inputs, mean([r.update for r in made]), out_dir, "distill",
+                    None if start is None else start.gt_version, None, None, None if start is None else start.gt_id,
+                    {"labelled": made[0].quality["distill"]["labelled"], "start": "soup", "of": len(made)})
 
 
 def _deliver(inputs: _Inputs, update: Update, out_dir: Path, mode: str, version: str | None,

@@ -33,11 +33,14 @@ def test_an_avx2_cpu_gets_avx2_kernels_of_all_three_libraries_unless_the_environ
     assert os.environ["ATEN_CPU_CAPABILITY"] == "avx2" and os.environ["MKL_CBWR"] == "COMPATIBLE"
 
 
-def test_native_kernels_a_cpu_without_avx2_and_a_wrong_setting(tmp_path: Path, bare_env: pytest.MonkeyPatch) -> None:
+def test_native_and_portable_kernels_a_cpu_without_avx2_and_a_wrong_setting(
+        tmp_path: Path, bare_env: pytest.MonkeyPatch) -> None:
     assert pin_cpu_kernels(cpuinfo(tmp_path, "avx sse4_2")) == {}
     assert pin_cpu_kernels(tmp_path / "absent") == {}
     bare_env.setenv(SETTING, "native")
     assert pin_cpu_kernels(cpuinfo(tmp_path, "avx2")) == {} and "ATEN_CPU_CAPABILITY" not in os.environ
+    bare_env.setenv(SETTING, "portable")  # MKL's branch for Intel and AMD alike
+    assert pin_cpu_kernels(cpuinfo(tmp_path, "avx2"))["MKL_CBWR"] == "COMPATIBLE"
     bare_env.setenv(SETTING, "avx512")
     with pytest.raises(ValueError, match="GRADLIFT_CPU_KERNELS must be"):
         pin_cpu_kernels(cpuinfo(tmp_path, "avx2"))

@@ -230,3 +230,30 @@ def test_distillation_restarts_learn_from_one_labelling_and_the_probe_check_pick
     assert sum("restart 1" in m for m in said) == 1
     delivered = read_adapter(got.files["adapter_model.safetensors"])
     assert all(torch.allclose(delivered[k], pair.init("llm")[k] + got.update[k], atol=1e-6) for k in delivered)
+
+
+def test_the_mean_of_the_distillations_is_a_candidate_too(
+        toy_pairs_dir: Path, toy_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `soup`, the element-wise mean of an upgrade's distilled updates is judged beside them, names itself
+    `distill:soup`, and is delivered only where it agrees with the TinyLM best."""
+    from dataclasses import replace
+
+    from models.lora.update import mean
+    from models.pairs import PairStore
+    from models.recipes import UPGRADES
+    from models.upgrade import run_upgrade
+    from models.upgrade.run import made_by
+
+    recipe = UPGRADES["toy"]
+    quick = replace(recipe.distill.finetune, steps=30)
+    monkeypatch.setitem(UPGRADES, "toy", replace(recipe, distill=replace(recipe.distill, restarts=2, finetune=quick)))
+    pair = PairStore(toy_pairs_dir).get("toy")
+    upload = [toy_adapter / "adapter_model.safetensors"]
+    got = run_upgrade(pair, None, upload, tmp_path / "soup", mode="distill", soup=True)
+    gains = {c["made_by"]: c["gain"] for c in got.quality["candidates"]}
+    assert list(gains) == ["distill:init", "distill:init:1", "distill:soup"]
+    assert got.quality["gain"] == max(gains.values()) and gains[made_by(got)] == got.quality["gain"]
+    every = {made_by(r): r for r in [got, *got.alternatives]}
+    soup = mean([every["distill:init"].update, every["distill:init:1"].update])
+    assert all(torch.equal(every["distill:soup"].update[k], soup[k]) for k in soup)
+    assert every["distill:soup"].quality["distill"]["of"] == 2  # without soup: the restarts test above
