@@ -86,13 +86,13 @@ def main() -> None:
                              env=env, check=True, capture_output=True, text=True).stdout
         here[kernels] = json.loads(out.strip().splitlines()[-1])
     recorded = json.loads(RESULTS.read_text())["machines"] if RESULTS.exists() else []
-    print(f"{'machine':<44}{'torch':<14}{'kernels':<8}{'capability':<11}{'llm_init':<18}{'finetune_4_steps':<18}"
+    print(f"{'machine':<44}{'torch':<14}{'kernels':<10}{'capability':<11}{'llm_init':<18}{'finetune_4_steps':<18}"
           f"{'seconds':>8}")
     for entry in [*recorded, here]:
         for kernels in [k for k in CHOICES if k in entry]:  # machines recorded before `portable` lack it
             got = entry[kernels]
             label = ("this machine: " if entry is here else "") + entry["machine"]["cpu"]
-            print(f"{label[:43]:<44}{entry['machine']['torch']:<14}{kernels:<8}{got['capability']:<11}"
+            print(f"{label[:43]:<44}{entry['machine']['torch']:<14}{kernels:<10}{got['capability']:<11}"
                   f"{got['llm_init']:<18}{got['finetune_4_steps']:<18}{got.get('seconds', float('nan')):>8.1f}")
     print()
     for kernels in ("avx2", "portable"):

@@ -151,9 +151,12 @@ UPGRADES = {
     # Distilled from the GT's update it moves the average a little: 50.7% against 48.1% over two draws of the six keys,
     # 57.4% against 48.5% between seen keys, 37.3% against 47.3% outside them (bench/results/unseen-smol-own-120.json).
     # `auto` on the second draw, choosing between both by agreement: 54.1% (50.2% at 40 steps), the better of the
-    # two on 4 of 6 keys (bench/results/modes-smol-L-120.json).
+    # two on 4 of 6 keys (bench/results/modes-smol-L-120.json). `soup` stays off: the mean of the two distillations
+    # averaged 49.8% PGR against 53.1% and 56.1% for its members (0.22 of accuracy on pick6-3 where both reached
+    # 0.53), and delivered by agreement it moved `auto` from 57.7% to 58.2%, on one key
+    # (bench/results/modes-smol-L-soup.json).
     "smol": UpgradeRecipe(DistillConfig(replace(RECIPES["smol"].llm, steps=120)),
-                          QualityConfig(probes=64, gt_gain_from=0.15), soup=True),
+                          QualityConfig(probes=64, gt_gain_from=0.15)),
 }
 
 
