@@ -10,7 +10,8 @@ public examples of pick6-1 (the steps every shadow run, private run and distilla
 a SHA-256 of the tensors' bytes. Pinned digests that match across machines mean a rerun there builds the same
 shadow runs, GTs and benchmark rows; native ones match only between machines whose CPUs offer the same
 instructions. Recorded so far: `avx2` gives other bits on an AMD EPYC than on an Intel Xeon (MKL honours its
-AVX2 branch on Intel CPUs only). `seconds`: the fine-tune's 4 steps, after a warm-up step (the choices run one
+AVX2 branch on Intel CPUs only), and so does `portable`. Each choice also records the bits of each kind of
+operation a step is made of (`ops`), to say which one parts two machines. `seconds`: the fine-tune's 4 steps, after a warm-up step (the choices run one
 after the other, so compare them on one machine only).
 """
 
@@ -51,13 +52,49 @@ def measure(data_dir: Path) -> dict:
     learn(pair, examples[:8], FinetuneConfig(steps=1, batch_size=8, lr=2e-3, seed=0))  # warm: loads, first step
     started = time.perf_counter()
     update = learn(pair, examples, FinetuneConfig(steps=4, batch_size=8, lr=2e-3, seed=0))
+    seconds = round(time.perf_counter() - started, 2)
     return {"capability": torch.backends.cpu.get_cpu_capability(), "llm_init": digest(pair.init("llm")),
-            "tiny_init": digest(pair.init("tiny")), "finetune_4_steps": digest(update),
-            "seconds": round(time.perf_counter() - started, 2)}
+            "tiny_init": digest(pair.init("tiny")), "finetune_4_steps": digest(update), "seconds": seconds,
+            "ops": op_digests(pair, examples[:8])}
+
+
+def op_digests(pair, examples: list) -> dict[str, str]:
+    """Where a fine-tune's bits part between machines: each kind of operation a step is made of, alone on
+    seeded inputs of the LLM's sizes, then the LLM's own forward pass (logits), its backward (gradients of the
+    base weights) and one AdamW step. Not part of the machine's verdict; for finding the operation that
+    differs when a pinned choice does."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.data.textdata import encode_batch
+
+    model = pair.load_model("llm")
+    width, heads = model.config.hidden_size, model.config.num_attention_heads
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(64, width, generator=g), torch.randn(width, width, generator=g) / width ** 0.5
+    q, k, v = (torch.randn(2, heads, 32, width // heads, generator=g, requires_grad=True) for _ in range(3))
+    logits = torch.randn(64, model.config.vocab_size, generator=g)
+    targets = torch.randint(0, model.config.vocab_size, (64,), generator=g)
+    attention = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    attention.square().sum().backward()
+    ops = {"matmul": x @ w.T, "matmul_batched": torch.bmm(x.view(8, 8, width), w.expand(8, width, width)),
+           "sum": x.sum(1), "exp": x.exp(), "silu": F.silu(x), "softmax": x.softmax(-1),
+           "rms_norm": x * torch.rsqrt(x.square().mean(-1, keepdim=True) + 1e-5),
+           "cross_entropy": F.cross_entropy(logits, targets, reduction="none"),
+           "attention": attention.detach(), "attention_backward": q.grad}
+    found = {name: digest({"out": out}) for name, out in ops.items()}
+    batch = encode_batch(pair.load_tokenizer("llm"), examples)
+    out = model(**batch)
+    found["llm_logits"] = digest({"out": out.logits.detach()})
+    out.loss.backward()
+    found["llm_grads"] = digest({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    torch.optim.AdamW(model.parameters(), lr=2e-3).step()
+    found["llm_adamw_step"] = digest(dict(model.named_parameters()))
+    return found
 
 
 def _bits(measured: dict) -> tuple:
-    return tuple(v for k, v in sorted(measured.items()) if k not in ("capability", "seconds"))
+    return tuple(v for k, v in sorted(measured.items()) if k not in ("capability", "seconds", "ops"))
 
 
 def machine() -> dict:
@@ -99,6 +136,14 @@ def main() -> None:
         others = [e for e in recorded if kernels in e]
         same = [e for e in others if _bits(e[kernels]) == _bits(here[kernels])]
         print(f"{kernels} kernels: the same bits as {len(same)} of {len(others)} recorded machines")
+    for kernels in ("avx2", "portable"):
+        for entry in [e for e in recorded if "ops" in e.get(kernels, {})]:
+            ops = entry[kernels]["ops"]
+            parted = [op for op in ops if ops[op] != here[kernels]["ops"].get(op)]
+            print(f"{kernels} operations that differ from {entry['machine']['cpu']}'s: {', '.join(parted) or 'none'}")
+    for kernels in ("portable", "native"):
+        parted = [op for op, bits in here[kernels]["ops"].items() if bits != here["avx2"]["ops"][op]]
+        print(f"operations here whose bits {kernels} kernels change from avx2's: {', '.join(parted) or 'none'}")
     print(f"native kernels here {'compute' if _bits(here['native']) == _bits(here['avx2']) else 'differ from'} "
           "the avx2 ones' bits")
     if args.record:

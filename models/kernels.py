@@ -9,9 +9,11 @@ which every x86 machine of the last decade has: the same computation on any mach
 Across makers it is not: MKL honours its AVX2 branch on Intel CPUs only and falls back to its own choice on
 others (Intel's oneMKL guide), and the pinned fine-tune ends on other bits on an AMD EPYC than on an Intel
 Xeon. `portable` takes MKL's COMPATIBLE (SSE2) branch instead, the one Intel documents as giving the same
-results on Intel and compatible CPUs, at about three times the fine-tune's time here (37.9 s against 13.6 s
-for 4 steps on an Intel Xeon; not yet recorded on an AMD machine). `native` keeps each library's own choice
-(9.8 s there: on that Xeon the pin costs about 40% of a fine-tune's time; on the AMD EPYC, nothing).
+results on Intel and compatible CPUs, at two to three times the fine-tune's time (37.9 s against 13.6 s for 4
+steps on an Intel Xeon, 24.1 s against 11.9 s on an AMD EPYC), yet it too ended on other bits on the two
+machines: no choice here reproduces across makers (bench.kernels records each operation's bits to find
+which parts them). `native` keeps each library's own choice (9.8 s on the Xeon: there the pin costs about
+40% of a fine-tune's time; on the AMD EPYC, nothing).
 
 A variable the environment already sets is kept. The choice has to happen before the process's first tensor
 operation (each library fixes its choice then), so importing `models` does it; CUDA kernels are not touched.
