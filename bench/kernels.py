@@ -11,8 +11,8 @@ a SHA-256 of the tensors' bytes. Pinned digests that match across machines mean 
 shadow runs, GTs and benchmark rows; native ones match only between machines whose CPUs offer the same
 instructions. Recorded so far: `avx2` gives other bits on an AMD EPYC than on an Intel Xeon (MKL honours its
 AVX2 branch on Intel CPUs only), and so does `portable`. Each choice also records the bits of each kind of
-operation a step is made of (`ops`), to say which one parts two machines. `seconds`: the fine-tune's 4 steps, after a warm-up step (the choices run one
-after the other, so compare them on one machine only).
+operation a step is made of (`ops`), to say which one parts two machines. `seconds`: the fine-tune's 4 steps,
+after a warm-up step (the choices run one after the other, so compare them on one machine only).
 """
 
 from __future__ import annotations
