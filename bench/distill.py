@@ -28,10 +28,10 @@ from bench.quality import spread
 from bench.unseen import distill_prompts, families_of
 from models.data.evaluate import accuracy, answers, pgr
 from models.data.tasks import FAMILIES
-from models.lora.update import LoraLayout
+from models.lora.update import LoraLayout, mean
 from models.pairs import ensure_pair
 from models.recipes import recipe_for, upgrade_recipe
-from models.training.distill import learn, teacher_examples
+from models.training.distill import learn_steps, teacher_examples
 from models.upgrade.checks import agreement, base_answers, llm_budget, split_prompts, teacher_answers, usable
 
 log = logging.getLogger("bench.distill")
@@ -39,9 +39,10 @@ PICKS = ("first", "chosen", "mean", "best")  # restart 0; the probe check's pick
 
 
 def key_draw(pair, scorer: Scorer, recipe, task: str, seed: int, pool: list, steps: list[int],  # noqa: ANN001
-             restarts: int) -> dict:
-    """One held-out key and private draw: every (steps, restart) variant's test accuracy, PGR and probe
-    agreement with the TinyLM."""
+             restarts: int, averages: list[int] = ()) -> dict:
+    """One held-out key and private draw: every (steps, restart, average_last) variant's test accuracy, PGR
+    and probe agreement with the TinyLM; each run is scored after its last step (average_last 0) and as the
+    mean of its last n steps' updates for each n in `averages`."""
     cfg = upgrade_recipe(pair.id)
     run = cached_private_run(pair, scorer, task, recipe.tiny, recipe.llm, seed)
     tiny = LoraLayout(pair.init("tiny"), pair.spec.lora.targets).from_tokens(run.tiny_tokens)
@@ -58,15 +59,17 @@ def key_draw(pair, scorer: Scorer, recipe, task: str, seed: int, pool: list, ste
         for restart in range(restarts):
             finetune = replace(cfg.distill.finetune, steps=n, seed=cfg.distill.finetune.seed + restart)
             started = time.perf_counter()
-            tokens = scorer.layout.to_tokens(learn(pair, examples, finetune))
+            updates = learn_steps(pair, examples, replace(finetune, keep_last=max([0, *averages])))
             train_s = time.perf_counter() - started
-            model = scorer.llm_model(tokens)
-            p = accuracy(model, scorer.tokenizer, run.test)
-            rate = agreement(taught, answers(model, scorer.tokenizer, probes, budget))[0]
-            variants.append({"steps": n, "restart": restart, "p": p, "pgr": pgr(p, run.p_s, run.p_t),
-                             "probe_rate": rate, "train_s": round(train_s, 1)})
-            log.info("%s draw %d, %d steps, restart %d: accuracy %.2f, probe agreement %.2f (%.0fs)", task, seed,
-                     n, restart, p, rate, train_s)
+            for average in [0, *averages]:
+                tokens = scorer.layout.to_tokens(mean(updates[-average:] if average else updates[-1:]))
+                model = scorer.llm_model(tokens)
+                p = accuracy(model, scorer.tokenizer, run.test)
+                rate = agreement(taught, answers(model, scorer.tokenizer, probes, budget))[0]
+                variants.append({"steps": n, "restart": restart, "average_last": average, "p": p,
+                                 "pgr": pgr(p, run.p_s, run.p_t), "probe_rate": rate, "train_s": round(train_s, 1)})
+                log.info("%s draw %d, %d steps, restart %d, mean of the last %d: accuracy %.2f, probe agreement "
+                         "%.2f (%.0fs)", task, seed, n, restart, average or 1, p, rate, train_s)
     return {"task": task, "seed": seed, "n_test": len(run.test), "p_base": run.p_base, "p_s": run.p_s,
             "p_t": run.p_t, "probes": len(probes), "base_probe_rate": base_rate, "labelled": len(examples),
             "teacher_s": round(teacher_s, 1), "variants": variants}
@@ -80,25 +83,31 @@ def picks(variants: list[dict]) -> dict[str, dict]:
     return {"first": variants[0], "chosen": chosen, "mean": mean, "best": best}
 
 
+def variant_name(v: dict) -> str:
+    """A variant's length, and the steps it averages over where it does: "120", "120~40"."""
+    return f"{v['steps']}" + (f"~{v['average_last']}" if v.get("average_last") else "")
+
+
 def summarise(rows: list[dict]) -> dict:
-    """Per length and pick: the average accuracy and PGR over key-draws, and each key-draw's values."""
+    """Per length (and averaging) and pick: the average accuracy and PGR over key-draws, and each key-draw's
+    values."""
     out = {}
-    for n in sorted({v["steps"] for row in rows for v in row["variants"]}):
+    for n in sorted({variant_name(v) for row in rows for v in row["variants"]},
+                    key=lambda name: tuple(int(x) for x in name.split("~"))):
         by_pick = {name: {"p": [], "pgr": []} for name in PICKS}
         for row in rows:
-            for name, got in picks([v for v in row["variants"] if v["steps"] == n]).items():
+            for name, got in picks([v for v in row["variants"] if variant_name(v) == n]).items():
                 by_pick[name]["p"].append(got["p"])
                 by_pick[name]["pgr"].append(got["pgr"])
-        out[str(n)] = {name: {"p": spread(v["p"]), "pgr": spread(v["pgr"]), "pgr_each": v["pgr"]}
+        out[n] = {name: {"p": spread(v["p"]), "pgr": spread(v["pgr"]), "pgr_each": v["pgr"]}
                        for name, v in by_pick.items()}
     return out
 
 
 def print_summary(result: dict) -> None:
     rows = result["rows"]
-    steps = list(result["summary"])
-    print(f"\n{'key, draw':<14}{'P_S':>6}{'P_T':>6}" + "".join(f"{f'{n} steps r{r}':>16}" for n in steps
-                                                            for r in range(result["config"]["restarts"])))
+    names = [f"{variant_name(v)} r{v['restart']}" for v in rows[0]["variants"]]
+    print(f"\n{'key, draw':<14}{'P_S':>6}{'P_T':>6}" + "".join(f"{name:>16}" for name in names))
     for row in rows:
         cells = "".join(f"{v['p']:>9.2f} ({v['probe_rate']:.2f})" for v in row["variants"])
         print(f"{row['task'] + ', ' + str(row['seed']):<14}{row['p_s']:>6.2f}{row['p_t']:>6.2f}{cells}")
@@ -108,7 +117,8 @@ def print_summary(result: dict) -> None:
         cells = "".join(f"{by_pick[name]['pgr']['mean']:>10.1%} ±{by_pick[name]['pgr']['std']:>5.1%}"
                         for name in PICKS)
         print(f"{n:<8}{cells}{by_pick['chosen']['p']['mean']:>14.2f}")
-    print(f"({len(rows)} key-draws; ± is the spread over key-draws, not over seeds)")
+    print(f"({len(rows)} key-draws; ± is the spread over key-draws, not over seeds; 120~40: a 120-step run's "
+          "update averaged over its last 40 steps)")
 
 
 def finish(result: dict, out: Path) -> None:
@@ -143,6 +153,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="the LLM fine-tune's lengths to try (default: the recipe's)")
     parser.add_argument("--restarts", type=int, default=2, help="fine-tune seeds per length")
+    parser.add_argument("--average-last", type=int, nargs="*", default=[],
+                        help="also score each run's update averaged over its last N steps, for each N")
     parser.add_argument("--seeds", type=int, default=1, help="private draws per key")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--merge", type=Path, nargs="+", default=None)
@@ -167,7 +179,8 @@ def main() -> None:
         keys = sorted({int(r["task"].rsplit("-", 1)[1]) for r in rows})
         return {"pair": pair.id, "rows": rows,
                 "config": {"families": families, "keys": keys, "prompts": args.prompts, "steps": steps,
-                           "restarts": args.restarts, "distill": asdict(distill_cfg),
+                           "restarts": args.restarts, "average_last": args.average_last,
+                           "distill": asdict(distill_cfg),
                            "probes": rows[0]["probes"]}}
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +188,8 @@ def main() -> None:
         pool = distill_prompts(pair, [family] if args.prompts == "own" else families, args.prompts == "own")
         for key in [k for k in FAMILIES[family].keys if args.keys is None or k in args.keys]:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                rows.append(key_draw(pair, scorer, recipe, f"{family}-{key}", seed, pool, steps, args.restarts))
+                rows.append(key_draw(pair, scorer, recipe, f"{family}-{key}", seed, pool, steps, args.restarts,
+                                     args.average_last))
                 args.out.write_text(json.dumps(result(), indent=2, sort_keys=True))  # a stopped run keeps its rows
     finish(result(), args.out)
 

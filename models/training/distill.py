@@ -22,7 +22,7 @@ from models.data.datafile import Conversation, Prompt
 from models.data.evaluate import answers
 from models.data.tasks import Example
 from models.errors import ConfigError
-from models.lora.update import Update, add, merge_into
+from models.lora.update import Update, add, mean, merge_into
 from models.pairs import Pair
 from models.training.finetune import FinetuneConfig, OnStep, finetune_lora
 
@@ -36,9 +36,11 @@ class DistillConfig:
     max_new_tokens: int = 32  # the teacher's longest answer
     seed: int = 0
     restarts: int = 1  # an upgrade's fine-tunes from each start, seeded apart; the probe check picks one
+    average_last: int = 0  # deliver the mean of the last N steps' updates of each fine-tune (0: the last step's)
 
     def __post_init__(self) -> None:
-        if self.prompts < 1 or self.max_new_tokens < 1 or self.restarts < 1:
+        if self.prompts < 1 or self.max_new_tokens < 1 or self.restarts < 1 or \
+                not 0 <= self.average_last <= self.finetune.steps:
             raise ConfigError(f"invalid distillation settings: {self}")
 
 
@@ -100,7 +102,7 @@ def distill(pair: Pair, tiny_update: Update, prompts: list[Prompt], cfg: Distill
     examples = teacher_examples(pair, tiny_update, prompts, cfg, device)
     teacher_s = time.perf_counter() - started
     started = time.perf_counter()
-    update = learn(pair, examples, cfg.finetune, start, on_step, device)
+    update = learn(pair, examples, cfg.finetune, start, on_step, device, cfg.average_last)
     train_s = time.perf_counter() - started
     log.info("distilled %d teacher answers into the LLM (%.1fs labelling, %.1fs training)", len(examples),
              teacher_s, train_s)
@@ -108,12 +110,20 @@ def distill(pair: Pair, tiny_update: Update, prompts: list[Prompt], cfg: Distill
 
 
 def learn(pair: Pair, examples: list[Example | Conversation], cfg: FinetuneConfig, start: Update | None = None,
-          on_step: OnStep | None = None, device: torch.device | str = "cpu") -> Update:
+          on_step: OnStep | None = None, device: torch.device | str = "cpu", average_last: int = 0) -> Update:
     """The LLM's LoRA fine-tuned on the teacher's answers from the pair's init (or from `start`, a generated
-    update): the update relative to the init, `start` included."""
+    update): the update relative to the init, `start` included, after the last step or, with `average_last`,
+    averaged over the last that many steps (LoRA factors, along the one run)."""
+    return mean(learn_steps(pair, examples, replace(cfg, keep_last=average_last), start, on_step, device))
+
+
+def learn_steps(pair: Pair, examples: list[Example | Conversation], cfg: FinetuneConfig,
+                start: Update | None = None, on_step: OnStep | None = None,
+                device: torch.device | str = "cpu") -> list[Update]:
+    """As `learn`, the update after each of the last `cfg.keep_last` steps, oldest first (after the last step
+    alone where that is 0)."""
     llm_init = pair.init("llm")
     begin = llm_init if start is None else add(llm_init, start)
     model = pair.load_model("llm", device)
-    result = finetune_lora(model, pair.load_tokenizer("llm"), begin, pair.spec.lora, examples,
-                           replace(cfg, keep_last=0), on_step)
-    return result.update if start is None else add(start, result.update)
+    result = finetune_lora(model, pair.load_tokenizer("llm"), begin, pair.spec.lora, examples, cfg, on_step)
+    return [u if start is None else add(start, u) for u in result.snapshots or [result.update]]

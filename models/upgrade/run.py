@@ -184,7 +184,7 @@ def _distill_paths(inputs: _Inputs, out_dir: Path, say: Progress, starts: list[U
 
         started = time.perf_counter()
         update = learn(inputs.pair, examples, replace(cfg.finetune, seed=cfg.finetune.seed + restart),
-                       None if start is None else start.update, on_step, inputs.device)
+                       None if start is None else start.update, on_step, inputs.device, cfg.average_last)
         train_s = time.perf_counter() - started
         say(hi, "checking the distilled update")
         version, gt_id = (None, None) if start is None else (start.gt_version, start.gt_id)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.distill import finish, merge, picks
-from models.lora.update import LoraLayout, Update
+from bench.distill import finish, merge, picks, summarise
+from models.errors import ConfigError
+from models.lora.update import LoraLayout, Update, mean
 from models.pairs import Pair
-from models.training.distill import DistillConfig, distill, learn, teacher_examples
+from models.training.distill import DistillConfig, distill, learn, learn_steps, teacher_examples
 from models.training.finetune import FinetuneConfig
 
 PROMPTS = [f"rol ?: {w} #### " for w in ("abcdefgh", "hgfedcba", "bcdefgha", "cdefghab")] * 4
@@ -42,6 +43,24 @@ def test_distillation_is_labelling_then_learning_and_restarts_differ_only_by_see
     assert not _same(again, other)
     layout = LoraLayout(toy_pair.init("llm"), toy_pair.spec.lora.targets)
     assert layout.to_tokens(again).abs().max() > 0
+
+
+def test_a_distillation_may_deliver_its_last_steps_averaged(toy_pair: Pair) -> None:
+    """average_last: the mean of the LoRA factors over the run's last steps, the same run as the last step's
+    (so one run gives both), and a distillation from a start keeps the start in every step's update."""
+    cfg = DistillConfig(FinetuneConfig(steps=4, batch_size=4, lr=3e-3), prompts=16, max_new_tokens=9,
+                        average_last=3)
+    examples = teacher_examples(toy_pair, _tiny(toy_pair), PROMPTS, cfg)
+    steps = learn_steps(toy_pair, examples, replace(cfg.finetune, keep_last=3))
+    assert len(steps) == 3 and _same(steps[-1], learn(toy_pair, examples, cfg.finetune))
+    averaged = learn(toy_pair, examples, cfg.finetune, average_last=3)
+    assert _same(averaged, mean(steps)) and not _same(averaged, steps[-1])
+    assert _same(distill(toy_pair, _tiny(toy_pair), PROMPTS, cfg).update, averaged)
+    start = {k: torch.full_like(v, 0.01) for k, v in steps[0].items()}
+    from_start = learn_steps(toy_pair, examples, replace(cfg.finetune, keep_last=2), start)
+    assert len(from_start) == 2 and not _same(from_start[0], from_start[1])
+    with pytest.raises(ConfigError, match="distillation settings"):
+        DistillConfig(FinetuneConfig(steps=4), average_last=5)
 
 
 def _variant(steps: int, restart: int, p: float, rate: float) -> dict:
@@ -78,3 +97,12 @@ def test_runs_over_parts_of_the_keys_merge_into_the_whole(tmp_path: Path) -> Non
         merge([a, {**b, "config": {**b["config"], "restarts": 3}}])
     with pytest.raises(SystemExit, match="two results"):
         merge([a, a])
+
+
+def test_averaged_variants_are_summarised_apart_from_the_last_steps() -> None:
+    row = _row("pick6-1", 0, [0.2, 0.4, 0.6, 0.5])
+    row["variants"] += [{**v, "average_last": 30, "p": v["p"] + 0.1} for v in row["variants"] if v["steps"] == 120]
+    summary = summarise([row])
+    assert list(summary) == ["40", "120", "120~30"]
+    assert summary["120~30"]["first"]["p"]["mean"] == pytest.approx(0.7)
+    assert summary["120"]["first"]["p"]["mean"] == pytest.approx(0.6)
