@@ -59,9 +59,10 @@ def key_draw(pair, scorer: Scorer, recipe, task: str, seed: int, pool: list, ste
         for restart in range(restarts):
             finetune = replace(cfg.distill.finetune, steps=n, seed=cfg.distill.finetune.seed + restart)
             started = time.perf_counter()
-            updates = learn_steps(pair, examples, replace(finetune, keep_last=max([0, *averages])))
+            fits = [a for a in averages if a <= n]  # a run averages over at most all of its steps
+            updates = learn_steps(pair, examples, replace(finetune, keep_last=max([0, *fits])))
             train_s = time.perf_counter() - started
-            for average in [0, *averages]:
+            for average in [0, *fits]:
                 tokens = scorer.layout.to_tokens(mean(updates[-average:] if average else updates[-1:]))
                 model = scorer.llm_model(tokens)
                 p = accuracy(model, scorer.tokenizer, run.test)

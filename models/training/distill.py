@@ -36,12 +36,17 @@ class DistillConfig:
     max_new_tokens: int = 32  # the teacher's longest answer
     seed: int = 0
     restarts: int = 1  # an upgrade's fine-tunes from each start, seeded apart; the probe check picks one
-    average_last: int = 0  # deliver the mean of the last N steps' updates of each fine-tune (0: the last step's)
+    average_tail: float = 0.0  # deliver each fine-tune's update averaged over this last share of its steps (0: the
+    # last step's)
 
     def __post_init__(self) -> None:
-        if self.prompts < 1 or self.max_new_tokens < 1 or self.restarts < 1 or \
-                not 0 <= self.average_last <= self.finetune.steps:
+        if self.prompts < 1 or self.max_new_tokens < 1 or self.restarts < 1 or not 0 <= self.average_tail <= 1:
             raise ConfigError(f"invalid distillation settings: {self}")
+
+    @property
+    def average_last(self) -> int:
+        """How many of the fine-tune's last steps its delivered update averages over (0: the last step's)."""
+        return round(self.average_tail * self.finetune.steps)
 
 
 @dataclass

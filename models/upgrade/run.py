@@ -191,7 +191,7 @@ def _distill_paths(inputs: _Inputs, out_dir: Path, say: Progress, starts: list[U
         made.append(_deliver(inputs, update, out_dir, "distill", version, None, None, gt_id,
                              {"labelled": len(examples), "teacher_s": round(teacher_s, 2),
                               "train_s": round(train_s, 2), "start": "init" if start is None else "gt",
-                              "restart": restart}))
+                              "restart": restart, "averaged_steps": cfg.average_last or 1}))
     return made
 
 

@@ -46,10 +46,11 @@ def test_distillation_is_labelling_then_learning_and_restarts_differ_only_by_see
 
 
 def test_a_distillation_may_deliver_its_last_steps_averaged(toy_pair: Pair) -> None:
-    """average_last: the mean of the LoRA factors over the run's last steps, the same run as the last step's
+    """average_tail: the mean of the LoRA factors over the run's last steps, the same run as the last step's
     (so one run gives both), and a distillation from a start keeps the start in every step's update."""
     cfg = DistillConfig(FinetuneConfig(steps=4, batch_size=4, lr=3e-3), prompts=16, max_new_tokens=9,
-                        average_last=3)
+                        average_tail=0.75)
+    assert cfg.average_last == 3
     examples = teacher_examples(toy_pair, _tiny(toy_pair), PROMPTS, cfg)
     steps = learn_steps(toy_pair, examples, replace(cfg.finetune, keep_last=3))
     assert len(steps) == 3 and _same(steps[-1], learn(toy_pair, examples, cfg.finetune))
@@ -60,7 +61,7 @@ def test_a_distillation_may_deliver_its_last_steps_averaged(toy_pair: Pair) -> N
     from_start = learn_steps(toy_pair, examples, replace(cfg.finetune, keep_last=2), start)
     assert len(from_start) == 2 and not _same(from_start[0], from_start[1])
     with pytest.raises(ConfigError, match="distillation settings"):
-        DistillConfig(FinetuneConfig(steps=4), average_last=5)
+        DistillConfig(FinetuneConfig(steps=4), average_tail=1.5)
 
 
 def _variant(steps: int, restart: int, p: float, rate: float) -> dict:

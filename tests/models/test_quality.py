@@ -208,7 +208,8 @@ def test_a_one_task_gts_reference_is_not_centred() -> None:
 def test_distillation_restarts_learn_from_one_labelling_and_the_probe_check_picks(
         toy_pairs_dir: Path, toy_adapter: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With two restarts in the pair's recipe a distillation is fine-tuned twice, seeded apart, from one labelling
-    of the prompts by the TinyLM; the one that agrees with the TinyLM most on the probes is delivered."""
+    of the prompts by the TinyLM; the one that agrees with the TinyLM most on the probes is delivered, each
+    averaged over the share of its last steps the recipe names."""
     from dataclasses import replace
 
     from models.lora.update import read_adapter
@@ -218,7 +219,8 @@ def test_distillation_restarts_learn_from_one_labelling_and_the_probe_check_pick
 
     recipe = UPGRADES["toy"]
     quick = replace(recipe.distill.finetune, steps=30)
-    monkeypatch.setitem(UPGRADES, "toy", replace(recipe, distill=replace(recipe.distill, restarts=2, finetune=quick)))
+    monkeypatch.setitem(UPGRADES, "toy", replace(recipe, distill=replace(recipe.distill, restarts=2, finetune=quick,
+                                                                          average_tail=0.5)))
     pair = PairStore(toy_pairs_dir).get("toy")
     said: list[str] = []
     got = run_upgrade(pair, None, [toy_adapter / "adapter_model.safetensors"], tmp_path, mode="distill",
@@ -228,6 +230,7 @@ def test_distillation_restarts_learn_from_one_labelling_and_the_probe_check_pick
     assert got.quality["gain"] == max(c["gain"] for c in candidates)
     assert sum("the TinyLM answers the prompts" in m for m in said) == 1
     assert sum("restart 1" in m for m in said) == 1
+    assert got.quality["distill"]["averaged_steps"] == 15
     delivered = read_adapter(got.files["adapter_model.safetensors"])
     assert all(torch.allclose(delivered[k], pair.init("llm")[k] + got.update[k], atol=1e-6) for k in delivered)
 
