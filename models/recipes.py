@@ -139,7 +139,13 @@ UPGRADES = {
     # relative_from 0.8 on toy: with each key of rotate, drop and separate held out of its family's shadow runs
     # in turn, 0.8 flags 21 of the 24 held-out uploads and 2 of the 24 known ones (0.5: 12 and 1; AUROC 0.93:
     # python -m bench.unseen --pair toy --similarity-only). smol keeps 0.5: no threshold flags its unseen pick-1.
-    "toy": UpgradeRecipe(DistillConfig(RECIPES["toy"].llm), QualityConfig(probes=256, relative_from=0.8)),
+    # Distillations deliver their update averaged over the last steps of the run (LoRA factors, one run): on
+    # toy's 24 held-out keys x 2 draws, from the init, the last 120 of 150 steps gave accuracy +0.083 over the last
+    # step's (se 0.019; 19.5% -> 32.2% average PGR; better on 39 of 48, worse on 7), the last 75 +0.048, the last 15
+    # +0.013 (bench/results/distill-toy-average.json); a 90-step run alone, where that average is centred, did not
+    # (0.457 against 0.463 for 150 steps and 0.501 averaged, 20 key-draws: the averaging, not stopping earlier).
+    "toy": UpgradeRecipe(DistillConfig(RECIPES["toy"].llm, average_tail=0.8),
+                         QualityConfig(probes=256, relative_from=0.8)),
     # gt_gain_from 0.15 on smol: with the organization's prompts the GT's updates of the 4 known tasks agreed with
     # their TinyLMs by 0.33-0.72 over the base LLM, those of unseen pick-1 and pick-3 (relative 0.97 and 0.72,
     # not flagged by similarity) by 0.05 and 0.06 (bench/results/modes-smol-B.json, modes-smol-C.json); over 3 draws
@@ -154,8 +160,11 @@ UPGRADES = {
     # two on 4 of 6 keys (bench/results/modes-smol-L-120.json). `soup` stays off: the mean of the two distillations
     # averaged 49.8% PGR against 53.1% and 56.1% for its members (0.22 of accuracy on pick6-3 where both reached
     # 0.53), and delivered by agreement it moved `auto` from 57.7% to 58.2%, on one key
-    # (bench/results/modes-smol-L-soup.json).
-    "smol": UpgradeRecipe(DistillConfig(replace(RECIPES["smol"].llm, steps=120)),
+    # (bench/results/modes-smol-L-soup.json). Averaged over its last 60 of 120 steps a distillation from the init
+    # reached 56.4% average PGR on pick6's six held-out keys against 43.3% for the last step's update (accuracy
+    # 0.67 against 0.58, better on 6 of 6; the last 30: 55.9%; bench/results/distill-smol-average.json). The
+    # results above were measured before.
+    "smol": UpgradeRecipe(DistillConfig(replace(RECIPES["smol"].llm, steps=120), average_tail=0.5),
                           QualityConfig(probes=64, gt_gain_from=0.15)),
 }
 
