@@ -1,15 +1,18 @@
 """Distillation's length and restarts, on the held-out keys bench.unseen uses: how much of the gap the LLM
 fine-tuned on the organization's TinyLM's answers recovers as it learns from more of them (`--steps`), and
 whether restarts with other seeds, chosen between by the upgrade's own probe check (exact agreement with the
-TinyLM on probe prompts), do better than one run.
+TinyLM on probe prompts), do better than one run; with `--average-last`, whether a run's update averaged over
+its last n steps (LoRA factors, the same run) does better than its last step's.
 
     python -m bench.distill --pair smol --steps 40 120 --restarts 2 --keys 1 2 3 --out a.json  # beside 4 5 6
+    python -m bench.distill --pair smol --steps 120 --restarts 1 --average-last 30 60 --out b.json
     python -m bench.distill --merge a.json b.json --out bench/results/distill-smol.json
 
 The prompts are split as an upgrade splits the organization's attached ones (`own`: the family's public prompts
 stand in for its question format; `public`: every task's of the pair): probes for the check, the rest labelled
 once per upload by the TinyLM; every variant learns from the same labels, from the pair's init. Restart r seeds
-the LLM's fine-tune with the recipe's seed plus r (restart 0 is what an upgrade runs today).
+the LLM's fine-tune with the recipe's seed plus r (restart 0 is what an upgrade runs today). Every variant is
+the last step's update or an explicit average (`120~60`), whatever the pair's `average_tail`.
 """
 
 from __future__ import annotations
