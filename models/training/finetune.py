@@ -41,18 +41,16 @@ class FinetuneConfig:
     lr: float = 3e-3  # 1e-3 left 1 in 3 rotate fine-tunes of the toy LLM unlearned; 3e-3 learned all (measured)
     seed: int = 0
     keep_last: int = 0  # snapshots of the update at each of the last N steps (shadow pairs)
-    average_last: int = 0  # the result's `update` is the running mean over the last N steps (0 or 1: the last's)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.keep_last <= self.steps or \
-                not 0 <= self.average_last <= self.steps:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 <= self.keep_last <= self.steps:
             raise ValueError(f"invalid fine-tune settings: {self}")
 
 
 @dataclass
 class FinetuneResult:
-    update: Update  # after the last step, or averaged over the last `average_last` steps (LoRA factors)
-    snapshots: list[Update] = field(default_factory=list)  # oldest first; the last is the last step's
+    update: Update  # after the last step
+    snapshots: list[Update] = field(default_factory=list)  # oldest first; the last equals `update`
     losses: list[float] = field(default_factory=list)
     dp: dict[str, Any] | None = None  # DP-SGD accounting: epsilon spent, noise multiplier, sample rate
 
@@ -99,17 +97,13 @@ def _record(peft_model: torch.nn.Module, init: Update, out: FinetuneResult, cfg:
     out.losses.append(loss)
     if on_step is not None:
         on_step(step, loss)
-    averaged = max(cfg.average_last, 1)
-    if step < cfg.steps - max(cfg.keep_last, averaged):
+    if step < cfg.steps - cfg.keep_last and step != cfg.steps - 1:
         return
     now = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}  # updates live on the CPU
-    update = subtract(now, init)
     if step >= cfg.steps - cfg.keep_last:
-        out.snapshots.append(update)
-    if step >= cfg.steps - averaged:  # a running sum: one update's memory however many steps it averages
-        out.update = {k: out.update[k] + v for k, v in update.items()} if out.update else update
-    if step == cfg.steps - 1 and averaged > 1:
-        out.update = {k: v / averaged for k, v in out.update.items()}
+        out.snapshots.append(subtract(now, init))
+    if step == cfg.steps - 1:
+        out.update = subtract(now, init)
 
 
 def _plain_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, init: Update,

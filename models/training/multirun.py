@@ -144,8 +144,6 @@ def finetune_many(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, in
     `cfg` seeded seeds[n] (its data order and init). The model is left unchanged."""
     if len(datasets) != len(seeds) or not datasets:
         raise ConfigError(f"{len(datasets)} datasets for {len(seeds)} seeds: give one seed per run")
-    if cfg.average_last > 1:
-        raise ConfigError("runs fine-tuned together keep their last step's update; average_last is for one run")
     runs = len(datasets)
     orders = [batch_order(len(data), cfg.batch_size, seed) for data, seed in zip(datasets, seeds, strict=True)]
     results = [FinetuneResult(update={}) for _ in range(runs)]

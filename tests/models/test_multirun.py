@@ -68,6 +68,4 @@ def test_bad_run_lists_are_refused(toy_pair: Pair):
         finetune_many(model, tok, init, toy_pair.spec.lora, datasets(2), CFG, [1])
     with pytest.raises(ConfigError, match="no examples"):
         finetune_many(model, tok, init, toy_pair.spec.lora, [[]], CFG, [1])
-    with pytest.raises(ConfigError, match="average_last is for one run"):
-        finetune_many(model, tok, init, toy_pair.spec.lora, datasets(1), replace(CFG, average_last=2), [1])
     assert not any(isinstance(m, MultiLoraLinear) for m in model.modules())
