@@ -161,9 +161,9 @@ UPGRADES = {
     # averaged 49.8% PGR against 53.1% and 56.1% for its members (0.22 of accuracy on pick6-3 where both reached
     # 0.53), and delivered by agreement it moved `auto` from 57.7% to 58.2%, on one key
     # (bench/results/modes-smol-L-soup.json). Averaged over its last 60 of 120 steps a distillation from the init
-    # reached 56.4% average PGR on pick6's six held-out keys against 43.3% for the last step's update (accuracy
-    # 0.67 against 0.58, better on 6 of 6; the last 30: 55.9%; bench/results/distill-smol-average.json). The
-    # results above were measured before.
+    # reached 61.8% average PGR on pick6's six held-out keys x 2 draws against 40.6% for the last step's update
+    # (accuracy +0.136, se 0.027, better on 12 of 12; the last 30: 58.9%; bench/results/distill-smol-average.json).
+    # The results above were measured before, at the last step.
     "smol": UpgradeRecipe(DistillConfig(replace(RECIPES["smol"].llm, steps=120), average_tail=0.5),
                           QualityConfig(probes=64, gt_gain_from=0.15)),
 }
