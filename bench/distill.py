@@ -66,8 +66,7 @@ def key_draw(pair, scorer: Scorer, recipe, task: str, seed: int, pool: list, ste
             updates = learn_steps(pair, examples, replace(finetune, keep_last=max([0, *fits])))
             train_s = time.perf_counter() - started
             for average in [0, *fits]:
-                tokens = scorer.layout.to_tokens(mean(updates[-average:] if average else updates[-1:]))
-                model = scorer.llm_model(tokens)
+                model = scorer.llm_model(scorer.layout.to_tokens(mean(updates[-(average or 1):])))
                 p = accuracy(model, scorer.tokenizer, run.test)
                 rate = agreement(taught, answers(model, scorer.tokenizer, probes, budget))[0]
                 variants.append({"steps": n, "restart": restart, "average_last": average, "p": p,
@@ -96,15 +95,15 @@ def summarise(rows: list[dict]) -> dict:
     """Per length (and averaging) and pick: the average accuracy and PGR over key-draws, and each key-draw's
     values."""
     out = {}
-    for n in sorted({variant_name(v) for row in rows for v in row["variants"]},
-                    key=lambda name: tuple(int(x) for x in name.split("~"))):
+    order = sorted({(v["steps"], v.get("average_last", 0)) for row in rows for v in row["variants"]})
+    for n in dict.fromkeys(variant_name({"steps": steps, "average_last": average}) for steps, average in order):
         by_pick = {name: {"p": [], "pgr": []} for name in PICKS}
         for row in rows:
             for name, got in picks([v for v in row["variants"] if variant_name(v) == n]).items():
                 by_pick[name]["p"].append(got["p"])
                 by_pick[name]["pgr"].append(got["pgr"])
         out[n] = {name: {"p": spread(v["p"]), "pgr": spread(v["pgr"]), "pgr_each": v["pgr"]}
-                       for name, v in by_pick.items()}
+                  for name, v in by_pick.items()}
     return out
 
 

@@ -136,7 +136,6 @@ def main() -> None:
         others = [e for e in recorded if kernels in e]
         same = [e for e in others if _bits(e[kernels]) == _bits(here[kernels])]
         print(f"{kernels} kernels: the same bits as {len(same)} of {len(others)} recorded machines")
-    for kernels in ("avx2", "portable"):
         for entry in [e for e in recorded if "ops" in e.get(kernels, {})]:
             ops = entry[kernels]["ops"]
             parted = [op for op in ops if ops[op] != here[kernels]["ops"].get(op)]
