@@ -102,9 +102,21 @@ def summarise(rows: list[dict]) -> dict:
             for name, got in picks([v for v in row["variants"] if variant_name(v) == n]).items():
                 by_pick[name]["p"].append(got["p"])
                 by_pick[name]["pgr"].append(got["pgr"])
-        out[n] = {name: {"p": spread(v["p"]), "pgr": spread(v["pgr"]), "pgr_each": v["pgr"]}
+        out[n] = {name: {"p": spread(v["p"]), "pgr": spread(v["pgr"]), "p_each": v["p"], "pgr_each": v["pgr"]}
                   for name, v in by_pick.items()}
+        if "~" in n:
+            out[n]["against_last"] = paired(out[n.split("~")[0]]["first"], out[n]["first"])
     return out
+
+
+def paired(last: dict, averaged: dict) -> dict:
+    """An averaged variant against the same runs' last steps (restart 0), key-draw by key-draw: on how many it
+    tests better and worse, and the mean accuracy difference with its standard error."""
+    diffs = [b - a for a, b in zip(last["p_each"], averaged["p_each"], strict=True)]
+    n, mean = len(diffs), sum(diffs) / len(diffs)
+    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else float("nan")
+    return {"better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs), "n": n, "p_diff": mean,
+            "p_diff_se": se}
 
 
 def print_summary(result: dict) -> None:
@@ -122,6 +134,13 @@ def print_summary(result: dict) -> None:
         print(f"{n:<8}{cells}{by_pick['chosen']['p']['mean']:>14.2f}")
     print(f"({len(rows)} key-draws; ± is the spread over key-draws, not over seeds; 120~40: a 120-step run's "
           "update averaged over its last 40 steps)")
+    compared = {n: s["against_last"] for n, s in result["summary"].items() if "against_last" in s}
+    if compared:
+        print(f"\n{'averaged':<10}{'better':>8}{'worse':>7}{'accuracy gain':>16}{'(se)':>8}   (restart 0, against "
+              "the same run's last step)")
+        for n, got in compared.items():
+            print(f"{n:<10}{got['better']:>5}/{got['n']:<2}{got['worse']:>7}{got['p_diff']:>+16.3f}"
+                  f"{got['p_diff_se']:>8.3f}")
 
 
 def finish(result: dict, out: Path) -> None:

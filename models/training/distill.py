@@ -22,9 +22,9 @@ from models.data.datafile import Conversation, Prompt
 from models.data.evaluate import answers
 from models.data.tasks import Example
 from models.errors import ConfigError
-from models.lora.update import Update, add, mean, merge_into
+from models.lora.update import Update, add, merge_into
 from models.pairs import Pair
-from models.training.finetune import FinetuneConfig, OnStep, finetune_lora
+from models.training.finetune import FinetuneConfig, FinetuneResult, OnStep, finetune_lora
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,9 @@ def learn(pair: Pair, examples: list[Example | Conversation], cfg: FinetuneConfi
           on_step: OnStep | None = None, device: torch.device | str = "cpu", average_last: int = 0) -> Update:
     """The LLM's LoRA fine-tuned on the teacher's answers from the pair's init (or from `start`, a generated
     update): the update relative to the init, `start` included, after the last step or, with `average_last`,
-    averaged over the last that many steps (LoRA factors, along the one run)."""
-    return mean(learn_steps(pair, examples, replace(cfg, keep_last=average_last), start, on_step, device))
+    averaged over the last that many steps (LoRA factors, along the one run, as a running mean)."""
+    update = _learn(pair, examples, replace(cfg, keep_last=0), start, on_step, device, average_last).update
+    return update if start is None else add(start, update)
 
 
 def learn_steps(pair: Pair, examples: list[Example | Conversation], cfg: FinetuneConfig,
@@ -127,8 +128,14 @@ def learn_steps(pair: Pair, examples: list[Example | Conversation], cfg: Finetun
                 device: torch.device | str = "cpu") -> list[Update]:
     """As `learn`, the update after each of the last `cfg.keep_last` steps, oldest first (after the last step
     alone where that is 0)."""
+    result = _learn(pair, examples, cfg, start, on_step, device)
+    return [u if start is None else add(start, u) for u in result.snapshots or [result.update]]
+
+
+def _learn(pair: Pair, examples: list[Example | Conversation], cfg: FinetuneConfig, start: Update | None,
+           on_step: OnStep | None, device: torch.device | str, average_last: int = 0) -> FinetuneResult:
     llm_init = pair.init("llm")
     begin = llm_init if start is None else add(llm_init, start)
     model = pair.load_model("llm", device)
-    result = finetune_lora(model, pair.load_tokenizer("llm"), begin, pair.spec.lora, examples, cfg, on_step)
-    return [u if start is None else add(start, u) for u in result.snapshots or [result.update]]
+    return finetune_lora(model, pair.load_tokenizer("llm"), begin, pair.spec.lora, examples, cfg, on_step,
+                         average_last=average_last)

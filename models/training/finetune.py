@@ -49,18 +49,23 @@ class FinetuneConfig:
 
 @dataclass
 class FinetuneResult:
-    update: Update  # after the last step
-    snapshots: list[Update] = field(default_factory=list)  # oldest first; the last equals `update`
+    update: Update  # after the last step, or averaged over the last `average_last` steps (LoRA factors)
+    snapshots: list[Update] = field(default_factory=list)  # oldest first; the last is the last step's
     losses: list[float] = field(default_factory=list)
     dp: dict[str, Any] | None = None  # DP-SGD accounting: epsilon spent, noise multiplier, sample rate
 
 
 def finetune_lora(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, init: Update, lora: LoraSpec,
                   examples: list[TrainingExample], cfg: FinetuneConfig, on_step: OnStep | None = None,
-                  *, dp: DPConfig | None = None) -> FinetuneResult:
-    """Fine-tune LoRA adapters of `model` (left unchanged) from `init` on `examples` (DP-SGD with `dp`)."""
+                  *, dp: DPConfig | None = None, average_last: int = 0) -> FinetuneResult:
+    """Fine-tune LoRA adapters of `model` (left unchanged) from `init` on `examples` (DP-SGD with `dp`).
+    With `average_last` the result's update is the mean over the last that many steps, kept as a running sum
+    (one update's memory however many steps it averages). It is an argument, not a `FinetuneConfig` field:
+    the config names shadow and private runs, and a delivery choice must not rename them."""
     from peft import get_peft_model, set_peft_model_state_dict
 
+    if not 0 <= average_last <= cfg.steps:
+        raise ConfigError(f"cannot average the last {average_last} of {cfg.steps} steps")
     torch.manual_seed(cfg.seed)
     peft_model = get_peft_model(model, lora.peft_config())
     result = set_peft_model_state_dict(peft_model, init)
@@ -68,9 +73,10 @@ def finetune_lora(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, in
         raise ValueError(f"init tensors do not fit the model: {result.unexpected_keys[:3]}")
     peft_model.train()
     try:
+        record = _Record(init, cfg, on_step, max(average_last, 1))
         if dp is None:
-            return _plain_steps(peft_model, tokenizer, init, examples, cfg, on_step)
-        return _dp_steps(peft_model, tokenizer, init, examples, cfg, on_step, dp)
+            return _plain_steps(peft_model, tokenizer, examples, cfg, record)
+        return _dp_steps(peft_model, tokenizer, examples, cfg, record, dp)
     finally:
         peft_model.unload()  # hand the base model back without adapters
         model.eval()
@@ -90,27 +96,40 @@ def batch_order(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
         del order[:batch_size]
 
 
-def _record(peft_model: torch.nn.Module, init: Update, out: FinetuneResult, cfg: FinetuneConfig, step: int,
-            loss: float, on_step: OnStep | None) -> None:
-    from peft import get_peft_model_state_dict
+@dataclass
+class _Record:
+    """What a run keeps of its steps: the losses, the updates of the last `keep_last` steps, and the update after
+    the last step or summed over the last `averaged` steps and divided at the end."""
 
-    out.losses.append(loss)
-    if on_step is not None:
-        on_step(step, loss)
-    if step < cfg.steps - cfg.keep_last and step != cfg.steps - 1:
-        return
-    now = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}  # updates live on the CPU
-    if step >= cfg.steps - cfg.keep_last:
-        out.snapshots.append(subtract(now, init))
-    if step == cfg.steps - 1:
-        out.update = subtract(now, init)
+    init: Update
+    cfg: FinetuneConfig
+    on_step: OnStep | None
+    averaged: int
+    out: FinetuneResult = field(default_factory=lambda: FinetuneResult(update={}))
+
+    def __call__(self, peft_model: torch.nn.Module, step: int, loss: float) -> None:
+        from peft import get_peft_model_state_dict
+
+        cfg, out = self.cfg, self.out
+        out.losses.append(loss)
+        if self.on_step is not None:
+            self.on_step(step, loss)
+        if step < cfg.steps - max(cfg.keep_last, self.averaged):
+            return
+        now = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}  # kept on the CPU
+        update = subtract(now, self.init)
+        if step >= cfg.steps - cfg.keep_last:
+            out.snapshots.append(update)
+        if step >= cfg.steps - self.averaged:
+            out.update = {k: out.update[k] + v for k, v in update.items()} if out.update else update
+        if step == cfg.steps - 1 and self.averaged > 1:
+            out.update = {k: v / self.averaged for k, v in out.update.items()}
 
 
-def _plain_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, init: Update,
-                 examples: list[TrainingExample], cfg: FinetuneConfig, on_step: OnStep | None) -> FinetuneResult:
+def _plain_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                 examples: list[TrainingExample], cfg: FinetuneConfig, record: _Record) -> FinetuneResult:
     device = next(peft_model.parameters()).device  # the model trains where it is
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    out = FinetuneResult(update={})
     order = batch_order(len(examples), cfg.batch_size, cfg.seed)
     for step in range(cfg.steps):
         batch = encode_batch(tokenizer, [examples[i] for i in next(order)])
@@ -118,8 +137,8 @@ def _plain_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _record(peft_model, init, out, cfg, step, loss.item(), on_step)
-    return out
+        record(peft_model, step, loss.item())
+    return record.out
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -130,9 +149,8 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return tokens.sum(1) / counted
 
 
-def _dp_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, init: Update,
-              examples: list[TrainingExample], cfg: FinetuneConfig, on_step: OnStep | None,
-              dp: DPConfig) -> FinetuneResult:
+def _dp_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, examples: list[TrainingExample],
+              cfg: FinetuneConfig, record: _Record, dp: DPConfig) -> FinetuneResult:
     """DP-SGD: Poisson sampling at rate batch/N, per-example clipping and Gaussian noise (Opacus)."""
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
@@ -149,12 +167,12 @@ def _dp_steps(peft_model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, i
     opt = DPOptimizer(torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0), noise_multiplier=sigma,
                       max_grad_norm=dp.clip, expected_batch_size=cfg.batch_size, loss_reduction="mean",
                       generator=gen)
-    out = FinetuneResult(update={})
+    out = record.out
     try:
         for step in range(cfg.steps):
             chosen = (torch.rand(n, generator=gen) < rate).nonzero().flatten().tolist()
             loss = _dp_step(module, opt, params, tokenizer, examples, chosen)
-            _record(peft_model, init, out, cfg, step, loss, on_step)
+            record(peft_model, step, loss)
     finally:
         module._close()  # remove Opacus's hooks before the adapters are unloaded
     out.dp = {**dp.describe(), "epsilon_spent": spent_epsilon(sigma, rate, cfg.steps, dp.delta),

@@ -54,9 +54,12 @@ def test_a_distillation_may_deliver_its_last_steps_averaged(toy_pair: Pair) -> N
     examples = teacher_examples(toy_pair, _tiny(toy_pair), PROMPTS, cfg)
     steps = learn_steps(toy_pair, examples, replace(cfg.finetune, keep_last=3))
     assert len(steps) == 3 and _same(steps[-1], learn(toy_pair, examples, cfg.finetune))
-    averaged = learn(toy_pair, examples, cfg.finetune, average_last=3)
-    assert _same(averaged, mean(steps)) and not _same(averaged, steps[-1])
+    averaged = learn(toy_pair, examples, cfg.finetune, average_last=3)  # a running mean: sums in another order
+    assert all(torch.allclose(averaged[k], v, atol=1e-7) for k, v in mean(steps).items())
+    assert not _same(averaged, steps[-1])
     assert _same(distill(toy_pair, _tiny(toy_pair), PROMPTS, cfg).update, averaged)
+    with pytest.raises(ConfigError, match="cannot average the last 5 of 4 steps"):
+        learn(toy_pair, examples, cfg.finetune, average_last=5)
     start = {k: torch.full_like(v, 0.01) for k, v in steps[0].items()}
     from_start = learn_steps(toy_pair, examples, replace(cfg.finetune, keep_last=2), start)
     assert len(from_start) == 2 and not _same(from_start[0], from_start[1])
@@ -107,3 +110,8 @@ def test_averaged_variants_are_summarised_apart_from_the_last_steps() -> None:
     assert list(summary) == ["40", "120", "120~30"]
     assert summary["120~30"]["first"]["p"]["mean"] == pytest.approx(0.7)
     assert summary["120"]["first"]["p"]["mean"] == pytest.approx(0.6)
+    other = _row("pick6-2", 0, [0.2, 0.4, 0.5, 0.5])
+    other["variants"] += [{**v, "average_last": 30, "p": v["p"] - 0.2} for v in other["variants"] if v["steps"] == 120]
+    against = summarise([row, other])["120~30"]["against_last"]
+    assert (against["better"], against["worse"], against["n"]) == (1, 1, 2)
+    assert against["p_diff"] == pytest.approx(-0.05) and against["p_diff_se"] == pytest.approx(0.15)
