@@ -113,10 +113,10 @@ def paired(last: dict, averaged: dict) -> dict:
     """An averaged variant against the same runs' last steps (restart 0), key-draw by key-draw: on how many it
     tests better and worse, and the mean accuracy difference with its standard error."""
     diffs = [b - a for a, b in zip(last["p_each"], averaged["p_each"], strict=True)]
-    n, mean = len(diffs), sum(diffs) / len(diffs)
-    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else float("nan")
-    return {"better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs), "n": n, "p_diff": mean,
-            "p_diff_se": se}
+    got = spread(diffs)  # std over n; the standard error is the sample's (over n - 1) divided by sqrt(n)
+    se = got["std"] / (got["n"] - 1) ** 0.5 if got["n"] > 1 else float("nan")
+    return {"better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs), "n": got["n"],
+            "p_diff": got["mean"], "p_diff_se": se}
 
 
 def print_summary(result: dict) -> None:
